@@ -1,0 +1,123 @@
+"""SimCLR training throughput: the full selfsup pipeline vs the model's bare forward+backward.
+
+ResNet-18 (CIFAR stem), 32×32 RGB synthetic uint8 images, batch 512, bf16 autocast on CUDA.
+  * pipeline: the real Trainer — uint8 data on the GPU, two views made there, forward, NT-Xent,
+    backward, LARS step — timed over whole epochs after a warm-up epoch (health checks excluded);
+  * floor: forward + backward + optimiser step of the same model on two pre-made float views,
+    no augmentation at all: what the pipeline could reach if views were free.
+Both eager and torch.compile'd. "images/s" counts source images (each makes 2 views).
+
+    python bench/gpu_throughput.py --out bench/results/gpu_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pipeline_rate(compile: bool, batch: int, steps: int, workdir: Path, device: str) -> dict:
+    from selfsup.config import load_config
+    from selfsup.train import Trainer
+    from selfsup.train.metrics_log import read_metrics
+
+    out = workdir / f"pipeline-{'compiled' if compile else 'eager'}"
+    config = load_config(None, [
+        f"data.dataset={workdir / 'synthetic.npy'}", "backbone.name=resnet18",
+        f"train.batch_size={batch}", "train.epochs=3", f"train.steps_per_epoch={steps}",
+        f"train.compile={str(compile).lower()}", "train.progress=false", f"train.device={device}",
+        "train.health_every=100", "train.probe_every=100", "train.health_samples=512",
+        f"out={out}", "optim.name=lars", "optim.warmup_epochs=0"])
+    trainer = Trainer(config)
+    trainer.fit()
+    epochs = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    timed = epochs[1:]  # epoch 0 pays for compilation and cudnn autotuning
+    images = sum(steps * batch for _ in timed)
+    seconds = sum(r["epoch_seconds"] for r in timed)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    return {"images_per_s": images / seconds, "peak_gib": peak}
+
+
+def floor_rate(compile: bool, batch: int, steps: int, device: str) -> dict:
+    from selfsup.backbones import build_backbone
+    from selfsup.config import OptimConfig
+    from selfsup.methods.simclr import SimCLR
+    from selfsup.train.optim import build_optimizer
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    method = SimCLR(build_backbone({"name": "resnet18"}, 3, 32)).to(dev)
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    method = method.to(memory_format=fmt)
+    opt = build_optimizer(method, OptimConfig(name="lars"), batch)
+    fn = torch.compile(method) if compile else method
+    views = [torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt) for _ in range(2)]
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = fn(views).loss
+        loss.float().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(15):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
+    return {"images_per_s": steps * batch / seconds, "peak_gib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per epoch / floor run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--out", default="bench/results/gpu_throughput.json")
+    args = parser.parse_args()
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    workdir = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+    rng = np.random.default_rng(0)
+    np.save(workdir / "synthetic.npy", rng.integers(0, 256, (args.batch * args.steps, 32, 32, 3), dtype=np.uint8))
+    rows = []
+    for compiled in ([False] if args.no_compile else [False, True]):
+        mode = "compiled" if compiled else "eager"
+        rows.append({"what": "floor (fwd+bwd+step, no views)", "mode": mode,
+                     **floor_rate(compiled, args.batch, args.steps, args.device)})
+        torch._dynamo.reset()
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        rows.append({"what": "selfsup pipeline (views on GPU)", "mode": mode,
+                     **pipeline_rate(compiled, args.batch, args.steps, workdir, args.device)})
+        torch._dynamo.reset()
+    name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+    print(f"\nSimCLR ResNet-18 (CIFAR stem), 32×32 RGB, batch {args.batch}, "
+          f"{'bf16' if args.device == 'cuda' else 'fp32'}, {name}, torch {torch.__version__}")
+    print(f"{'what':<34} {'mode':<9} {'images/s':>10} {'peak GiB':>9}")
+    for r in rows:
+        print(f"{r['what']:<34} {r['mode']:<9} {r['images_per_s']:>10,.0f} {r['peak_gib']:>9.2f}")
+    result = {"device": name, "torch": torch.__version__, "batch": args.batch, "steps": args.steps,
+              "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Backbones: encoders that map an input batch to (B, out_dim) features."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import nn
+
+from selfsup.backbones import resnet, small_cnn  # noqa: F401  (registration)
+from selfsup.backbones.adapter import FeatureAdapter, external_backbone
+from selfsup.config import build_options
+from selfsup.registry import BACKBONES
+
+__all__ = ["build_backbone", "FeatureAdapter"]
+
+
+def build_backbone(section: dict[str, Any], in_channels: int, image_size: int) -> nn.Module:
+    """Build the backbone a config section names (``{"name": "resnet18", ...options}``).
+
+    ``torchvision:NAME`` and ``timm:NAME`` build an external model through ``FeatureAdapter``.
+    Every backbone has an ``out_dim`` attribute.
+    """
+    name = section.get("name", "resnet18")
+    if ":" in name:
+        return external_backbone(name, in_channels, image_size)
+    factory = BACKBONES.get(name)
+    options_cls: Optional[type] = getattr(factory, "options", None)
+    options = build_options(options_cls, section, "backbone") if options_cls else None
+    return factory(in_channels, options)

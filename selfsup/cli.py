@@ -1,0 +1,234 @@
+"""``selfsup`` command line: thin parsing on top of the library's layers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from selfsup.errors import SelfsupError
+
+
+def _pretrain_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain an encoder with a self-supervised method",
+                       description="Pretrain an encoder; writes config, metrics, checkpoints and "
+                                   "the encoder to --out.")
+    p.add_argument("--method", help="method name (see `selfsup list`); default simclr")
+    p.add_argument("--dataset", help="dataset name, a folder of images, or an .npy/.npz file")
+    p.add_argument("--data-dir", help="where the dataset's files are (else $SELFSUP_DATA, else the "
+                                      "dataset's standard location)")
+    p.add_argument("--backbone", help="backbone name, or torchvision:NAME / timm:NAME")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--out", help="run directory (default runs/<method>-<dataset>)")
+    p.add_argument("--config", help="YAML config file; flags and --set override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optim.lr=0.5 (repeatable)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its saved config")
+    p.add_argument("--evaluate", action="store_true", help="evaluate and report after training")
+
+
+def _add_run_dir(p) -> None:
+    p.add_argument("run_dir", help="a run directory written by `selfsup pretrain`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup", description="Self-supervised pretraining with collapse diagnostics and "
+                                    "label-efficiency evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _pretrain_parser(sub)
+
+    p = sub.add_parser("evaluate", help="k-NN and linear probes at 1/10/100%% labels vs baselines",
+                       description="Evaluate a run's frozen encoder: weighted k-NN and linear probes "
+                                   "at several label fractions, against raw pixels and a random-init "
+                                   "encoder. Writes RUN/eval.json and prints the table.")
+    _add_run_dir(p)
+    p.add_argument("--dataset", help="evaluate on another labelled dataset than the pretraining one")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-baselines", action="store_true", help="skip raw-pixel and random-init baselines")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override eval settings, e.g. --set eval.seeds=5")
+
+    p = sub.add_parser("embed", help="write encoder features of a dataset split to a .npy file",
+                       description="Embed every image of a split with the run's encoder.")
+    _add_run_dir(p)
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", help="train, test (default) or all")
+    p.add_argument("--out", required=True, help="output .npy file, shape (N, D) float32")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("report", help="write plots and report.md for a run",
+                       description="Write PNG plots and report.md into the run directory.")
+    _add_run_dir(p)
+
+    sub.add_parser("list", help="list methods, backbones, datasets and view recipes",
+                   description="List the registered methods, backbones, datasets and view recipes.")
+
+    p = sub.add_parser("demo", help="SimCLR on Fashion-MNIST, then evaluation and report",
+                       description="The main job: pretrain SimCLR on Fashion-MNIST with a preset "
+                                   "chosen by device (a small CNN on CPU, ResNet-18 on GPU), then "
+                                   "evaluate and report.")
+    p.add_argument("--out", help="run directory (default runs/demo-<time>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _pretrain_config(args):
+    from selfsup.config import load_config
+    from selfsup.evaluate.run import load_run_config
+
+    if args.resume:
+        if not args.out:
+            raise SelfsupError("--resume needs --out DIR: the run directory to continue")
+        config = load_run_config(args.out)
+        if args.set:
+            from selfsup.config import set_key, from_dict, Config
+
+            data = config.to_dict()
+            for item in args.set:
+                set_key(data, item)
+            config = from_dict(Config, data)
+        return config
+    flags = []
+    for key, value in (("method.name", args.method), ("data.dataset", args.dataset),
+                       ("data.data_dir", args.data_dir), ("backbone.name", args.backbone),
+                       ("train.epochs", args.epochs), ("train.batch_size", args.batch_size),
+                       ("train.device", args.device), ("out", args.out)):
+        if value is not None:
+            flags.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    config = load_config(args.config, flags + args.set)
+    if args.out is None and not any(s.startswith("out=") for s in args.set) and \
+            (args.config is None or "out:" not in Path(args.config).read_text()):
+        dataset = Path(config.data.dataset).name or "data"
+        config.out = f"runs/{config.method['name']}-{dataset}"
+    return config
+
+
+def cmd_pretrain(args) -> int:
+    from selfsup.train import pretrain
+
+    config = _pretrain_config(args)
+    run_dir = pretrain(config, resume=args.resume)
+    print(f"run written to {run_dir}")
+    if args.evaluate:
+        _evaluate_and_report(run_dir, device=config.train.device)
+    return 0
+
+
+def _evaluate_and_report(run_dir, device: str = "auto", **kwargs) -> dict:
+    from selfsup.evaluate.run import evaluate_run
+    from selfsup.report import format_eval_table, write_report
+
+    result = evaluate_run(run_dir, device=device, **kwargs)
+    print(format_eval_table(result))
+    report = write_report(run_dir)
+    print(f"report: {report}")
+    return result
+
+
+def cmd_evaluate(args) -> int:
+    from selfsup.config import EvalConfig, from_dict, set_key
+    from selfsup.evaluate.run import load_run_config
+
+    eval_config = None
+    if args.set:
+        data = {"eval": load_run_config(args.run_dir).to_dict()["eval"]}
+        for item in args.set:
+            set_key(data, item)
+        eval_config = from_dict(EvalConfig, data["eval"], "eval")
+    _evaluate_and_report(args.run_dir, device=args.device, dataset=args.dataset,
+                         data_dir=args.data_dir, eval_config=eval_config,
+                         baselines=False if args.no_baselines else None)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from selfsup.evaluate.run import embed_run
+
+    feats = embed_run(args.run_dir, args.dataset, args.split, args.out, args.data_dir, args.device)
+    print(f"wrote {args.out}: {feats.shape[0]} × {feats.shape[1]} float32")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from selfsup.report import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from selfsup.registry import BACKBONES, DATASETS, METHODS, VIEW_RECIPES
+
+    for title, registry in (("methods", METHODS), ("backbones", BACKBONES), ("datasets", DATASETS),
+                            ("view recipes", VIEW_RECIPES)):
+        print(f"{title}:")
+        for name in registry.names():
+            print(f"  {name:<16} {registry.help(name)}")
+    print("  (backbones also: torchvision:NAME, timm:NAME when those libraries are installed;\n"
+          "   datasets also: a folder of images, an .npy or .npz file)")
+    return 0
+
+
+def demo_overrides(cuda: bool) -> list[str]:
+    """The demo's preset: ResNet-18 on a GPU; a small CNN and a short schedule on a CPU."""
+    if cuda:
+        return ["backbone.name=resnet18", "train.epochs=100", "train.batch_size=512",
+                "optim.name=lars", "optim.lr=0.3", "optim.warmup_epochs=5",
+                "optim.weight_decay=1e-6", "method.temperature=0.2", "train.compile=true"]
+    return ["backbone.name=small-cnn", "train.epochs=6", "train.batch_size=256",
+            "optim.name=lars", "optim.lr=0.6", "optim.warmup_epochs=1",
+            "optim.weight_decay=1e-6", "method.temperature=0.2", "train.steps_per_epoch=90",
+            "train.probe_every=2", "train.probe_train_samples=5000"]
+
+
+def cmd_demo(args) -> int:
+    from selfsup.config import load_config
+    from selfsup.train import pretrain
+    from selfsup.train.device import resolve_device
+
+    started = time.perf_counter()
+    cuda = resolve_device(args.device).type == "cuda"
+    out = args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S")
+    overrides = ["method.name=simclr", "data.dataset=fashion-mnist", f"out={out}",
+                 f"train.device={args.device}"] + demo_overrides(cuda)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    config = load_config(None, overrides + args.set)
+    print(f"selfsup demo: SimCLR on Fashion-MNIST with {config.backbone['name']} on "
+          f"{'GPU' if cuda else 'CPU'}, {config.train.epochs} epochs → {out}")
+    run_dir = pretrain(config)
+    _evaluate_and_report(run_dir, device=args.device)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "embed": cmd_embed,
+            "report": cmd_report, "list": cmd_list, "demo": cmd_demo}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SelfsupError as e:
+        print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nselfsup: interrupted. Checkpoints are written at the end of each epoch; continue "
+              "with `selfsup pretrain --out RUN --resume`.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

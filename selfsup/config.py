@@ -1,0 +1,203 @@
+"""Typed run configuration: dataclasses, YAML files and ``--set a.b=c`` overrides.
+
+The resolved config is written to ``RUN/config.yaml`` and is enough to reproduce the run. Sections
+whose keys depend on a choice (the method, the backbone, the view recipe) are plain mappings with a
+``name``; the chosen component validates its own keys with its own dataclass (see ``build_options``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import yaml
+
+from selfsup.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: Optional[str] = None  # else $SELFSUP_DATA, else the dataset's standard location
+    device_max_gb: float = 4.0  # uint8 data sets up to this size live on the training device
+    num_workers: int = 4  # decoding workers for data sets that stream from files
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"  # sgd | lars | adamw
+    lr: float = 0.3  # base learning rate for a batch of 256; scaled linearly by batch_size / 256
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 10.0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    clip_grad: float = 0.0  # max global grad norm; 0 disables clipping
+    lars_eta: float = 0.02  # LARS trust coefficient
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 512
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False  # torch.compile the training step (CUDA only)
+    channels_last: bool = True  # on CUDA
+    log_every: int = 20  # steps between loss/throughput records
+    health_every: int = 1  # epochs between health checks
+    probe_every: int = 5  # epochs between online k-NN probes (labelled data only)
+    health_samples: int = 1024  # fixed held-out batch for health (>= 512)
+    probe_train_samples: int = 10000  # labelled bank of the online k-NN probe
+    steps_per_epoch: int = 0  # 0: one pass over the data; >0: cap (for quick runs)
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: int = 3  # repeats for label fractions below 1
+    baselines: bool = True
+    tsne_samples: int = 2000
+    batch_size: int = 1024
+
+
+@dataclass
+class Config:
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "simclr"})
+    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "resnet18"})
+    views: dict[str, Any] = field(default_factory=dict)  # {"recipe": name, ...}; default: the method's
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str = "runs/run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples → lists so YAML stays plain."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a named error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {where + '.' if where else ''}{key}; "
+                f"known: {', '.join(sorted(fields))}"
+            )
+        default = _default_of(fields[key])
+        if dataclasses.is_dataclass(default):
+            value = from_dict(type(default), value, f"{where + '.' if where else ''}{key}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = _coerce(value, default, f"{where + '.' if where else ''}{key}")
+    return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Accept ints where floats are expected; reject values of the wrong kind by name."""
+    if default is None or value is None or isinstance(default, dict):
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(default, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def build_options(cls: type[T], section: dict[str, Any], where: str) -> T:
+    """Validate a named section (``method``, ``backbone``, ``views``) against a component's options."""
+    options = {k: v for k, v in section.items() if k not in ("name", "recipe")}
+    return from_dict(cls, options, where)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
+                base: Optional[dict[str, Any]] = None) -> Config:
+    """Defaults ← ``base`` ← YAML file ← ``--set key=value`` overrides (later wins)."""
+    data: dict[str, Any] = Config().to_dict()
+    if base:
+        _merge(data, base)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        if "method" in loaded and "name" in loaded["method"] and \
+                loaded["method"]["name"] != data["method"].get("name"):
+            data["method"] = {}
+        _merge(data, loaded)
+    for item in overrides or []:
+        set_key(data, item)
+    return from_dict(Config, data)
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def set_key(data: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (``true``, ``0.1``, ``[1, 2]``)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], dict):
+            if part in node:
+                raise ConfigError(f"--set {key}: {part} is not a section")
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value

@@ -1,0 +1,143 @@
+"""Evaluate a run directory: frozen features of the trained encoder vs raw pixels and random init.
+
+Writes ``RUN/eval.json`` (accuracies are fractions in [0, 1]) and ``RUN/tsne.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.backbones import build_backbone
+from selfsup.config import Config, EvalConfig, load_config
+from selfsup.data import load_split
+from selfsup.data.base import ImageSource
+from selfsup.data.loader import iterate_in_order
+from selfsup.errors import DataError
+from selfsup.evaluate.protocol import evaluate_feature_sets
+from selfsup.evaluate.tsne import tsne_embedding
+from selfsup.health.metrics import health_metrics
+from selfsup.train.checkpoint import atomic_write, load_encoder
+from selfsup.train.device import autocast, resolve_device, resolve_precision
+from selfsup.views.image import to_input
+
+RAW_MAX_DIM = 4096  # raw-pixel baselines of larger images are average-pooled down to this
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run_dir} is not a selfsup run dir (no config.yaml); "
+                        "pass the --out directory of `selfsup pretrain`")
+    return load_config(path)
+
+
+@torch.no_grad()
+def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], source: ImageSource,
+                     device: torch.device, batch_size: int = 1024, precision: str = "fp32",
+                     num_workers: int = 0) -> torch.Tensor:
+    """Apply ``fn`` to every image of ``source`` in order; float32 (N, D) features on ``device``."""
+    parts = []
+    for images, _ in iterate_in_order(source, batch_size, device):
+        with autocast(device, precision):
+            parts.append(fn(to_input(images)).float())
+    return torch.cat(parts)
+
+
+def raw_pixels(x: torch.Tensor) -> torch.Tensor:
+    """The raw-pixel baseline's features: normalised pixels, pooled to ≤ RAW_MAX_DIM values."""
+    c, h, w = x.shape[1:]
+    while c * h * w > RAW_MAX_DIM:
+        x = F.avg_pool2d(x, 2)
+        c, h, w = x.shape[1:]
+    return x.flatten(1)
+
+
+def encoder_fn(encoder: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    encoder.eval()
+    return encoder
+
+
+def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                 device: str = "auto", eval_config: Optional[EvalConfig] = None,
+                 baselines: Optional[bool] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the k-NN and linear-probe protocols on the run's encoder and the baselines."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    cfg = eval_config or config.eval
+    use_baselines = cfg.baselines if baselines is None else baselines
+    dev = resolve_device(device)
+    precision = resolve_precision("auto", dev)
+    name = dataset or config.data.dataset
+    where = data_dir or config.data.data_dir
+    train, test = load_split(name, "train", where), load_split(name, "test", where)
+    if train.labels is None or test.labels is None:
+        raise DataError(f"data set {name!r} has no labels; evaluation needs labelled train and test "
+                        "splits (class sub-folders for a folder of images, `labels` in an .npz)")
+    num_classes = max(train.num_classes, test.num_classes)
+    encoder, spec = load_encoder(run_dir, dev)
+    started = time.perf_counter()
+
+    def features(fn) -> tuple[torch.Tensor, torch.Tensor]:
+        return (extract_features(fn, train, dev, cfg.batch_size, precision),
+                extract_features(fn, test, dev, cfg.batch_size, precision))
+
+    log(f"extracting features of {len(train)} train and {len(test)} test images on {dev}")
+    sets = {"ssl": features(encoder_fn(encoder))}
+    if use_baselines:
+        sets["raw"] = features(raw_pixels)
+        torch.manual_seed(config.train.seed)
+        random_encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(dev)
+        sets["random_init"] = features(encoder_fn(random_encoder))
+    train_labels, test_labels = train.labels.to(dev), test.labels.to(dev)
+    log("running k-NN and linear probes" + (" (SSL, raw pixels, random init)" if use_baselines else ""))
+    results = evaluate_feature_sets(sets, train_labels, test_labels, num_classes=num_classes,
+                                    fractions=tuple(cfg.label_fractions), seeds=cfg.seeds,
+                                    knn_k=cfg.knn_k, knn_temperature=cfg.knn_temperature)
+    test_feats = sets["ssl"][1]
+    health = health_metrics(test_feats[: min(len(test_feats), 4096)])
+    out: dict[str, Any] = {
+        **_accuracies(results["ssl"]),
+        "health": {k: health[k] for k in ("effective_rank", "embedding_std", "mean_cosine",
+                                          "embedding_std_x_sqrt_dim", "dim")},
+        "baselines": {k: _accuracies(v) for k, v in results.items() if k != "ssl"},
+        "dataset": name, "num_train": len(train), "num_test": len(test),
+        "feature_dim": int(test_feats.shape[1]), "device": str(dev),
+        "eval_seconds": time.perf_counter() - started,
+        "protocol": {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
+                     "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds},
+    }
+    atomic_write(run_dir / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(out, indent=2)))
+    coords, labels = tsne_embedding(test_feats.cpu(), test_labels.cpu(), n=cfg.tsne_samples,
+                                    seed=config.train.seed)
+    classes = np.array(test.classes or [str(i) for i in range(num_classes)])
+    np.savez(run_dir / "tsne.npz", coords=coords, labels=labels, class_names=classes)
+    return out
+
+
+def _accuracies(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("knn_top1", "linear_top1", "linear_top1_std")
+    return {k: result[k] for k in keys if k in result}
+
+
+@torch.no_grad()
+def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str | Path,
+              data_dir: Optional[str] = None, device: str = "auto") -> np.ndarray:
+    """Encoder features of every image of a split, saved as a float32 .npy of shape (N, D)."""
+    config = load_run_config(run_dir)
+    dev = resolve_device(device)
+    source = load_split(dataset or config.data.dataset, split, data_dir or config.data.data_dir)
+    encoder, _ = load_encoder(run_dir, dev)
+    feats = extract_features(encoder_fn(encoder), source, dev, config.eval.batch_size,
+                             resolve_precision("auto", dev)).cpu().numpy()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, feats)
+    return feats

@@ -1,0 +1,278 @@
+"""Turn collapse diagnostics into warnings a person can act on, and keep them across a run.
+
+Two failure modes are watched:
+
+* collapse of the embeddings, read from :func:`selfsup.health.metrics.health_metrics` of a fixed
+  batch (:func:`collapse_warnings`);
+* a training loss that keeps falling while the online k-NN probe stands still: the method is
+  solving its pretext task without learning features that separate the classes
+  (:class:`LossProbeDivergence`).
+
+:class:`HealthMonitor` combines both, produces the ``metrics.jsonl`` records and the verdict the
+report shows, and saves its history in checkpoints so a resumed run keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+
+from selfsup.errors import ConfigError
+from selfsup.health.metrics import health_metrics
+
+# --- Thresholds -----------------------------------------------------------------------------
+# Calibrated on random-init ResNets, whose pooled ReLU features are healthy but offset:
+#                                      std*sqrt(D)  raw cosine  rank  centred rank / min(N, D)
+#   torchvision ResNet-18, train-mode BN    0.48       0.77       356     447 / 512
+#   torchvision ResNet-18, initial BN stats 0.15       0.97       140     365 / 512
+#   torchvision ResNet-50, train-mode BN    0.47       0.78       724     876 / 1024
+#   torchvision ResNet-50, initial BN stats 0.12       0.98       279     735 / 1024
+#   CIFAR ResNet-18 (3x3 stem), initial BN  0.07       0.99        13     122 / 256
+# (torchvision: 1024 noise images of 64x64; CIFAR: 256 digits upsampled to 32x32.) Healthy
+# isotropic embeddings give std*sqrt(D) ≈ 1, while SimSiam without stop-gradient drives the std
+# to 0 within a few epochs (Chen & He 2021, Fig. 2). The thresholds sit well below every healthy
+# figure above, so a warning means something is really wrong.
+#
+# Deliberately NOT used: the raw mean cosine. ReLU features are non-negative, so every pair of
+# embeddings has a large positive cosine even when healthy (0.77 to 0.99 above; 0.32 for
+# ReLU(Gaussian)). Only the centred cosine, which removes the shared offset, is judged.
+#
+# Known limit: a deep random network with a 3x3 stem, evaluated with BatchNorm's *initial*
+# running statistics, can map every input to nearly one direction (a CIFAR ResNet-50: raw cosine
+# 0.9999, std*sqrt(D) 0.008, rank 1.6) and is then reported as collapsed. Check health in train
+# mode or after the first epoch, when the running statistics are real.
+
+# Spread of the normalised embeddings, std * sqrt(D): 1 for isotropic, 0 for a single point.
+MIN_STD_X_SQRT_DIM = 0.02
+# RankMe below 2: one singular value carries most of the spectrum, the embeddings lie on a line.
+MIN_EFFECTIVE_RANK = 2.0
+# Centred embeddings sum to zero, so their mean cosine is about −1/(N−1) unless the batch is very
+# lopsided; it nears 1 only when all but a few embeddings coincide and a few outliers pull the mean.
+MAX_MEAN_COSINE_CENTRED = 0.95
+# Dimensional collapse (Jing et al. 2022): the embeddings vary in only a few directions. Judged on
+# the centred rank so the positive offset of ReLU features does not count as a direction, and
+# relative to min(N, D), the most a batch of N embeddings can reach. 2% keeps it quiet for every
+# network above (>= 47% of min(N, D)) and asks a 128-d projector for only 2.56 directions.
+MIN_RANK_FRACTION = 0.02
+
+COLLAPSE_ADVICE = (
+    "for SimSiam and BYOL check the stop-gradient and the predictor, for BYOL, MoCo and DINO the "
+    "momentum (teacher) update, for DINO the centring and the teacher temperature; a lower "
+    "learning rate or a longer warm-up also helps"
+)
+DIMENSIONAL_ADVICE = (
+    "the representation uses only a few directions (dimensional collapse); a wider projector, "
+    "weaker augmentation or a lower learning rate usually help, and the encoder features before "
+    "the projector are often less affected"
+)
+
+
+def collapse_warnings(metrics: dict[str, Any]) -> list[str]:
+    """Human-readable warnings when ``metrics`` (from ``health_metrics``) look collapsed.
+
+    At most one message: complete collapse (every embedding about the same point or direction),
+    else dimensional collapse (the embeddings vary in only a few directions). An empty list means
+    no sign of collapse.
+    """
+    dim = metrics["dim"]
+    spread = metrics["embedding_std_x_sqrt_dim"]
+    rank = metrics["effective_rank"]
+    cosine_centred = metrics["mean_cosine_centred"]
+
+    # Each finding: what was seen, and what it means. One message reports them all.
+    findings: list[tuple[str, str]] = []
+    if spread < MIN_STD_X_SQRT_DIM:
+        seen = f"std of the normalised embeddings x sqrt(dim) is {spread:.3g} (healthy ≈ 1)"
+        meaning = "the embeddings have collapsed to a point (they all point the same way)"
+        findings.append((seen, meaning))
+    if rank < MIN_EFFECTIVE_RANK:
+        seen = f"effective rank {rank:.2f} of {dim} dims"
+        findings.append((seen, "the embeddings have collapsed to a single direction"))
+    if cosine_centred > MAX_MEAN_COSINE_CENTRED:
+        seen = f"mean cosine of the centred embeddings is {cosine_centred:.3f} (healthy ≈ 0)"
+        findings.append((seen, "all but a few embeddings coincide"))
+    if findings:
+        seen = " and ".join(observation for observation, _ in findings)
+        return [f"{seen}: {findings[0][1]}; {COLLAPSE_ADVICE}"]
+
+    attainable = min(dim, metrics["num_samples"])
+    rank_floor = max(MIN_EFFECTIVE_RANK, MIN_RANK_FRACTION * attainable)
+    centred_rank = metrics["effective_rank_centred"]
+    if centred_rank < rank_floor:
+        return [
+            f"effective rank of the centred embeddings is {centred_rank:.1f} of {dim} dims "
+            f"(below {rank_floor:.1f}, {MIN_RANK_FRACTION:.0%} of the {attainable} a batch of "
+            f"{metrics['num_samples']} can reach): {DIMENSIONAL_ADVICE}"
+        ]
+    return []
+
+
+class LossProbeDivergence:
+    """Warns when the training loss keeps falling while the online k-NN probe stands still.
+
+    Over the last ``window`` probes (epochs e_1 < … < e_w) the probe gain is acc(e_w) − acc(e_1)
+    (absolute) and the loss drop is (L(e_1) − L(e_w)) / |L(e_1)| (relative), where L(e) is the
+    latest loss recorded at or before epoch e: record an epoch's loss before its probe. The
+    warning fires when the gain is below ``min_gain`` while the drop exceeds ``min_drop``.
+    """
+
+    def __init__(self, window: int = 3, min_gain: float = 0.005, min_drop: float = 0.02) -> None:
+        if window < 2:
+            raise ConfigError(
+                f"the loss/probe divergence window must span at least 2 probes to measure a "
+                f"change, got {window}"
+            )
+        self.window = window
+        self.min_gain = min_gain
+        self.min_drop = min_drop
+        self.losses: dict[int, float] = {}
+        self.probes: dict[int, float] = {}
+
+    def update_loss(self, epoch: int, loss: float) -> None:
+        """Record the mean training loss of ``epoch``."""
+        self.losses[int(epoch)] = float(loss)
+
+    def update_probe(self, epoch: int, accuracy: float) -> None:
+        """Record the k-NN probe accuracy (a fraction in [0, 1]) measured after ``epoch``."""
+        self.probes[int(epoch)] = float(accuracy)
+
+    def _loss_at(self, epoch: int) -> Optional[float]:
+        earlier = [e for e in self.losses if e <= epoch]
+        return self.losses[max(earlier)] if earlier else None
+
+    def warning(self) -> Optional[str]:
+        """The divergence warning for the latest ``window`` probes, or None when they look fine."""
+        if len(self.probes) < self.window:
+            return None
+        first, *_, last = sorted(self.probes)[-self.window :]
+        loss_first, loss_last = self._loss_at(first), self._loss_at(last)
+        if loss_first is None or loss_last is None:
+            return None
+        gain = self.probes[last] - self.probes[first]
+        drop = (loss_first - loss_last) / max(abs(loss_first), 1e-12)
+        if not (gain < self.min_gain and drop > self.min_drop):
+            return None
+        return (
+            f"from epoch {first} to {last} the training loss fell by {drop:.1%} "
+            f"({loss_first:.4g} → {loss_last:.4g}) but the k-NN probe accuracy changed by only "
+            f"{100 * gain:+.2f} points ({self.probes[first]:.2%} → {self.probes[last]:.2%}): the "
+            "method is getting better at its pretext task without learning features that separate "
+            "the classes; if the probe is already high this is normal near the end of training, "
+            "otherwise try stronger augmentation or check the views for a shortcut"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded histories, as JSON-ready lists of [epoch, value] pairs."""
+        return {
+            "losses": [[e, v] for e, v in sorted(self.losses.items())],
+            "probes": [[e, v] for e, v in sorted(self.probes.items())],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the histories saved by :meth:`state_dict` (thresholds come from ``__init__``)."""
+        self.losses = {int(e): float(v) for e, v in state["losses"]}
+        self.probes = {int(e): float(v) for e, v in state["probes"]}
+
+
+EmbeddingBatch = Union[torch.Tensor, tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+class HealthMonitor:
+    """Collects health checks and probe results during a run and judges them.
+
+    ``check`` and ``probe`` return the records to append to ``metrics.jsonl``; ``verdict``
+    summarises the latest state for the report. Everything it keeps is JSON-ready.
+    """
+
+    def __init__(
+        self, probe_window: int = 3, probe_min_gain: float = 0.005, loss_min_drop: float = 0.02
+    ) -> None:
+        self.divergence = LossProbeDivergence(probe_window, probe_min_gain, loss_min_drop)
+        self.latest: dict[str, dict[str, Any]] = {}  # embedding name → its latest health record
+        self.divergence_message: Optional[str] = None  # as of the latest probe
+
+    def check(self, epoch: int, step: int, embeddings: dict[str, EmbeddingBatch]) -> list[dict]:
+        """Health records for each named embedding batch.
+
+        ``embeddings`` maps a name ("encoder", "projector") to ``(z, z_pair)``, where ``z_pair``
+        holds a second view of the same inputs (for alignment) or None; a bare tensor means no pair.
+        """
+        records = []
+        for name, batch in embeddings.items():
+            z, z_pair = (batch, None) if isinstance(batch, torch.Tensor) else batch
+            metrics = health_metrics(z, z_pair)
+            record = {
+                "kind": "health",
+                "epoch": epoch,
+                "step": step,
+                "embedding": name,
+                **metrics,
+                "warnings": collapse_warnings(metrics),
+            }
+            records.append(record)
+            # The spectrum is for plots; the verdict only needs the figures and warnings.
+            self.latest[name] = {k: v for k, v in record.items() if k != "spectrum"}
+        return records
+
+    def loss(self, epoch: int, value: float) -> None:
+        """Record the mean training loss of ``epoch`` (before that epoch's probe)."""
+        self.divergence.update_loss(epoch, value)
+
+    def probe(self, epoch: int, step: int, accuracy: float) -> list[dict]:
+        """Record a k-NN probe accuracy; returns the probe record and any divergence warning."""
+        self.divergence.update_probe(epoch, accuracy)
+        records: list[dict] = [
+            {"kind": "probe", "epoch": epoch, "step": step, "knn_top1": float(accuracy)}
+        ]
+        self.divergence_message = self.divergence.warning()
+        if self.divergence_message is not None:
+            records.append(
+                {
+                    "kind": "warning",
+                    "epoch": epoch,
+                    "step": step,
+                    "source": "loss_probe_divergence",
+                    "message": self.divergence_message,
+                }
+            )
+        return records
+
+    def verdict(self) -> dict[str, Any]:
+        """``{"status", "messages"}`` from the latest checks.
+
+        status is "collapsed" when the latest check of any embedding warns, else "stalled" when
+        the latest probe shows the loss/probe divergence, else "healthy" — or "unknown" when no
+        health check or probe has been recorded at all.
+        """
+        collapse = [
+            f"{name}: {warning}" for name, rec in self.latest.items() for warning in rec["warnings"]
+        ]
+        stalled = [self.divergence_message] if self.divergence_message else []
+        if collapse:
+            return {"status": "collapsed", "messages": collapse + stalled}
+        if stalled:
+            return {"status": "stalled", "messages": stalled}
+        if not self.latest and not self.divergence.probes:
+            return {"status": "unknown", "messages": ["no health check or probe was recorded"]}
+        summary = [
+            f"{name} (epoch {rec['epoch']}): effective rank {rec['effective_rank']:.1f} of "
+            f"{rec['dim']} dims, std x sqrt(dim) {rec['embedding_std_x_sqrt_dim']:.2f}; no sign "
+            "of collapse"
+            for name, rec in self.latest.items()
+        ]
+        return {"status": "healthy", "messages": summary}
+
+    def state_dict(self) -> dict[str, Any]:
+        """History to save in a checkpoint (JSON-ready)."""
+        return {
+            "divergence": self.divergence.state_dict(),
+            "latest": self.latest,
+            "divergence_message": self.divergence_message,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved, so a resumed run keeps its history."""
+        self.divergence.load_state_dict(state["divergence"])
+        self.latest = {name: dict(rec) for name, rec in state["latest"].items()}
+        self.divergence_message = state["divergence_message"]

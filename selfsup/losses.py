@@ -1,0 +1,53 @@
+"""Losses shared by methods.
+
+Contrastive losses take a ``gather`` function so that, under torch.distributed, each process
+compares its own queries against the keys of every process: ``gather`` must concatenate a tensor
+across processes *with* gradients (an all-gather whose backward sends each process its slice of the
+gradient); ``rank`` places this process's keys in the gathered batch. Single-process use needs
+neither.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, positive_index: torch.Tensor,
+             temperature: float, exclude_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """InfoNCE: mean over queries of −log softmax(q·k / τ) at the positive key.
+
+    queries (Q, D) and keys (K, D) are L2-normalised here. ``positive_index[i]`` is the key that is
+    query i's positive; ``exclude_index[i]`` (optional) is a key removed from query i's
+    denominator (in NT-Xent, the query itself).
+    """
+    queries = F.normalize(queries.float(), dim=1)
+    keys = F.normalize(keys.float(), dim=1)
+    logits = queries @ keys.T / temperature
+    if exclude_index is not None:
+        rows = torch.arange(len(queries), device=logits.device)
+        logits = logits.index_put((rows, exclude_index), torch.tensor(float("-inf"),
+                                                                      device=logits.device))
+    return F.cross_entropy(logits, positive_index)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2,
+            gather: Optional[Gather] = None, rank: int = 0) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross-entropy over 2B views (Chen et al. 2020).
+
+    For view i of the batch its positive is the other view of the same image and its negatives are
+    the other 2(N−1) views in the (possibly gathered, N-image) batch; the view itself is excluded.
+    """
+    batch = len(z1)
+    local_queries = torch.cat([z1, z2])
+    all1, all2 = (gather(z1), gather(z2)) if gather is not None else (z1, z2)
+    total = len(all1)
+    keys = torch.cat([all1, all2])
+    own = torch.arange(batch, device=z1.device) + rank * batch  # this process's images in the gather
+    self_index = torch.cat([own, own + total])
+    positive_index = torch.cat([own + total, own])
+    return info_nce(local_queries, keys, positive_index, temperature, exclude_index=self_index)

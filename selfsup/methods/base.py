@@ -1,0 +1,58 @@
+"""The method contract.
+
+A method is an ``nn.Module`` that turns one batch of views into a loss. It knows nothing of files,
+devices, loops or logging: the trainer owns those. Hooks that momentum encoders, queues and
+teacher centres need run in ``after_step``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepOutput:
+    """What one training step of a method returns.
+
+    loss: the scalar to minimise.
+    embeddings: a (B, D) batch of the representation the method shapes (e.g. projector output),
+        detached by the trainer when it keeps them.
+    logs: extra scalars to log (tensors are fine; the trainer syncs them only when it logs).
+    """
+
+    loss: torch.Tensor
+    embeddings: torch.Tensor | None = None
+    logs: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of self-supervised methods.
+
+    Subclasses set ``view_recipe`` (the default recipe name) and implement ``forward``.
+    ``encoder`` is the backbone evaluation uses; ``embed`` maps inputs to the evaluated features.
+    """
+
+    view_recipe: str = "simclr"
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after every optimiser step (EMA updates, queues, centres). Default: nothing."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder features used by evaluation and the health monitor."""
+        return self.encoder(x)
+
+    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named embeddings the health monitor watches; by default only the encoder's."""
+        return {"encoder": self.embed(x)}

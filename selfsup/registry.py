@@ -1,0 +1,78 @@
+"""Name → factory registries for methods, backbones, datasets and view recipes.
+
+Adding a method, backbone, dataset or view recipe is one new file plus one ``@REGISTRY.register``
+line; the CLI lists the registries and configs refer to entries by name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+from selfsup.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of factories with a helpful error for unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, help: str = "") -> Callable[[T], T]:
+        """Decorator: ``@METHODS.register("simclr", "one line of help")``."""
+
+        def add(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            doc = help or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+            self._help[name] = doc
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        _import_builtins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        _import_builtins()
+        return sorted(self._entries)
+
+    def help(self, name: str) -> str:
+        _import_builtins()
+        return self._help.get(name, "")
+
+    def __contains__(self, name: str) -> bool:
+        _import_builtins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+METHODS: Registry = Registry("method")
+BACKBONES: Registry = Registry("backbone")
+DATASETS: Registry = Registry("dataset")
+VIEW_RECIPES: Registry = Registry("view recipe")
+
+_imported = False
+
+
+def _import_builtins() -> None:
+    """Import the packages whose modules register the built-in entries (once, lazily)."""
+    global _imported
+    if _imported:
+        return
+    _imported = True
+    import selfsup.backbones  # noqa: F401
+    import selfsup.data  # noqa: F401
+    import selfsup.methods  # noqa: F401
+    import selfsup.views  # noqa: F401

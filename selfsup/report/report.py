@@ -1,0 +1,448 @@
+"""The run report: read a run dir, draw its plots, write ``report.md`` beside them.
+
+Every input but the run dir itself is optional, because a report is most needed for runs that did
+not finish: a section whose input is missing says so in one line and the rest still appears.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from selfsup.errors import DataError
+from selfsup.report import plots
+
+# Keys a record of each kind cannot do without; other keys are optional and read with .get().
+REQUIRED_KEYS = {
+    "step": ("step", "loss"),
+    "epoch": ("epoch", "loss"),
+    "health": ("epoch", "embedding", "effective_rank"),
+    "probe": ("epoch", "knn_top1"),
+    "warning": ("message",),
+    "run": ("event",),
+}
+
+VERDICT_LINES = {
+    "healthy": "✅ healthy",
+    "collapsed": "⚠️ collapsed",
+    "stalled": "⚠️ stalled",
+}
+
+MISSING = "—"
+
+
+@dataclass
+class RunMetrics:
+    """The records of ``metrics.jsonl`` sorted by kind, plus notes about what was odd in the file."""
+
+    steps: list[dict] = field(default_factory=list)
+    epochs: list[dict] = field(default_factory=list)
+    health: list[dict] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+_LISTS = {"step": "steps", "epoch": "epochs", "health": "health", "probe": "probes",
+          "warning": "warnings", "run": "runs"}
+
+
+def read_metrics(path: str | Path) -> RunMetrics:
+    """Parse ``metrics.jsonl``: records by kind; unknown kinds are skipped.
+
+    A last line that is not valid JSON is what a killed run leaves behind: it is dropped with a note.
+    A bad line anywhere else means the file was damaged and raises ``DataError`` naming the line.
+    """
+    path = Path(path)
+    metrics = RunMetrics()
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1)
+             if line.strip()]
+    for position, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            if position == len(lines) - 1:
+                metrics.notes.append(
+                    f"The last line of {path.name} (line {number}) is incomplete and was ignored; "
+                    "the run was probably stopped while writing it.")
+                break
+            raise DataError(f"{path}, line {number}: not a JSON object ({error}); the file is damaged "
+                            "— remove that line or re-run training") from None
+        kind = record.get("kind")
+        if kind not in _LISTS:
+            continue
+        missing = [key for key in REQUIRED_KEYS[kind] if key not in record]
+        if missing:
+            raise DataError(f"{path}, line {number}: a {kind!r} record lacks {', '.join(missing)}; "
+                            "the file was written by an incompatible version or edited by hand")
+        getattr(metrics, _LISTS[kind]).append(record)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def _accuracy_cell(accuracy: Optional[float], std: Optional[float]) -> str:
+    """``85.3%``, or ``85.3% ± 0.4`` (the std in percentage points) when a std is known."""
+    if accuracy is None:
+        return MISSING
+    cell = _percent(accuracy)
+    if std is not None:
+        cell += f" ± {100 * std:.1f}"
+    return cell
+
+
+def _check_fraction(value: Any, where: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DataError(f"eval.json: {where} = {value!r} is not an accuracy in [0, 1]; "
+                        "re-run the evaluation to rewrite eval.json")
+    return float(value)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]], right_aligned_from: int = 1) -> str:
+    """A pipe table padded to equal column widths, so it reads well raw in a terminal and as markdown."""
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [cell.ljust(width) if i < right_aligned_from else cell.rjust(width)
+                  for i, (cell, width) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    # The rule spans each cell's padding too; a trailing colon marks a right-aligned column.
+    rule = ["-" * (w + 2) if i < right_aligned_from else "-" * (w + 1) + ":"
+            for i, w in enumerate(widths)]
+    return "\n".join([line(header), "|" + "|".join(rule) + "|"] + [line(row) for row in rows])
+
+
+def format_eval_table(eval_json: dict) -> str:
+    """Evaluation results as an aligned markdown table (rows: SSL and each baseline).
+
+    Columns: k-NN top-1 and linear-probe top-1 at each label fraction, as percentages; fractions
+    below 100% carry ± the std over seeds. Readable as-is in a monospace terminal.
+    """
+    results = [("SSL", eval_json)] + [
+        (plots.BASELINE_NAMES.get(name, name), result)
+        for name, result in (eval_json.get("baselines") or {}).items()]
+    fractions = sorted({float(key) for _, result in results for key in (result.get("linear_top1") or {})})
+    header = ["model", "k-NN top-1"] + [f"linear @{100 * f:g}%" for f in fractions]
+    rows = []
+    for name, result in results:
+        where = "" if result is eval_json else f"baselines.{name}."
+        row = [name, _accuracy_cell(_check_fraction(result.get("knn_top1"), f"{where}knn_top1"), None)]
+        accuracies = _by_fraction(result.get("linear_top1"))
+        stds = _by_fraction(result.get("linear_top1_std"))
+        for fraction in fractions:
+            accuracy = _check_fraction(accuracies.get(fraction), f"{where}linear_top1[{fraction:g}]")
+            std = _check_fraction(stds.get(fraction), f"{where}linear_top1_std[{fraction:g}]")
+            row.append(_accuracy_cell(accuracy, std if fraction < 1 else None))
+        rows.append(row)
+    return _markdown_table(header, rows)
+
+
+def _by_fraction(mapping: Optional[dict]) -> dict[float, Any]:
+    """eval.json keys label fractions by strings ("0.01"); compare them as numbers."""
+    return {float(key): value for key, value in (mapping or {}).items()}
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the other inputs
+
+
+def _load_json(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise DataError(f"{path} is not valid JSON ({error}); delete it and re-run the step "
+                        "that writes it") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object; delete it and re-run the step that writes it")
+    return data
+
+
+def _load_config(path: Path) -> tuple[Optional[str], dict]:
+    """The config's text (shown verbatim) and its parsed mapping (for the title)."""
+    if not path.is_file():
+        return None, {}
+    text = path.read_text()
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise DataError(f"{path} is not valid YAML ({error})") from None
+    return text, parsed if isinstance(parsed, dict) else {}
+
+
+@dataclass
+class TSNE:
+    coords: np.ndarray
+    labels: Optional[np.ndarray]
+    class_names: Optional[list[str]]
+
+
+def _load_tsne(path: Path) -> Optional[TSNE]:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError) as error:
+        raise DataError(f"{path} cannot be read as an .npz of plain arrays ({error}); "
+                        "re-run the t-SNE step") from None
+    coords = arrays.get("coords")
+    if coords is None or coords.ndim != 2 or coords.shape[1] != 2:
+        raise DataError(f"{path} needs an array 'coords' of shape (n, 2); re-run the t-SNE step")
+    labels = arrays.get("labels")
+    if labels is not None and len(labels) != len(coords):
+        raise DataError(f"{path}: {len(labels)} labels for {len(coords)} points; re-run the t-SNE step")
+    names = arrays.get("class_names")
+    return TSNE(coords, labels, None if names is None else [str(n) for n in names])
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections of report.md
+
+
+def _title(config: dict, eval_json: Optional[dict], run_dir: Path) -> str:
+    """``# Run report: method · backbone · dataset``, from what the config and eval.json name."""
+    def section(name: str) -> dict:
+        value = config.get(name)
+        return value if isinstance(value, dict) else {}
+
+    dataset = (eval_json or {}).get("dataset") or section("data").get("dataset", "?")
+    parts = [str(section("method").get("name", "?")), str(section("backbone").get("name", "?")),
+             str(dataset)]
+    if parts == ["?"] * 3:
+        return f"# Run report: {run_dir.resolve().name}"
+    return f"# Run report: {' · '.join(parts)}"
+
+
+def _summary(metrics: RunMetrics, config: dict) -> list[str]:
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    epochs_done = len({r["epoch"] for r in metrics.epochs})
+    planned = f" of {train['epochs']}" if "epochs" in train else ""
+    steps = [r["step"] for r in metrics.steps + metrics.epochs]
+    rows = [
+        ["status", _status(metrics.runs)],
+        ["epochs completed", f"{epochs_done}{planned}"],
+        ["steps", str(max(steps)) if steps else MISSING],
+        ["wall time", _wall_time(metrics)],
+        ["images/s (last epoch)", _last_epoch_throughput(metrics)],
+        ["final loss", _final_loss(metrics)],
+    ]
+    starts = [r for r in metrics.runs if r["event"] in ("start", "resume")]
+    if starts:
+        latest = starts[-1]
+        for key, label in (("device", "device"), ("precision", "precision"),
+                           ("torch", "torch"), ("torch_version", "torch")):
+            if key in latest:
+                rows.append([label, str(latest[key])])
+    resumes = sum(r["event"] == "resume" for r in metrics.runs)
+    if resumes:
+        rows.append(["resumed", f"{resumes}×"])
+    lines = ["## Run summary", "", _markdown_table(["", "value"], rows, right_aligned_from=2)]
+    for note in metrics.notes:
+        lines += ["", f"> Note: {note}"]
+    return lines
+
+
+def _status(runs: list[dict]) -> str:
+    if not runs:
+        return "unknown (no run records)"
+    last = runs[-1]
+    if last["event"] == "end":
+        return "finished"
+    if last["event"] == "diverged":
+        return "diverged" + (f": {last['message']}" if last.get("message") else "")
+    return "incomplete (no end record: still running or stopped)"
+
+
+def _wall_time(metrics: RunMetrics) -> str:
+    ends = [r for r in metrics.runs if r["event"] in ("end", "diverged") and "wall_seconds" in r]
+    if ends:
+        return _duration(ends[-1]["wall_seconds"])
+    epoch_seconds = [r["epoch_seconds"] for r in metrics.epochs if "epoch_seconds" in r]
+    if epoch_seconds:
+        return f"{_duration(sum(epoch_seconds))} (sum of epochs)"
+    return MISSING
+
+
+def _last_epoch_throughput(metrics: RunMetrics) -> str:
+    if metrics.epochs and metrics.epochs[-1].get("images_per_s") is not None:
+        return f"{metrics.epochs[-1]['images_per_s']:,.0f}"
+    if metrics.steps:
+        last_epoch = metrics.steps[-1].get("epoch")
+        rates = [r["images_per_s"] for r in metrics.steps
+                 if r.get("epoch") == last_epoch and r.get("images_per_s") is not None]
+        if rates:
+            return f"{sum(rates) / len(rates):,.0f}"
+    return MISSING
+
+
+def _final_loss(metrics: RunMetrics) -> str:
+    last = metrics.epochs[-1] if metrics.epochs else metrics.steps[-1] if metrics.steps else None
+    return MISSING if last is None else _number(float(last["loss"]))
+
+
+def _health(metrics: RunMetrics, verdict: Optional[dict], run_dir: Path) -> list[str]:
+    lines = ["## Representation health", ""]
+    if verdict is None:
+        lines.append("No health verdict (health_verdict.json is missing).")
+    else:
+        status = str(verdict.get("status", "unknown"))
+        lines.append(f"**Verdict: {VERDICT_LINES.get(status, '❓ ' + status)}**")
+    messages = _warning_messages(metrics, verdict)
+    if messages:
+        lines += ["", "Warnings:", ""] + [f"- {m}" for m in messages]
+    lines.append("")
+    if not metrics.health:
+        lines.append("No health records in metrics.jsonl (health checks off, or the run stopped "
+                     "before the first one).")
+        return lines
+    lines += [_last_health_table(metrics.health), ""]
+    plots.plot_effective_rank(metrics.health, run_dir / "effective_rank.png")
+    lines += ["![Effective rank and embedding spread per epoch](effective_rank.png)", ""]
+    if any(record.get("spectrum") for record in metrics.health):
+        plots.plot_spectrum(metrics.health, run_dir / "spectrum.png")
+        lines.append("![Final singular spectrum](spectrum.png)")
+    else:
+        lines.append("The health records carry no singular spectrum.")
+    return lines
+
+
+def _warning_messages(metrics: RunMetrics, verdict: Optional[dict]) -> list[str]:
+    """Every distinct warning once, with the epochs it was raised in, in order of first appearance."""
+    epochs_of: dict[str, list] = {}
+    for message in (verdict or {}).get("messages", []):
+        epochs_of.setdefault(str(message), [])
+    for record in metrics.warnings:
+        epochs_of.setdefault(str(record["message"]), []).append(record.get("epoch"))
+    for record in metrics.health:
+        for message in record.get("warnings") or []:
+            epochs_of.setdefault(f"{record['embedding']}: {message}", []).append(record["epoch"])
+    lines = []
+    for message, epochs in epochs_of.items():
+        known = [e for e in epochs if e is not None]
+        if not known:
+            lines.append(message)
+        elif len(known) == 1:
+            lines.append(f"epoch {known[0]}: {message}")
+        else:
+            lines.append(f"epochs {min(known)}–{max(known)} ({len(known)}×): {message}")
+    return lines
+
+
+def _last_health_table(health: list[dict]) -> str:
+    columns = [("effective_rank", "effective rank"), ("dim", "dim"),
+               ("embedding_std_x_sqrt_dim", "std·√D"), ("mean_cosine", "mean cosine"),
+               ("uniformity", "uniformity"), ("alignment", "alignment")]
+    rows = []
+    for name, records in plots.group_by_embedding(health).items():
+        last = records[-1]
+        rows.append([name, str(last["epoch"])] + [_number(last[key]) if key in last else MISSING
+                                                   for key, _ in columns])
+    header = ["embedding (last check)", "epoch"] + [label for _, label in columns]
+    return _markdown_table(header, rows)
+
+
+def _training(metrics: RunMetrics, run_dir: Path) -> list[str]:
+    lines = ["## Training", ""]
+    if metrics.steps:
+        plots.plot_loss_lr(metrics.steps, run_dir / "loss_lr.png")
+        lines.append("![Training loss and learning rate](loss_lr.png)")
+    else:
+        lines.append("No step records in metrics.jsonl, so no loss curve.")
+    lines.append("")
+    if metrics.probes:
+        plots.plot_probe(metrics.probes, metrics.epochs, run_dir / "probe.png")
+        lines.append("![Online k-NN probe vs training loss](probe.png)")
+    else:
+        lines.append("No online probe records (unlabelled data, or the probe is off).")
+    return lines
+
+
+def _evaluation(eval_json: Optional[dict], tsne: Optional[TSNE], run_dir: Path) -> list[str]:
+    lines = ["## Evaluation", ""]
+    if eval_json is None:
+        lines.append("Evaluation is missing: there is no eval.json in this run dir yet.")
+    else:
+        facts = [f"{label} {_count(eval_json[key])}" for key, label in
+                 (("dataset", "dataset"), ("num_train", "train samples"),
+                  ("num_test", "test samples"), ("feature_dim", "feature dim")) if key in eval_json]
+        if facts:
+            lines += [", ".join(facts) + ".", ""]
+        lines.append(format_eval_table(eval_json))
+        if eval_json.get("linear_top1"):
+            plots.plot_label_efficiency(eval_json, run_dir / "label_efficiency.png")
+            lines += ["", "![Label efficiency](label_efficiency.png)"]
+    lines.append("")
+    if tsne is None:
+        lines.append("No t-SNE (tsne.npz is missing).")
+    else:
+        plots.plot_tsne(tsne.coords, tsne.labels, run_dir / "tsne.png", tsne.class_names)
+        lines.append("![t-SNE of the embeddings](tsne.png)")
+    return lines
+
+
+def _config_section(config_text: Optional[str]) -> list[str]:
+    if config_text is None:
+        return ["## Config", "", "No config.yaml in this run dir."]
+    return ["## Config", "", "```yaml", config_text.rstrip("\n"), "```"]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Draw the plots of the run in ``run_dir`` and write ``run_dir/report.md``; return its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run dir {run_dir} does not exist; pass the folder a training run wrote")
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else RunMetrics(
+        notes=["There is no metrics.jsonl in this run dir."])
+    config_text, config = _load_config(run_dir / "config.yaml")
+    eval_json = _load_json(run_dir / "eval.json")
+    verdict = _load_json(run_dir / "health_verdict.json")
+    tsne = _load_tsne(run_dir / "tsne.npz")
+
+    sections = [
+        [_title(config, eval_json, run_dir), "", f"Run dir: `{run_dir}`"],
+        _summary(metrics, config),
+        _health(metrics, verdict, run_dir),
+        _evaluation(eval_json, tsne, run_dir),
+        _training(metrics, run_dir),
+        _config_section(config_text),
+    ]
+    report = run_dir / "report.md"
+    report.write_text("\n\n".join("\n".join(section) for section in sections) + "\n")
+    return report

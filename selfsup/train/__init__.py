@@ -1,0 +1,5 @@
+"""Training: the Trainer, optimisers, schedules, checkpoints."""
+
+from selfsup.train.trainer import Trainer, pretrain
+
+__all__ = ["Trainer", "pretrain"]

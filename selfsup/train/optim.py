@@ -1,0 +1,105 @@
+"""Optimisers: SGD with momentum, LARS and AdamW, with biases and norm parameters excluded.
+
+Biases and normalisation parameters (every parameter with fewer than 2 dimensions) get no weight
+decay and no LARS trust-ratio scaling: decaying BatchNorm scales towards zero, or rescaling their
+tiny updates by ||w|| / ||g||, hurts (You et al. 2017; the SimCLR and BYOL recipes exclude them).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from selfsup.config import OptimConfig
+from selfsup.errors import ConfigError
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017) on top of SGD with momentum.
+
+    For a parameter w with gradient g in a group with ``lars=True``:
+        g ← g + λ w;   g ← η ||w|| / ||g|| · g  (when both norms are > 0);
+        v ← μ v + g;   w ← w − lr · v.
+    Groups with ``lars=False`` take plain SGD-with-momentum steps (and their own weight decay).
+    The update runs on whole lists of tensors (``torch._foreach_*``) so a ResNet step is a handful of
+    kernel launches rather than several per parameter.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9,
+                 weight_decay: float = 0.0, eta: float = 0.02, lars: bool = True) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=lars)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                grad_norms = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((param_norms > 0) & (grad_norms > 0),
+                                    group["eta"] * param_norms / grad_norms,
+                                    torch.ones_like(param_norms))
+                grads = torch._foreach_mul(grads, list(trust.unbind()))
+            buffers = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and biases/norms (neither)."""
+    decayed, plain = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decayed if p.ndim > 1 else plain).append(p)
+    return [
+        {"params": decayed, "weight_decay": weight_decay, "lars": True},
+        {"params": plain, "weight_decay": 0.0, "lars": False},
+    ]
+
+
+def scaled_lr(config: OptimConfig, global_batch_size: int) -> float:
+    """The linear scaling rule: lr = base_lr × global_batch / 256 (Goyal et al. 2017)."""
+    return config.lr * global_batch_size / 256
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, global_batch_size: int) -> torch.optim.Optimizer:
+    """Build the optimiser a config names, at the batch-scaled learning rate."""
+    lr = scaled_lr(config, global_batch_size)
+    groups = param_groups(model, config.weight_decay)
+    cuda = any(p.is_cuda for p in model.parameters())
+    if config.name == "lars":
+        return LARS(groups, lr=lr, momentum=config.momentum, eta=config.lars_eta)
+    for g in groups:
+        g.pop("lars")
+    if config.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, foreach=True)
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), fused=cuda or None)
+    raise ConfigError(f"unknown optimiser {config.name!r}; choose sgd, lars or adamw")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``."""
+    import math
+
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, progress)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

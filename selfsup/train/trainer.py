@@ -1,0 +1,316 @@
+"""The training loop: one place that owns devices, precision, optimisation, logging and checkpoints.
+
+Exact resume: checkpoints are written at epoch boundaries and hold the model, the optimiser, the
+step counter and the global RNG states; the data order and the views of epoch e come from
+generators seeded by (seed, e) alone, and the learning rate is a pure function of the step. So a run
+stopped after any epoch and resumed computes the very same steps as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from selfsup.backbones import build_backbone
+from selfsup.config import Config
+from selfsup.data import load_split
+from selfsup.data.base import ImageSource
+from selfsup.data.loader import BatchStream
+from selfsup.errors import ConfigError, DataError, TrainingDiverged
+from selfsup.evaluate.knn import knn_accuracy
+from selfsup.health import HealthMonitor
+from selfsup.methods import Method, build_method
+from selfsup.train.checkpoint import load_checkpoint, save_checkpoint, save_encoder
+from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
+from selfsup.train.metrics_log import MetricsLog
+from selfsup.train.optim import build_optimizer, lr_factor
+from selfsup.views import make_views
+from selfsup.views.image import to_input
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, random stream)."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
+
+
+@dataclass
+class HealthData:
+    """The fixed held-out batch the health monitor and the online k-NN probe look at every time."""
+
+    images: torch.Tensor  # uint8 on the device
+    labels: Optional[torch.Tensor]
+    bank_images: Optional[torch.Tensor]  # labelled training images for the k-NN probe
+    bank_labels: Optional[torch.Tensor]
+    num_classes: int
+
+
+class Trainer:
+    """Pretrains ``config.method`` on ``config.data.dataset`` and writes the run directory."""
+
+    def __init__(self, config: Config, resume: bool = False) -> None:
+        self.config = config
+        self.resume = resume
+        self.run_dir = Path(config.out)
+        self.device = resolve_device(config.train.device)
+        self.precision = resolve_precision(config.train.precision, self.device)
+        self.cuda = self.device.type == "cuda"
+
+    # ---------------------------------------------------------------- set-up
+    def _prepare_run_dir(self) -> None:
+        checkpoint = self.run_dir / CHECKPOINT
+        if self.resume and not checkpoint.is_file():
+            raise DataError(f"--resume: no checkpoint at {checkpoint}; start the run without --resume")
+        if not self.resume and checkpoint.is_file():
+            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume, "
+                              "or choose another --out")
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir / "config.yaml")
+
+    def _build(self) -> None:
+        cfg = self.config
+        seed_everything(cfg.train.seed)
+        self.train_data = load_split(cfg.data.dataset, "train", cfg.data.data_dir)
+        self.in_shape = self.train_data.shape
+        self.encoder_spec = {"backbone": dict(cfg.backbone), "in_channels": self.in_shape[0],
+                             "image_size": self.in_shape[1], "dataset": cfg.data.dataset}
+        encoder = build_backbone(cfg.backbone, self.in_shape[0], self.in_shape[1])
+        self.method: Method = build_method(cfg.method, encoder).to(self.device)
+        self.memory_format = torch.channels_last if (self.cuda and cfg.train.channels_last) \
+            else torch.contiguous_format
+        self.method = self.method.to(memory_format=self.memory_format)
+        recipe = cfg.views.get("recipe") or self.method.view_recipe
+        self.views = make_views(recipe, self.in_shape, cfg.views)
+        self.stream = BatchStream(self.train_data, cfg.train.batch_size, self.device, cfg.train.seed,
+                                  shuffle=True, drop_last=True, device_max_gb=cfg.data.device_max_gb,
+                                  num_workers=cfg.data.num_workers)
+        self.steps_per_epoch = len(self.stream)
+        if cfg.train.steps_per_epoch > 0:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.warmup_steps = min(round(cfg.optim.warmup_epochs * self.steps_per_epoch),
+                                max(0, self.total_steps - 1))
+        self.optimizer = build_optimizer(self.method, cfg.optim, cfg.train.batch_size)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.step_fn = self.method
+        if cfg.train.compile:
+            if self.cuda:
+                self.step_fn = torch.compile(self.method)
+            else:
+                print("note: train.compile is only used on CUDA; running eagerly on the CPU")
+        self.health_data = self._health_data()
+        self.monitor = HealthMonitor()
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+
+    def _health_data(self) -> HealthData:
+        """A fixed batch from the test split (else from train) and a labelled probe bank."""
+        cfg = self.config.train
+        if cfg.health_samples < 512:
+            raise ConfigError(f"train.health_samples must be ≥ 512 for a stable effective rank, "
+                              f"got {cfg.health_samples}")
+        try:
+            held_out: ImageSource = load_split(self.config.data.dataset, "test", self.config.data.data_dir)
+        except DataError:
+            held_out = self.train_data
+        if len(held_out) < cfg.health_samples:  # a tiny test split: watch training images instead
+            held_out = max(held_out, self.train_data, key=len)
+        pick = torch.Generator().manual_seed(12345)
+        order = torch.randperm(len(held_out), generator=pick)[: cfg.health_samples]
+        images = held_out.get(order).to(self.device)
+        labels = held_out.labels[order].to(self.device) if held_out.labels is not None else None
+        bank_images = bank_labels = None
+        num_classes = 0
+        if self.train_data.labels is not None and labels is not None:
+            bank = torch.randperm(len(self.train_data), generator=pick)[: cfg.probe_train_samples]
+            bank_images = self.train_data.get(bank).to(self.device)
+            bank_labels = self.train_data.labels[bank].to(self.device)
+            num_classes = max(self.train_data.num_classes, int(labels.max()) + 1)
+        return HealthData(images, labels, bank_images, bank_labels, num_classes)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self, epoch: int, step: int) -> dict[str, Any]:
+        state = {
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,  # epochs completed
+            "step": step,
+            "rng_cpu": torch.get_rng_state(),
+            "monitor": self.monitor.state_dict(),
+            "wall_seconds": self.wall_seconds,
+        }
+        if self.cuda:
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore(self) -> tuple[int, int]:
+        state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if self.cuda and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        self.monitor.load_state_dict(state["monitor"])
+        self.wall_seconds = state.get("wall_seconds", 0.0)
+        self.log.truncate_after(state["step"])
+        return state["epoch"], state["step"]
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> Path:
+        """Train to the configured number of epochs (from the last checkpoint with resume)."""
+        self._prepare_run_dir()
+        self._build()
+        self.wall_seconds = 0.0
+        start_epoch, step = (self._restore() if self.resume else (0, 0))
+        self.log.write({"kind": "run", "event": "resume" if self.resume else "start",
+                        "time": time.time(), "epoch": start_epoch, "step": step,
+                        "device": str(self.device), "device_name": self._device_name(),
+                        "precision": self.precision, "torch": torch.__version__,
+                        "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                        "num_train": len(self.train_data), "host": platform.node()})
+        for epoch in range(start_epoch, self.config.train.epochs):
+            step = self._train_epoch(epoch, step)
+            self._end_of_epoch(epoch, step)
+        self._finish(step)
+        return self.run_dir
+
+    def _device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.cuda else platform.processor() or "cpu"
+
+    def _train_epoch(self, epoch: int, step: int) -> int:
+        cfg = self.config.train
+        self.method.train()
+        view_gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
+        epoch_start = time.perf_counter()
+        interval_start, interval_steps = epoch_start, 0
+        loss_sum = torch.zeros((), device=self.device)
+        epoch_loss_sum = torch.zeros((), device=self.device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not cfg.progress, dynamic_ncols=True, leave=False)
+        for i, (images, _) in enumerate(self.stream.epoch(epoch)):
+            if i >= self.steps_per_epoch:
+                break
+            factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio)
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * factor
+            views = [v.contiguous(memory_format=self.memory_format) for v in self.views(images, view_gen)]
+            with autocast(self.device, self.precision):
+                out = self.step_fn(views)
+            loss = out.loss.float()
+            loss.backward()
+            if self.config.optim.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.optim.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.method.after_step(step, self.total_steps)
+            step += 1
+            interval_steps += 1
+            detached = loss.detach()
+            loss_sum += detached
+            epoch_loss_sum += detached
+            nonfinite |= ~torch.isfinite(detached)
+            bar.update(1)
+            last = i + 1 == self.steps_per_epoch
+            if interval_steps == cfg.log_every or last:
+                # The only host-device syncs of the loop: once per log interval.
+                if bool(nonfinite):
+                    bar.close()
+                    self._diverged(epoch, step)
+                now = time.perf_counter()
+                rate = interval_steps * cfg.batch_size / max(now - interval_start, 1e-9)
+                mean_loss = (loss_sum / interval_steps).item()
+                self.log.write({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss,
+                                "lr": self.optimizer.param_groups[0]["lr"],
+                                "images_per_s": rate, "time": time.time()})
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:,.0f}")
+                interval_start, interval_steps = now, 0
+                loss_sum.zero_()
+        bar.close()
+        seconds = time.perf_counter() - epoch_start
+        self.wall_seconds += seconds
+        epoch_loss = (epoch_loss_sum / self.steps_per_epoch).item()
+        self.log.write({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss,
+                        "images_per_s": self.steps_per_epoch * cfg.batch_size / seconds,
+                        "epoch_seconds": seconds, "time": time.time()})
+        self.monitor.loss(epoch, epoch_loss)
+        if cfg.progress:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {epoch_loss:.4f}, "
+                  f"{self.steps_per_epoch * cfg.batch_size / seconds:,.0f} images/s, {seconds:.1f} s")
+        return step
+
+    def _diverged(self, epoch: int, step: int) -> None:
+        checkpoint = self.run_dir / CHECKPOINT
+        kept = (f"the last good checkpoint ({checkpoint}) is kept; fix the cause and continue with "
+                "--resume" if checkpoint.is_file() else "no checkpoint was written yet")
+        message = (f"the training loss became NaN or infinite by step {step} (epoch {epoch + 1}); "
+                   f"{kept}. Usual fixes: a lower optim.lr, gradient clipping "
+                   "(--set optim.clip_grad=1.0), or train.precision=fp32.")
+        self.log.write({"kind": "run", "event": "diverged", "time": time.time(), "epoch": epoch,
+                        "step": step, "message": message})
+        raise TrainingDiverged(message)
+
+    @torch.no_grad()
+    def _embed(self, images: torch.Tensor, fn, chunk: int = 1024) -> dict[str, torch.Tensor]:
+        outs: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, len(images), chunk):
+            x = images[start:start + chunk]
+            x = (x if x.is_floating_point() else to_input(x)).contiguous(memory_format=self.memory_format)
+            with autocast(self.device, self.precision):
+                for name, z in fn(x).items():
+                    outs.setdefault(name, []).append(z.float())
+        return {name: torch.cat(parts) for name, parts in outs.items()}
+
+    def _end_of_epoch(self, epoch: int, step: int) -> None:
+        cfg = self.config.train
+        last = epoch + 1 == cfg.epochs
+        data = self.health_data
+        self.method.eval()
+        records: list[dict] = []
+        if (epoch + 1) % cfg.health_every == 0 or last:
+            clean = self._embed(data.images, self.method.health_embeddings)
+            pair_gen = torch.Generator(device=self.device).manual_seed(777)
+            augmented = self.views(data.images, pair_gen)[0]
+            paired = self._embed(augmented, self.method.health_embeddings)
+            records += self.monitor.check(epoch, step, {k: (clean[k], paired[k]) for k in clean})
+        if data.bank_images is not None and ((epoch + 1) % cfg.probe_every == 0 or last):
+            embed = lambda x: {"f": self.method.embed(x)}  # noqa: E731
+            bank = self._embed(data.bank_images, embed)["f"]
+            queries = self._embed(data.images, embed)["f"]
+            accuracy = knn_accuracy(bank, data.bank_labels, queries, data.labels, data.num_classes,
+                                    k=min(self.config.eval.knn_k, len(bank)),
+                                    temperature=self.config.eval.knn_temperature)
+            records += self.monitor.probe(epoch, step, accuracy)
+        self.method.train()
+        for record in records:
+            self.log.write(record)
+            for message in ([record["message"]] if record.get("kind") == "warning" else
+                            record.get("warnings", [])):
+                print(f"WARNING (epoch {epoch + 1}): {message}")
+        if cfg.progress:
+            summary = [f"{r['embedding']} rank {r['effective_rank']:.1f}/{r['dim']}" for r in records
+                       if r.get("kind") == "health"]
+            summary += [f"k-NN {r['knn_top1']:.3f}" for r in records if r.get("kind") == "probe"]
+            if summary:
+                print("  health: " + ", ".join(summary))
+        save_checkpoint(self.run_dir / CHECKPOINT, self._state(epoch + 1, step))
+
+    def _finish(self, step: int) -> None:
+        import json
+
+        save_encoder(self.run_dir, self.method.encoder, self.encoder_spec)
+        verdict = self.monitor.verdict()
+        (self.run_dir / "health_verdict.json").write_text(json.dumps(verdict, indent=2))
+        self.log.write({"kind": "run", "event": "end", "time": time.time(), "step": step,
+                        "wall_seconds": self.wall_seconds, "health": verdict.get("status")})
+
+
+def pretrain(config: Config, resume: bool = False) -> Path:
+    """Run (or resume) pretraining and return the run directory."""
+    return Trainer(config, resume).fit()

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny, fast configurations on scikit-learn's bundled digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup.config import load_config
+
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+TINY = [
+    "data.dataset=digits", "backbone.name=small-cnn", "backbone.widths=[8, 16]",
+    "method.proj_dim=16", "train.batch_size=64", "train.epochs=2", "train.steps_per_epoch=3",
+    "train.health_samples=512", "train.probe_every=1", "train.probe_train_samples=256",
+    "train.progress=false", "train.device=cpu", "optim.name=lars", "optim.lr=0.3",
+    "optim.warmup_epochs=0.5", "eval.seeds=2", "eval.tsne_samples=100", "eval.batch_size=512",
+]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A SimCLR run on digits that takes about a second on 2 CPU cores."""
+
+    def make(*extra: str, out: str = "run"):
+        return load_config(None, TINY + [f"out={tmp_path / out}", *extra])
+
+    return make

@@ -1,0 +1,80 @@
+"""End to end through the command line on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup.cli import main
+from selfsup.data import load_split
+from tests.conftest import TINY
+
+PLOTS = ("loss_lr.png", "effective_rank.png", "spectrum.png", "tsne.png", "label_efficiency.png")
+
+
+def test_pretrain_evaluate_embed_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = [a for item in TINY for a in ("--set", item)]
+    assert main(["pretrain", "--method", "simclr", "--dataset", "digits", "--epochs", "2",
+                 "--out", str(run), *sets]) == 0
+    assert main(["evaluate", str(run)]) == 0
+    table = capsys.readouterr().out
+
+    result = json.loads((run / "eval.json").read_text())
+    for block in (result, result["baselines"]["raw"], result["baselines"]["random_init"]):
+        assert 0.0 <= block["knn_top1"] <= 1.0
+        assert set(block["linear_top1"]) == {"0.01", "0.1", "1.0"}
+        assert all(0.0 <= v <= 1.0 for v in block["linear_top1"].values())
+    assert {"effective_rank", "embedding_std", "mean_cosine"} <= set(result["health"])
+    assert result["baselines"]["raw"]["knn_top1"] > 0.9  # raw pixels of digits are easy
+    assert f"{100 * result['knn_top1']:.1f}" in table
+
+    for name in PLOTS:
+        with Image.open(run / name) as image:
+            assert image.width > 200 and image.height > 150
+    assert "label_efficiency.png" in (run / "report.md").read_text()
+
+    out = tmp_path / "test.npy"
+    assert main(["embed", str(run), "--split", "test", "--out", str(out)]) == 0
+    feats = np.load(out)
+    assert feats.shape == (len(load_split("digits", "test")), 16) and np.isfinite(feats).all()
+
+
+def test_saved_config_reproduces_the_run(tmp_path):
+    sets = [a for item in TINY for a in ("--set", item)]
+    assert main(["pretrain", "--out", str(tmp_path / "a"), *sets]) == 0
+    assert main(["pretrain", "--config", str(tmp_path / "a" / "config.yaml"),
+                 "--out", str(tmp_path / "b")]) == 0
+    a = (tmp_path / "a" / "encoder.safetensors").read_bytes()
+    assert a == (tmp_path / "b" / "encoder.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "--dataset", "no-such-data"], "no-such-data"),
+    (["pretrain", "--dataset", "digits", "--method", "nope"], "unknown method 'nope'"),
+    (["pretrain", "--dataset", "digits", "--set", "optim.lr=fast"], "optim.lr must be a number"),
+    (["pretrain", "--dataset", "digits", "--set", "train.nonsense=1"], "unknown config key train.nonsense"),
+    (["evaluate", "/no/such/run"], "not a selfsup run dir"),
+])
+def test_bad_input_gets_a_named_error(args, message, capsys, tmp_path):
+    if args[0] == "pretrain":
+        args = args + ["--out", str(tmp_path / "x")]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):
+    sets = [a for item in TINY for a in ("--set", item)]
+    assert main(["pretrain", "--out", str(tmp_path / "a"), *sets]) == 0
+    assert main(["pretrain", "--out", str(tmp_path / "a"), *sets]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_list_names_the_registered_components(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("simclr", "resnet18", "small-cnn", "fashion-mnist", "digits"):
+        assert name in out

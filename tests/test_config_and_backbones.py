@@ -1,0 +1,70 @@
+"""Config overrides and the backbones' shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup.backbones import build_backbone
+from selfsup.config import load_config
+from selfsup.errors import ConfigError
+
+
+def test_overrides_yaml_and_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\noptim:\n  lr: 0.5\n")
+    config = load_config(path, ["optim.lr=0.25", "method.temperature=0.1", "optim.betas=[0.8, 0.9]"])
+    assert config.train.epochs == 7 and config.optim.lr == 0.25
+    assert config.method == {"name": "simclr", "temperature": 0.1}
+    assert config.optim.betas == (0.8, 0.9)
+    config.save(tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=many", "train.epochs must be a number"),
+    ("train.compile=1", "train.compile must be true or false"),
+    ("nope.key=1", "unknown config key nope"),
+    ("novalue", "key=value"),
+])
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("small-cnn", 256)])
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (5, 16)])
+def test_backbone_features(name, dim, channels, size):
+    net = build_backbone({"name": name}, channels, size)
+    out = net(torch.randn(2, channels, size, size))
+    assert out.shape == (2, dim) == (2, net.out_dim)
+
+
+def test_resnet18_has_the_cifar_stem():
+    net = build_backbone({"name": "resnet18"}, 3, 32)
+    stem = net.stem[0]
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(11.17e6, rel=0.01)
+
+
+def test_unknown_backbone_options_are_named():
+    with pytest.raises(ConfigError, match="unknown config key backbone.depth"):
+        build_backbone({"name": "resnet18", "depth": 3}, 3, 32)
+
+
+def test_adapter_wraps_any_module():
+    from selfsup.backbones import FeatureAdapter
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 7, 3), torch.nn.ReLU())
+    net = FeatureAdapter(module, (3, 16, 16))
+    assert net.out_dim == 7 and net(torch.randn(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_missing_external_library_is_a_named_error():
+    pytest.importorskip  # torchvision/timm are optional: only check the error when absent
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="needs timm"):
+            build_backbone({"name": "timm:resnet18"}, 3, 32)

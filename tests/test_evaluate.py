@@ -1,0 +1,270 @@
+"""Evaluation protocols against hand computations, properties and scikit-learn on real digits."""
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from selfsup.errors import ConfigError, DataError
+from selfsup.evaluate import (
+    balanced_subset,
+    evaluate_feature_sets,
+    evaluate_features,
+    knn_accuracy,
+    knn_predict,
+    linear_probe,
+    tsne_embedding,
+)
+from selfsup.evaluate.tsne import stratified_sample
+
+
+def blobs(n_per_class: int, num_classes: int = 3, dim: int = 10, spread: float = 0.5, seed=0):
+    """Well-separated Gaussian blobs: class c is centred at 4 · e_c."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    centres = 4 * torch.eye(num_classes, dim)
+    feats = centres[labels] + spread * torch.randn(len(labels), dim, generator=generator)
+    return feats, labels
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.data, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    as_float = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    return as_float(x_train), torch.tensor(y_train), as_float(x_test), torch.tensor(y_test)
+
+
+# --- k-NN --------------------------------------------------------------------------------------
+
+
+def with_cosine(c: float, norm: float = 1.0, sign: float = 1.0) -> list[float]:
+    """A 2-D vector whose cosine with the query (1, 0) is c (norms must not matter)."""
+    return [norm * c, sign * norm * math.sqrt(1 - c * c)]
+
+
+# Query (1, 0). Class 0: one neighbour at cosine 1.0; class 1: two at 0.6; class 2: five at 0.1.
+BANK = torch.tensor(
+    [with_cosine(1.0, norm=5)]
+    + [with_cosine(0.6), with_cosine(0.6, norm=2, sign=-1)]
+    + [with_cosine(0.1, norm=n, sign=s) for n, s in [(1, 1), (2, -1), (3, 1), (4, -1), (5, 1)]]
+)
+BANK_LABELS = torch.tensor([0, 1, 1, 2, 2, 2, 2, 2])
+QUERY = torch.tensor([[1.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "k, temperature, expected",
+    [
+        # k=3, T=0.1: class 0 scores e^10 ≈ 22026 > class 1's 2·e^6 ≈ 807, though class 1 has
+        # the majority of the three neighbours.
+        (3, 0.1, 0),
+        # k=3, T=1: e^1 ≈ 2.72 < 2·e^0.6 ≈ 3.64: with flat weights the majority wins.
+        (3, 1.0, 1),
+        # k=200 > bank (all 8), T=1: class 2 scores 5·e^0.1 ≈ 5.53, the largest.
+        (200, 1.0, 2),
+    ],
+)
+def test_knn_weighted_vote_matches_hand_computation(k, temperature, expected):
+    predicted = knn_predict(BANK, BANK_LABELS, QUERY, num_classes=3, k=k, temperature=temperature)
+    assert predicted.tolist() == [expected]
+
+
+def test_knn_chunked_equals_unchunked_and_large_k_uses_whole_bank():
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(300, 8, generator=generator)
+    labels = torch.randint(0, 5, (300,), generator=generator)
+    queries = torch.randn(77, 8, generator=generator)
+    whole = knn_predict(train, labels, queries, 5, k=20, chunk_size=1024)
+    assert torch.equal(knn_predict(train, labels, queries, 5, k=20, chunk_size=10), whole)
+    whole_bank = knn_predict(train, labels, queries, 5, k=300)
+    assert torch.equal(knn_predict(train, labels, queries, 5, k=10_000), whole_bank)
+
+
+def test_knn_small_temperature_does_not_overflow():
+    feats, labels = blobs(20)
+    assert knn_accuracy(feats, labels, feats, labels, 3, k=10, temperature=0.001) == 1.0
+
+
+def test_knn_rejects_bad_inputs():
+    feats, labels = blobs(5)
+    with pytest.raises(DataError, match="num_classes"):
+        knn_predict(feats, labels, feats, num_classes=2)
+    with pytest.raises(DataError, match="labels"):
+        knn_predict(feats, labels[:-1], feats, num_classes=3)
+    with pytest.raises(DataError, match="query_feats"):
+        knn_predict(feats, labels, feats[:, :4], num_classes=3)
+    with pytest.raises(ConfigError):
+        knn_predict(feats, labels, feats, num_classes=3, temperature=0)
+
+
+# --- linear probe ------------------------------------------------------------------------------
+
+
+def test_linear_probe_separates_blobs_and_is_deterministic():
+    train, train_labels = blobs(40)
+    test, test_labels = blobs(40, seed=1)
+    result = linear_probe(train, train_labels, test, test_labels, num_classes=3, seed=0)
+    assert result["accuracy"] >= 0.98
+    assert linear_probe(train, train_labels, test, test_labels, num_classes=3, seed=0) == result
+
+
+def test_linear_probe_ignores_per_feature_scale_and_offset():
+    train, train_labels = blobs(30, spread=1.5)
+    test, test_labels = blobs(30, spread=1.5, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    scale = 10 ** (2 * torch.rand(10, generator=generator) - 1)  # 0.1 to 10 per feature
+    offset = 5 * torch.randn(10, generator=generator)
+    plain = linear_probe(train, train_labels, test, test_labels, 3)
+    rescaled = linear_probe(
+        scale * train + offset, train_labels, scale * test + offset, test_labels, 3
+    )
+    assert rescaled["accuracy"] == pytest.approx(plain["accuracy"], abs=1 / 90)
+    assert rescaled["weight_decay"] == plain["weight_decay"]
+
+
+def test_linear_probe_is_near_chance_on_shuffled_labels():
+    generator = torch.Generator().manual_seed(0)
+    train, train_labels = blobs(60)
+    test, test_labels = blobs(100, seed=1)
+    shuffled_train = train_labels[torch.randperm(len(train_labels), generator=generator)]
+    shuffled_test = test_labels[torch.randperm(len(test_labels), generator=generator)]
+    accuracy = linear_probe(train, shuffled_train, test, shuffled_test, num_classes=3)["accuracy"]
+    assert accuracy < 0.45  # chance is 1/3; 300 test points make 0.45 about 4 std above it
+
+
+def test_linear_probe_never_looks_at_test_labels_to_choose_weight_decay():
+    train, train_labels = blobs(30, spread=2.0)
+    test, test_labels = blobs(30, spread=2.0, seed=1)
+    flipped = (test_labels + 1) % 3
+    honest = linear_probe(train, train_labels, test, test_labels, num_classes=3)
+    misled = linear_probe(train, train_labels, test, flipped, num_classes=3)
+    assert honest["weight_decay"] == misled["weight_decay"]
+    assert honest["accuracy"] > 0.5 > misled["accuracy"]
+
+
+def test_linear_probe_handles_one_example_per_class():
+    # No noise dimensions: with 1 example per class, noise dimensions scaled up to unit variance
+    # would swamp any linear classifier, however well chosen.
+    unlabelled, all_labels = blobs(30, dim=3)
+    one_each = torch.tensor([0, 30, 60])
+    test, test_labels = blobs(30, dim=3, seed=1)
+    result = linear_probe(
+        unlabelled[one_each], all_labels[one_each], test, test_labels, num_classes=3,
+        standardise_with=unlabelled,
+    )
+    # No validation data: the strongest decay in the grid; the blobs are still told apart.
+    assert result["weight_decay"] == pytest.approx(0.1)
+    assert result["accuracy"] > 0.9
+
+
+def test_linear_probe_on_digits_is_high_and_agrees_with_sklearn(digits):
+    x_train, y_train, x_test, y_test = digits
+    ours = linear_probe(x_train, y_train, x_test, y_test, num_classes=10)["accuracy"]
+    scaler = StandardScaler().fit(x_train.numpy())
+    reference = LogisticRegression(max_iter=2000).fit(scaler.transform(x_train.numpy()), y_train)
+    theirs = reference.score(scaler.transform(x_test.numpy()), y_test.numpy())
+    assert ours > 0.9
+    assert abs(ours - theirs) < 0.03
+
+
+def test_knn_on_digits_is_high(digits):
+    x_train, y_train, x_test, y_test = digits
+    assert knn_accuracy(x_train, y_train, x_test, y_test, num_classes=10, k=20) > 0.9
+
+
+# --- label-fraction protocol -------------------------------------------------------------------
+
+
+def test_balanced_subset_counts_and_determinism():
+    labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 7 + [3] * 1)
+    subset = balanced_subset(labels, 0.1, seed=0)
+    # round(0.1 × count), at least one: 10, 5, round(0.7) = 1, max(1, 0) = 1.
+    assert torch.bincount(labels[subset], minlength=4).tolist() == [10, 5, 1, 1]
+    assert len(set(subset.tolist())) == len(subset)
+    assert torch.equal(balanced_subset(labels, 0.1, seed=0), subset)
+    assert not torch.equal(balanced_subset(labels, 0.1, seed=1), subset)
+    assert torch.equal(balanced_subset(labels, 1.0, seed=3), torch.arange(len(labels)))
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5])
+def test_balanced_subset_rejects_bad_fractions(fraction):
+    with pytest.raises(ConfigError, match="fraction"):
+        balanced_subset(torch.tensor([0, 1]), fraction, seed=0)
+
+
+def test_evaluate_features_keys_runs_and_ranges():
+    train, train_labels = blobs(30)
+    test, test_labels = blobs(20, seed=1)
+    result = evaluate_features(
+        train, train_labels, test, test_labels, 3, fractions=(0.1, 1.0), seeds=2, knn_k=10
+    )
+    assert set(result["linear_top1"]) == set(result["linear_top1_std"]) == {"0.1", "1.0"}
+    assert [len(result["linear_runs"][key]) for key in ("0.1", "1.0")] == [2, 1]
+    for key, runs in result["linear_runs"].items():
+        assert result["linear_top1"][key] == pytest.approx(statistics.fmean(runs))
+        assert result["linear_top1_std"][key] == pytest.approx(statistics.pstdev(runs))
+        assert all(0 <= accuracy <= 1 for accuracy in runs)
+    assert result["linear_top1_std"]["1.0"] == 0.0
+    assert 0.9 <= result["knn_top1"] <= 1.0
+
+
+def test_evaluate_feature_sets_ranks_informative_features_above_noise():
+    train, train_labels = blobs(30)
+    test, test_labels = blobs(20, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    noise = (torch.randn(90, 10, generator=generator), torch.randn(60, 10, generator=generator))
+    results = evaluate_feature_sets(
+        {"ssl": (train, test), "random_init": noise},
+        train_labels, test_labels, 3, fractions=(1.0,), knn_k=10,
+    )
+    assert set(results) == {"ssl", "random_init"}
+    ssl, noise = results["ssl"], results["random_init"]
+    assert ssl["knn_top1"] > noise["knn_top1"] + 0.3
+    assert ssl["linear_top1"]["1.0"] > noise["linear_top1"]["1.0"] + 0.3
+
+
+# --- t-SNE -------------------------------------------------------------------------------------
+
+
+def test_stratified_sample_keeps_class_shares():
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    keep = stratified_sample(labels, 20, seed=0)
+    assert np.bincount(labels[keep]).tolist() == [12, 6, 2]
+    assert np.array_equal(stratified_sample(labels, 20, seed=0), keep)
+    # Shares 5 × (0.6, 0.3, 0.1) = (3, 1.5, 0.5): the largest remainder (class 1, tie broken by
+    # order) gets the fifth row.
+    assert np.bincount(labels[stratified_sample(labels, 5, seed=0)]).tolist() == [3, 2]
+
+
+def test_tsne_keeps_blobs_apart_and_is_deterministic():
+    feats, labels = blobs(60, dim=60)
+    coords, sampled = tsne_embedding(feats, labels, n=90, seed=0)
+    assert coords.shape == (90, 2) and np.bincount(sampled).tolist() == [30, 30, 30]
+    coords_again, _ = tsne_embedding(feats, labels, n=90, seed=0)
+    assert np.allclose(coords, coords_again)
+    # Every point's nearest other point on the map is of its own class.
+    distances = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    assert np.array_equal(sampled[distances.argmin(axis=1)], sampled)
+
+
+@pytest.mark.gpu
+def test_protocols_give_the_same_answers_on_cuda(digits):
+    x_train, y_train, x_test, y_test = digits
+    on_cuda = [t.cuda() for t in digits]
+    cpu_knn = knn_predict(x_train, y_train, x_test, 10, k=20)
+    cuda_knn = knn_predict(on_cuda[0], on_cuda[1], on_cuda[2], 10, k=20, chunk_size=100)
+    assert cuda_knn.device.type == "cuda"
+    assert (cuda_knn.cpu() == cpu_knn).float().mean() > 0.99  # ties may break differently
+    cpu_probe = linear_probe(x_train, y_train, x_test, y_test, 10)
+    cuda_probe = linear_probe(*on_cuda, 10)
+    assert cuda_probe["accuracy"] == pytest.approx(cpu_probe["accuracy"], abs=0.01)

@@ -1,0 +1,154 @@
+"""Trainer: determinism, exact resume, crash-safe checkpoints, NaN handling, encoder export."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup.errors import TrainingDiverged
+from selfsup.train import Trainer
+from selfsup.train.checkpoint import load_checkpoint, load_encoder, save_checkpoint
+from selfsup.train.metrics_log import read_metrics
+from selfsup.train.optim import LARS, lr_factor
+
+
+def encoder_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "encoder.safetensors"))
+
+
+def test_same_seed_same_run(tiny_config):
+    a = Trainer(tiny_config(out="a")).fit()
+    b = Trainer(tiny_config(out="b")).fit()
+    c = Trainer(tiny_config("train.seed=1", out="c")).fit()
+    wa, wb, wc = encoder_weights(a), encoder_weights(b), encoder_weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_config, monkeypatch):
+    straight = Trainer(tiny_config("train.epochs=4", out="straight")).fit()
+
+    original = Trainer._end_of_epoch
+
+    def stop_after_second_epoch(self, epoch, step):
+        original(self, epoch, step)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_second_epoch)
+    config = tiny_config("train.epochs=4", out="resumed")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config).fit()
+    assert not (Path(config.out) / "encoder.safetensors").exists()
+    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    resumed = Trainer(config, resume=True).fit()
+
+    ws, wr = encoder_weights(straight), encoder_weights(resumed)
+    assert all(torch.equal(ws[k], wr[k]) for k in ws)
+    steps = [r["step"] for r in read_metrics(resumed / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert steps == [3, 6, 9, 12]  # the resumed log holds each epoch once
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    def torn_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
+    from selfsup.methods.simclr import SimCLR
+
+    forward = SimCLR.forward
+    calls = {"n": 0}
+
+    def poisoned(self, views):
+        out = forward(self, views)
+        calls["n"] += 1
+        if calls["n"] > 3:  # the second epoch goes bad
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "forward", poisoned)
+    config = tiny_config("train.epochs=3")
+    with pytest.raises(TrainingDiverged, match="NaN or infinite.*last good checkpoint"):
+        Trainer(config).fit()
+    state = load_checkpoint(Path(config.out) / "checkpoints/last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
+    events = [r.get("event") for r in read_metrics(Path(config.out) / "metrics.jsonl")]
+    assert "diverged" in events
+
+
+def test_run_dir_contents_and_encoder_round_trip(tiny_config):
+    run = Trainer(tiny_config()).fit()
+    for name in ("config.yaml", "metrics.jsonl", "encoder.safetensors", "encoder.json",
+                 "checkpoints/last.pt", "health_verdict.json"):
+        assert (run / name).is_file(), name
+    records = read_metrics(run / "metrics.jsonl")
+    kinds = {r["kind"] for r in records}
+    assert {"run", "step", "epoch", "health", "probe"} <= kinds
+    health = [r for r in records if r["kind"] == "health"]
+    assert {r["embedding"] for r in health} == {"encoder", "projector"}
+    encoder, spec = load_encoder(run)
+    state = load_checkpoint(run / "checkpoints/last.pt")
+    x = torch.randn(4, 1, 8, 8)
+    trained = Trainer(tiny_config(out="other"))
+    trained._build()
+    trained.method.load_state_dict(state["method"])
+    encoder.eval(), trained.method.eval()
+    assert torch.allclose(encoder(x), trained.method.encoder(x))
+    assert spec["in_channels"] == 1 and json.loads((run / "encoder.json").read_text()) == spec
+
+
+def test_no_code_path_unpickles_untrusted_files():
+    root = Path(__file__).resolve().parents[1] / "selfsup"
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+        assert "pickle.load" not in text, path
+        assert "allow_pickle=True" not in text, path
+
+
+def test_lars_update_matches_its_formula():
+    w0 = torch.tensor([[3.0, 4.0]])  # ||w|| = 5
+    b0 = torch.tensor([1.0])
+    w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    opt = LARS([{"params": [w], "weight_decay": 0.1, "lars": True},
+                {"params": [b], "weight_decay": 0.0, "lars": False}], lr=0.5, momentum=0.9, eta=0.02)
+    gw, gb = torch.tensor([[0.0, 1.0]]), torch.tensor([2.0])
+    for _ in range(2):
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step()
+    # by hand: g = gw + 0.1 w; trust = 0.02 ||w|| / ||g||; v = 0.9 v + trust g; w -= 0.5 v
+    ew, vw, eb, vb = w0.clone(), torch.zeros(1, 2), b0.clone(), torch.zeros(1)
+    for _ in range(2):
+        g = gw + 0.1 * ew
+        vw = 0.9 * vw + 0.02 * ew.norm() / g.norm() * g
+        ew = ew - 0.5 * vw
+        vb = 0.9 * vb + gb
+        eb = eb - 0.5 * vb
+    assert torch.allclose(w.detach(), ew) and torch.allclose(b.detach(), eb)
+
+
+def test_warmup_then_cosine_schedule():
+    assert lr_factor(0, 100, 10, 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
