@@ -29,8 +29,9 @@ def pipeline_rate(compile: bool, batch: int, steps: int, workdir: Path, device: 
     from selfsup.train.metrics_log import read_metrics
 
     out = workdir / f"pipeline-{'compiled' if compile else 'eager'}"
+    data = workdir.parent / "synthetic.npy"
     config = load_config(None, [
-        f"data.dataset={workdir / 'synthetic.npy'}", "backbone.name=resnet18",
+        f"data.dataset={data}", "backbone.name=resnet18",
         f"train.batch_size={batch}", "train.epochs=3", f"train.steps_per_epoch={steps}",
         f"train.compile={str(compile).lower()}", "train.progress=false", f"train.device={device}",
         "train.health_every=100", "train.probe_every=100", "train.health_samples=512",
@@ -88,30 +89,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed steps per epoch / floor run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="bench/results/gpu_throughput.json")
     args = parser.parse_args()
     if args.device == "cuda":
+        # The trainer sets these for itself; set them here too so the floor runs under the same
+        # settings (a first run of this script measured the floor before they were on).
         torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     workdir = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
     rng = np.random.default_rng(0)
+    for repeat in range(args.repeats):
+        (workdir / f"r{repeat}").mkdir()
     np.save(workdir / "synthetic.npy", rng.integers(0, 256, (args.batch * args.steps, 32, 32, 3), dtype=np.uint8))
     rows = []
+    # Each measurement twice, in alternating order, so clock ramp-up or a noisy neighbour shows
+    # as a spread between repeats instead of as a difference between floor and pipeline.
     for compiled in ([False] if args.no_compile else [False, True]):
         mode = "compiled" if compiled else "eager"
-        rows.append({"what": "floor (fwd+bwd+step, no views)", "mode": mode,
-                     **floor_rate(compiled, args.batch, args.steps, args.device)})
-        torch._dynamo.reset()
-        if args.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        rows.append({"what": "selfsup pipeline (views on GPU)", "mode": mode,
-                     **pipeline_rate(compiled, args.batch, args.steps, workdir, args.device)})
-        torch._dynamo.reset()
+        for repeat in range(args.repeats):
+            order = ["floor", "pipeline"] if repeat % 2 == 0 else ["pipeline", "floor"]
+            for what in order:
+                if args.device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                if what == "floor":
+                    result = floor_rate(compiled, args.batch, args.steps, args.device)
+                    label = "floor (fwd+bwd+step, no views)"
+                else:
+                    result = pipeline_rate(compiled, args.batch, args.steps,
+                                           workdir / f"r{repeat}", args.device)
+                    label = "selfsup pipeline (views on GPU)"
+                rows.append({"what": label, "mode": mode, "repeat": repeat, **result})
+                torch._dynamo.reset()
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
     print(f"\nSimCLR ResNet-18 (CIFAR stem), 32×32 RGB, batch {args.batch}, "
           f"{'bf16' if args.device == 'cuda' else 'fp32'}, {name}, torch {torch.__version__}")
-    print(f"{'what':<34} {'mode':<9} {'images/s':>10} {'peak GiB':>9}")
+    print(f"{'what':<34} {'mode':<9} {'run':>3} {'images/s':>10} {'peak GiB':>9}")
     for r in rows:
-        print(f"{r['what']:<34} {r['mode']:<9} {r['images_per_s']:>10,.0f} {r['peak_gib']:>9.2f}")
+        print(f"{r['what']:<34} {r['mode']:<9} {r['repeat']:>3} {r['images_per_s']:>10,.0f} "
+              f"{r['peak_gib']:>9.2f}")
     result = {"device": name, "torch": torch.__version__, "batch": args.batch, "steps": args.steps,
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -186,10 +186,13 @@ def demo_overrides(cuda: bool) -> list[str]:
         return ["backbone.name=resnet18", "train.epochs=100", "train.batch_size=512",
                 "optim.name=lars", "optim.lr=0.3", "optim.warmup_epochs=5",
                 "optim.weight_decay=1e-6", "method.temperature=0.2", "train.compile=true"]
-    return ["backbone.name=small-cnn", "train.epochs=6", "train.batch_size=256",
+    # CPU: ~160k images seen in ~5 minutes on 2 cores. At equal images, batch 128 learned faster
+    # than 256 (online k-NN 0.733 vs 0.716 after 2 epochs), and more steps matter more than more
+    # negatives on this budget.
+    return ["backbone.name=small-cnn", "train.epochs=7", "train.batch_size=128",
             "optim.name=lars", "optim.lr=0.6", "optim.warmup_epochs=1",
-            "optim.weight_decay=1e-6", "method.temperature=0.2", "train.steps_per_epoch=90",
-            "train.probe_every=2", "train.probe_train_samples=5000"]
+            "optim.weight_decay=1e-6", "method.temperature=0.2", "train.steps_per_epoch=180",
+            "train.probe_every=2", "train.probe_train_samples=5000", "train.probe_test_samples=2000"]
 
 
 def cmd_demo(args) -> int:

@@ -13,8 +13,9 @@ from selfsup.errors import ConfigError
 def test_overrides_yaml_and_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 7\noptim:\n  lr: 0.5\n")
-    config = load_config(path, ["optim.lr=0.25", "method.temperature=0.1", "optim.betas=[0.8, 0.9]"])
-    assert config.train.epochs == 7 and config.optim.lr == 0.25
+    config = load_config(path, ["optim.lr=0.25", "method.temperature=0.1", "optim.betas=[0.8, 0.9]",
+                                "optim.weight_decay=1e-6"])
+    assert config.train.epochs == 7 and config.optim.lr == 0.25 and config.optim.weight_decay == 1e-6
     assert config.method == {"name": "simclr", "temperature": 0.1}
     assert config.optim.betas == (0.8, 0.9)
     config.save(tmp_path / "saved.yaml")

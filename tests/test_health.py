@@ -207,45 +207,60 @@ def divergence_with(losses, probes, **kwargs) -> LossProbeDivergence:
     return watcher
 
 
-def test_divergence_fires_when_loss_falls_and_probe_stalls_with_both_numbers():
-    watcher = divergence_with({5: 4.0, 10: 3.5, 15: 3.0}, {5: 0.500, 10: 0.501, 15: 0.502})
+def test_divergence_fires_when_loss_falls_and_probe_sets_no_new_best_with_both_numbers():
+    watcher = divergence_with({5: 4.0, 10: 3.5, 15: 3.0}, {5: 0.500, 10: 0.499, 15: 0.498}, window=2)
     message = watcher.warning()
     assert message is not None
-    assert "25.0%" in message  # (4 − 3) / 4
-    assert "+0.20 points" in message  # 0.502 − 0.500
+    assert "25.0%" in message  # (4 − 3) / 4, from the last probe before the window to the latest
+    assert "-0.10 points" in message  # best in window 0.499 − best before 0.500
 
 
 @pytest.mark.parametrize(
     "losses, probes",
     [
         ({5: 4.0, 10: 3.5, 15: 3.0}, {5: 0.50, 10: 0.55, 15: 0.60}),  # probe still improving
+        ({5: 4.0, 10: 3.5, 15: 3.0}, {5: 0.80, 10: 0.79, 15: 0.801}),  # slow, but a new best
         ({5: 4.0, 10: 3.99, 15: 3.98}, {5: 0.50, 10: 0.50, 15: 0.50}),  # loss flat too (0.5%)
-        ({5: 4.0, 10: 3.5}, {5: 0.50, 10: 0.50}),  # fewer probes than the window
+        ({5: 4.0, 10: 3.5}, {5: 0.50, 10: 0.50}),  # no probe before the window
         ({}, {5: 0.50, 10: 0.50, 15: 0.50}),  # no loss recorded
     ],
-    ids=["probe-improving", "loss-flat", "too-few-probes", "no-loss"],
+    ids=["probe-improving", "slow-new-best", "loss-flat", "too-few-probes", "no-loss"],
 )
 def test_divergence_stays_quiet(losses, probes):
-    assert divergence_with(losses, probes).warning() is None
+    assert divergence_with(losses, probes, window=2).warning() is None
 
 
 def test_divergence_only_looks_at_the_last_window():
-    # Early on the probe rose a lot; over the last three probes it stalled while the loss fell.
-    probes = {1: 0.2, 2: 0.6, 3: 0.601, 4: 0.601}
-    losses = {1: 6.0, 2: 5.0, 3: 4.5, 4: 4.0}
-    assert divergence_with(losses, probes).warning() is not None
-    assert divergence_with(losses, probes, window=4).warning() is None
+    # The probe rose early, then stalled below its best while the loss kept falling.
+    probes = {1: 0.2, 2: 0.6, 3: 0.59, 4: 0.595, 5: 0.598}
+    losses = {1: 6.0, 2: 5.0, 3: 4.5, 4: 4.0, 5: 3.8}
+    assert divergence_with(losses, probes, window=3).warning() is not None
+    assert divergence_with(losses, probes, window=4).warning() is None  # window includes the rise
+
+
+def test_divergence_is_quiet_on_a_real_healthy_probe_curve():
+    # Online k-NN probe (every 5 epochs) and epoch loss of SimCLR/ResNet-18 on Fashion-MNIST
+    # (H100, 80 epochs): the probe creeps up late in training; no warning is due.
+    probes = [0.787, 0.818, 0.808, 0.832, 0.827, 0.831, 0.840, 0.841, 0.856, 0.846, 0.858, 0.864,
+              0.864, 0.867, 0.868, 0.864]
+    losses = [3.47, 3.25, 3.18, 3.14, 3.09, 3.04, 2.98, 2.92, 2.85, 2.78, 2.71, 2.65, 2.60, 2.57,
+              2.54, 2.54]
+    watcher = LossProbeDivergence()
+    for i, (loss, accuracy) in enumerate(zip(losses, probes)):
+        watcher.update_loss(5 * i + 4, loss)
+        watcher.update_probe(5 * i + 4, accuracy)
+        assert watcher.warning() is None, (5 * i + 4, watcher.warning())
 
 
 def test_divergence_handles_negative_losses():
     # SimSiam/BYOL losses are negative cosines: −0.5 → −0.9 is an 80% relative drop.
-    watcher = divergence_with({1: -0.5, 2: -0.7, 3: -0.9}, {1: 0.3, 2: 0.3, 3: 0.3})
+    watcher = divergence_with({1: -0.5, 2: -0.7, 3: -0.9}, {1: 0.3, 2: 0.3, 3: 0.3}, window=2)
     assert "80.0%" in watcher.warning()
 
 
-def test_divergence_window_must_span_two_probes():
+def test_divergence_window_must_hold_a_probe():
     with pytest.raises(ConfigError):
-        LossProbeDivergence(window=1)
+        LossProbeDivergence(window=0)
 
 
 # --- monitor -----------------------------------------------------------------------------------
@@ -272,7 +287,7 @@ def test_monitor_check_records_and_verdicts():
 
 
 def test_monitor_probe_emits_warning_and_stalled_verdict():
-    monitor = HealthMonitor(probe_window=2)
+    monitor = HealthMonitor(probe_window=1)
     monitor.loss(1, 2.0)
     assert [r["kind"] for r in monitor.probe(1, 10, 0.40)] == ["probe"]
     monitor.loss(2, 1.0)
@@ -283,13 +298,13 @@ def test_monitor_probe_emits_warning_and_stalled_verdict():
 
 
 def test_monitor_state_round_trips_through_json():
-    monitor = HealthMonitor(probe_window=3)
+    monitor = HealthMonitor(probe_window=2)
     monitor.check(1, 10, {"encoder": (gaussian(64, 8), None)})
     for epoch, (loss, accuracy) in enumerate([(3.0, 0.5), (2.5, 0.5)], start=1):
         monitor.loss(epoch, loss)
         monitor.probe(epoch, 10 * epoch, accuracy)
 
-    resumed = HealthMonitor(probe_window=3)
+    resumed = HealthMonitor(probe_window=2)
     resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
     assert resumed.verdict() == monitor.verdict()
     # The third probe completes the window only if the first two survived the round trip.

@@ -141,6 +141,16 @@ def test_augment_refuses_to_stack_views_of_different_shapes():
         augment(x, [small, large], generator())
 
 
+def test_views_ignore_the_callers_autocast():
+    maker = ImageViews((3, 16, 16), [every_op_spec((12, 12))] * 2)
+    images = random_images((4, 3, 16, 16))
+    plain = maker(images, generator(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = maker(images, generator(5))
+    for a, b in zip(plain, autocast):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_none_recipe_returns_plain_inputs():
     images = random_images((2, 1, 8, 8))
     maker = make_views("none", (1, 8, 8), {"num_views": 3})
@@ -255,9 +265,9 @@ def test_full_scale_crop_of_a_square_image_is_the_identity():
 
 @FEW
 @given(height=st.integers(1, 40), width=st.integers(1, 40), low=st.floats(0.05, 1.0),
-       seed=st.integers(0, 2**31))
-def test_crop_boxes_follow_torchvision_semantics(height, width, low, seed):
-    scale, ratio = (low, 1.0), (3 / 4, 4 / 3)
+       ratio=st.sampled_from([(3 / 4, 4 / 3), (1.2, 2.0)]), seed=st.integers(0, 2**31))
+def test_crop_boxes_follow_torchvision_semantics(height, width, low, ratio, seed):
+    scale = (low, 1.0)
     boxes = ops.sample_crop_boxes(generator(seed), 64, height, width, scale, ratio)
     top, left, box_h, box_w = boxes.unbind(1)
     assert torch.equal(boxes, boxes.round())
@@ -474,3 +484,19 @@ def test_views_run_on_cuda_and_are_reproducible():
     for a, b in zip(first, again):
         assert a.device == images.device and a.shape == (16, 3, 24, 24)
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_crops_stay_exact_with_tf32_matmuls():
+    x = torch.rand(2, 3, 10, 12, device="cuda")
+    boxes = torch.tensor([[2.0, 3.0, 4.0, 5.0], [1.0, 0.0, 8.0, 9.0]], device="cuda")
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        out = ops.crop_resize(x, boxes, (4, 5))
+        shifted = ops.adjust_hue(x, torch.zeros(2, device="cuda"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    torch.testing.assert_close(out[0], x[0, :, 2:6, 3:8], atol=1e-5, rtol=0)
+    assert torch.equal(shifted, x)

@@ -18,7 +18,10 @@ from selfsup.evaluate.knn import check_labelled_features
 
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 VALIDATION_FRACTION = 0.2
-MAX_ITERATIONS = 200  # L-BFGS iterations per fit; standardised features converge well before
+MAX_ITERATIONS = 100  # L-BFGS iterations per fit; standardised features converge well before
+GRADIENT_TOLERANCE = 1e-5  # tighter optima do not move a probe's accuracy, only its run time
+PATIENCE = 2  # stop the decay sweep after this many weaker decays that validate worse in a row
+SELECTION_MAX_ROWS = 10000  # the decay is chosen on at most this many labelled rows (see below)
 
 
 def split_per_class(
@@ -59,25 +62,31 @@ def _fit(
         bias = x.new_zeros(num_classes)
     else:
         weight, bias = (t.clone() for t in init)
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
         max_iter=MAX_ITERATIONS,
         history_size=20,
-        tolerance_grad=1e-6,
+        tolerance_grad=GRADIENT_TOLERANCE,
         tolerance_change=1e-9,
         line_search_fn="strong_wolfe",
     )
 
+    onehot = F.one_hot(y, num_classes).to(x.dtype)
+
     def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight + bias, y) + 0.5 * weight_decay * weight.pow(2).sum()
-        loss.backward()
+        # The gradient of softmax regression in closed form: dL/dlogits = (softmax − onehot) / N.
+        # Autograd would form xᵀ·g, a transposed product that CPU BLAS runs ~5× slower than the
+        # (gᵀ·x)ᵀ written here; on 60000×256 features that is most of a probe's run time.
+        logits = torch.addmm(bias, x, weight)
+        log_probs = logits.log_softmax(dim=1)
+        loss = -(log_probs * onehot).sum() / len(x) + 0.5 * weight_decay * weight.pow(2).sum()
+        g = (log_probs.exp() - onehot) / len(x)
+        weight.grad = (g.T @ x).T.contiguous() + weight_decay * weight
+        bias.grad = g.sum(dim=0)
         return loss
 
-    with torch.enable_grad():
+    with torch.no_grad():
         optimizer.step(closure)
     return weight.detach(), bias.detach()
 
@@ -142,15 +151,32 @@ def linear_probe(
 
     decays = sorted(weight_decays, reverse=True)
     validation, fitting = split_per_class(y, _validation_size, seed)
+    # With many labels, choosing the decay on a class-stratified subsample costs a fraction of the
+    # full sweep and picks the same optimum once the decay is rescaled: with the mean loss, a fixed
+    # prior on W corresponds to a decay ∝ 1/N, so a decay chosen with n fitting rows is applied
+    # to N rows as decay · n / N.
+    scale = 1.0
+    if len(y) > SELECTION_MAX_ROWS:
+        keep_fraction = SELECTION_MAX_ROWS / len(y)
+        generator = torch.Generator().manual_seed(seed + 1)
+        validation = validation[torch.rand(len(validation), generator=generator) < keep_fraction]
+        fitting = fitting[torch.rand(len(fitting), generator=generator) < keep_fraction]
+        scale = len(fitting) / len(y)
     chosen, params = decays[0], None
     if len(decays) > 1 and len(validation) > 0:
         validation, fitting = validation.to(device), fitting.to(device)
-        best_accuracy = -1.0
+        best_accuracy, worse_in_a_row = -1.0, 0
         for decay in decays:  # strong to weak: each fit warm-starts the next
             params = _fit(x[fitting], y[fitting], num_classes, decay, init=params)
             accuracy = _accuracy(params, x[validation], y[validation])
             if accuracy > best_accuracy:
                 best_accuracy, chosen, best_params = accuracy, decay, params
+                worse_in_a_row = 0
+            elif accuracy < best_accuracy:
+                worse_in_a_row += 1
+                if worse_in_a_row == PATIENCE:  # past the optimum: weaker decays only overfit more
+                    break
         params = best_params
+    chosen *= scale
     params = _fit(x, y, num_classes, chosen, init=params)
     return {"accuracy": _accuracy(params, x_test, y_test), "weight_decay": chosen}

@@ -46,8 +46,9 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], source: ImageSo
     """Apply ``fn`` to every image of ``source`` in order; float32 (N, D) features on ``device``."""
     parts = []
     for images, _ in iterate_in_order(source, batch_size, device):
+        x = to_input(images).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            parts.append(fn(to_input(images)).float())
+            parts.append(fn(x).float())
     return torch.cat(parts)
 
 
@@ -61,8 +62,9 @@ def raw_pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 def encoder_fn(encoder: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder in eval mode (BatchNorm running statistics), NHWC for faster convolutions."""
     encoder.eval()
-    return encoder
+    return encoder.to(memory_format=torch.channels_last)
 
 
 def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: Optional[str] = None,

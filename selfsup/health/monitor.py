@@ -109,20 +109,24 @@ def collapse_warnings(metrics: dict[str, Any]) -> list[str]:
 
 
 class LossProbeDivergence:
-    """Warns when the training loss keeps falling while the online k-NN probe stands still.
+    """Warns when the training loss keeps falling while the online k-NN probe stops improving.
 
-    Over the last ``window`` probes (epochs e_1 < … < e_w) the probe gain is acc(e_w) − acc(e_1)
-    (absolute) and the loss drop is (L(e_1) − L(e_w)) / |L(e_1)| (relative), where L(e) is the
-    latest loss recorded at or before epoch e: record an epoch's loss before its probe. The
-    warning fires when the gain is below ``min_gain`` while the drop exceeds ``min_drop``.
+    Over the last ``window`` probes the probe must set a new best: its best accuracy in the window
+    is compared with its best before the window (gain, absolute), and the loss at the last probe
+    before the window with the loss at the latest probe (drop, relative to |loss|). The warning
+    fires when the gain is at most ``min_gain`` while the drop exceeds ``min_drop``.
+
+    Why "a new best" rather than first-vs-last gain: late in a healthy run the probe still creeps
+    up by a few tenths of a point per probe, within the noise of a 1k–10k-sample probe, so a gain
+    threshold fires on healthy runs (seen on SimCLR/Fashion-MNIST: +0.3 points over 10 epochs). A
+    probe that makes no new high over several probes while the loss falls by a few percent is the
+    pattern of a shortcut or a collapse. L(e) is the latest loss recorded at or before epoch e:
+    record an epoch's loss before its probe.
     """
 
-    def __init__(self, window: int = 3, min_gain: float = 0.005, min_drop: float = 0.02) -> None:
-        if window < 2:
-            raise ConfigError(
-                f"the loss/probe divergence window must span at least 2 probes to measure a "
-                f"change, got {window}"
-            )
+    def __init__(self, window: int = 4, min_gain: float = 0.0, min_drop: float = 0.02) -> None:
+        if window < 1:
+            raise ConfigError(f"the loss/probe divergence window must hold at least 1 probe, got {window}")
         self.window = window
         self.min_gain = min_gain
         self.min_drop = min_drop
@@ -143,23 +147,26 @@ class LossProbeDivergence:
 
     def warning(self) -> Optional[str]:
         """The divergence warning for the latest ``window`` probes, or None when they look fine."""
-        if len(self.probes) < self.window:
+        epochs = sorted(self.probes)
+        if len(epochs) <= self.window:
             return None
-        first, *_, last = sorted(self.probes)[-self.window :]
-        loss_first, loss_last = self._loss_at(first), self._loss_at(last)
-        if loss_first is None or loss_last is None:
+        before, recent = epochs[: -self.window], epochs[-self.window:]
+        loss_then, loss_now = self._loss_at(before[-1]), self._loss_at(recent[-1])
+        if loss_then is None or loss_now is None:
             return None
-        gain = self.probes[last] - self.probes[first]
-        drop = (loss_first - loss_last) / max(abs(loss_first), 1e-12)
-        if not (gain < self.min_gain and drop > self.min_drop):
+        best_before = max(self.probes[e] for e in before)
+        best_recent = max(self.probes[e] for e in recent)
+        gain = best_recent - best_before
+        drop = (loss_then - loss_now) / max(abs(loss_then), 1e-12)
+        if not (gain <= self.min_gain and drop > self.min_drop):
             return None
         return (
-            f"from epoch {first} to {last} the training loss fell by {drop:.1%} "
-            f"({loss_first:.4g} → {loss_last:.4g}) but the k-NN probe accuracy changed by only "
-            f"{100 * gain:+.2f} points ({self.probes[first]:.2%} → {self.probes[last]:.2%}): the "
-            "method is getting better at its pretext task without learning features that separate "
-            "the classes; if the probe is already high this is normal near the end of training, "
-            "otherwise try stronger augmentation or check the views for a shortcut"
+            f"from epoch {before[-1]} to {recent[-1]} the training loss fell by {drop:.1%} "
+            f"({loss_then:.4g} → {loss_now:.4g}) but the k-NN probe set no new best in its last "
+            f"{self.window} checks (best {best_recent:.2%} vs {best_before:.2%} before, "
+            f"{100 * gain:+.2f} points): the method is getting better at its pretext task without "
+            "learning features that separate the classes — check the health figures for collapse, "
+            "try stronger augmentation, or look for a shortcut in the views"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -186,7 +193,7 @@ class HealthMonitor:
     """
 
     def __init__(
-        self, probe_window: int = 3, probe_min_gain: float = 0.005, loss_min_drop: float = 0.02
+        self, probe_window: int = 4, probe_min_gain: float = 0.0, loss_min_drop: float = 0.02
     ) -> None:
         self.divergence = LossProbeDivergence(probe_window, probe_min_gain, loss_min_drop)
         self.latest: dict[str, dict[str, Any]] = {}  # embedding name → its latest health record

@@ -323,9 +323,12 @@ def _health(metrics: RunMetrics, verdict: Optional[dict], run_dir: Path) -> list
     else:
         status = str(verdict.get("status", "unknown"))
         lines.append(f"**Verdict: {VERDICT_LINES.get(status, '❓ ' + status)}**")
+        if status == "healthy":  # its messages describe the last checks; they are not warnings
+            lines += [""] + [f"- {m}" for m in verdict.get("messages", [])]
+            verdict = None
     messages = _warning_messages(metrics, verdict)
     if messages:
-        lines += ["", "Warnings:", ""] + [f"- {m}" for m in messages]
+        lines += ["", "Warnings during the run:", ""] + [f"- {m}" for m in messages]
     lines.append("")
     if not metrics.health:
         lines.append("No health records in metrics.jsonl (health checks off, or the run stopped "
@@ -396,7 +399,8 @@ def _training(metrics: RunMetrics, run_dir: Path) -> list[str]:
 def _evaluation(eval_json: Optional[dict], tsne: Optional[TSNE], run_dir: Path) -> list[str]:
     lines = ["## Evaluation", ""]
     if eval_json is None:
-        lines.append("Evaluation is missing: there is no eval.json in this run dir yet.")
+        lines.append("Evaluation is missing: there is no eval.json in this run dir yet; run "
+                     f"`selfsup evaluate {run_dir}` and then `selfsup report {run_dir}`.")
     else:
         facts = [f"{label} {_count(eval_json[key])}" for key, label in
                  (("dataset", "dataset"), ("num_train", "train samples"),

@@ -10,9 +10,10 @@ Probabilities are a float, or a (B,) tensor of per-sample probabilities (used to
 views that differ only in their probabilities as one batch).
 
 This sits on the hot path of GPU training, where a small batch costs less to compute than to
-launch, so the code counts kernels: parameters are drawn in one ``torch.rand`` per operation,
-small constants are copied to each device once and cached, and box-to-grid and colour maps are
-single matrix products.
+launch, so the code counts kernels: parameters are drawn in one ``torch.rand`` per operation
+and small constants are copied to each device once and cached. Image data never goes through a
+matrix product or convolution except the blur's (cuDNN may run that in TF32): those would follow
+the caller's TF32/autocast settings, and the crop and colour maps are meant to be exact.
 
 The deterministic building blocks (``crop_resize``, ``adjust_*``, ``gaussian_blur``, ...) take
 explicit per-sample parameters, which is what the random operations draw; tests check them against
@@ -23,10 +24,10 @@ Semantics follow torchvision where it defines them; the deliberate differences a
 * colour jitter applies brightness, contrast, saturation and hue in that fixed order (torchvision
   draws one random order per call, i.e. per batch; per-sample random orders would cost four times
   the work for no known gain);
-* hue is rotated in YIQ space (a per-sample 3×3 matrix, one batched matmul) instead of going
-  through HSV (a few dozen kernels): it is exact for a zero shift and for gray pixels and keeps
-  luma, where HSV keeps the largest channel; for a shift of 0.05 turns the two differ by about
-  0.02 per channel on average;
+* hue is rotated in YIQ space (a per-sample 3×3 matrix, a few kernels) instead of going through
+  HSV (a few dozen kernels): it is exact for a zero shift and for gray pixels and keeps luma,
+  where HSV keeps the largest channel; for a shift of 0.05 turns the two differ by about 0.02 per
+  channel on average;
 * crops resample bilinearly without antialiasing (one ``grid_sample`` call), and at the box's edge
   interpolate with the image pixels just outside the box, where torchvision's crop-then-resize
   repeats the box's edge pixels;
@@ -172,34 +173,34 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> 
     """Crop box ``boxes[i] = (top, left, height, width)`` (pixels) from sample i and resize it
     bilinearly to ``size = (out_h, out_w)``, for the whole batch in one ``grid_sample`` call.
 
-    A box is the region of pixel edges [top, top + height) × [left, left + width); with
-    ``align_corners=False`` the output pixel centres land on the centres of that region's pixels
-    when no resizing happens, so an integer box at its own size returns the exact sub-image.
-    Samples falling outside the image repeat the border (as resizing does).
+    A box is the region of pixel edges [top, top + height) × [left, left + width); output pixel
+    centres land on the centres of that region's pixels when no resizing happens, so an integer
+    box at its own size returns the exact sub-image. Samples falling outside the image repeat the
+    border (as resizing does).
     """
     _check_batch(x)
-    batch, channels, height, width = x.shape
-    # affine_grid maps the output's normalised coordinates [-1, 1] to the input's by
-    # theta = [[sx, 0, tx], [0, sy, ty]]: sx, sy the box's share of the image's width and height,
-    # (tx, ty) its centre in [-1, 1]. All six are affine in (top, left, height, width).
-    offset, matrix = _box_to_theta(height, width, x.device)
-    theta = torch.addmm(offset, boxes.to(torch.float32), matrix)
-    grid = F.affine_grid(theta.view(batch, 2, 3).to(x.dtype), [batch, channels, *size],
+    batch, _, height, width = x.shape
+    out_h, out_w = size
+    corner, extent = boxes.to(torch.float32).split(2, dim=1)  # (top, left), (height, width)
+    # grid_sample reads the input at coordinates normalised to [-1, 1] over the pixel edges
+    # (align_corners=False). Output pixel j of n sits (2j + 1) / 2n of the way across the box,
+    # so along an axis of the image's length L:  g_j = −1 + 2 · corner / L + extent · (2j + 1) / (n L).
+    # Element-wise float32 on purpose: affine_grid's matrix product would run in TF32 or bf16
+    # under the caller's precision settings and shift the sampling points.
+    start = torch.addcmul(_constant((-1.0, -1.0), (2,), x.device), corner,
+                          _constant((2 / height, 2 / width), (2,), x.device))
+    steps_y, steps_x = _grid_steps(out_h, height, x.device), _grid_steps(out_w, width, x.device)
+    ys = torch.addcmul(start[:, :1], extent[:, :1], steps_y)  # (B, out_h)
+    xs = torch.addcmul(start[:, 1:], extent[:, 1:], steps_x)  # (B, out_w)
+    grid = torch.stack([xs.unsqueeze(1).expand(batch, out_h, out_w),
+                        ys.unsqueeze(2).expand(batch, out_h, out_w)], dim=3)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
                          align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-@functools.lru_cache(maxsize=64)
-def _box_to_theta(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(offset (6,), matrix (4, 6)) with ``theta = offset + (top, left, height, width) @ matrix``."""
-    matrix = [[0.0] * 6 for _ in range(4)]
-    matrix[3][0] = 1 / width  # sx = w / W
-    matrix[1][2], matrix[3][2] = 2 / width, 1 / width  # tx = (2 left + w) / W - 1
-    matrix[2][4] = 1 / height  # sy = h / H
-    matrix[0][5], matrix[2][5] = 2 / height, 1 / height  # ty = (2 top + h) / H - 1
-    offset = (0.0, 0.0, -1.0, 0.0, 0.0, -1.0)
-    flat = tuple(v for row in matrix for v in row)
-    return _constant(offset, (6,), device), _constant(flat, (4, 6), device)
+def _grid_steps(count: int, length: int, device: torch.device) -> torch.Tensor:
+    """(1, count): (2j + 1) / (count · length) for j < count (see ``crop_resize``)."""
+    return _constant(tuple((2 * j + 1) / (count * length) for j in range(count)), (1, count), device)
 
 
 def sample_crop_boxes(
@@ -231,8 +232,8 @@ def sample_crop_boxes(
     )
     area, log_ratio = area_and_log_ratio.unbind(1)
     # (height, width) = (sqrt(area / r), sqrt(area · r)), rounded as torchvision does
-    sizes = torch.sqrt(area.unsqueeze(2) * torch.exp(torch.stack([-log_ratio, log_ratio], dim=2)))
-    sizes = sizes.round_()  # (B, attempts, 2)
+    ratios = torch.exp(log_ratio.unsqueeze(2) * _constant((-1.0, 1.0), (2,), device))  # 1/r, r
+    sizes = torch.sqrt(area.unsqueeze(2) * ratios).round_()  # (B, attempts, 2)
     limits = _constant((height, width), (2,), device)
     fits = ((sizes >= 1) & (sizes <= limits)).all(dim=2)
     first_fit = fits.to(torch.uint8).argmax(dim=1)  # 0 when none fits
@@ -321,34 +322,38 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of sample i by ``shift[i]`` turns (B,), in YIQ space, clamped.
 
-    The per-sample matrix is ``I + (cos θ − 1)·A + sin θ·B`` with ``A`` and ``B`` the rotation's
-    two parts carried from YIQ back to RGB: exactly the identity for a zero shift, and it leaves
-    gray pixels (no I/Q chroma) where they are. The sign follows HSV's hue direction.
-    1-channel batches are returned unchanged.
+    Each pixel moves by ``Δ x`` with the per-sample matrix ``Δ = (cos θ − 1)·A + sin θ·B``, where
+    ``A`` and ``B`` are the rotation's two parts carried from YIQ back to RGB: no change at all for
+    a zero shift, none for gray pixels (no I/Q chroma), and luma is kept. The sign follows HSV's
+    hue direction. 1-channel batches are returned unchanged.
     """
     if x.shape[1] != 3:
         return x
-    angle = shift.to(torch.float32) * (2 * math.pi)
-    trig = torch.stack([torch.cos(angle) - 1, torch.sin(angle)], dim=1)
-    basis, identity = _hue_basis(x.device)
-    matrix = torch.addmm(identity, trig, basis).view(-1, 3, 3).to(x.dtype)
-    batch, channels, height, width = x.shape
-    rotated = torch.bmm(matrix, x.reshape(batch, channels, height * width))
-    return rotated.view_as(x).clamp_(0.0, 1.0)
+    angle = shift.to(torch.float32).unsqueeze(1) * (2 * math.pi)
+    cos_part, sin_part = _hue_basis(x.device)
+    delta = torch.addcmul((torch.cos(angle) - 1) * cos_part, torch.sin(angle), sin_part)
+    delta = delta.view(-1, 3, 3, 1, 1).to(x.dtype)
+    # three multiply-adds rather than a matrix product, which would run in TF32 or bf16 under the
+    # caller's precision settings and perturb even the samples that were not jittered
+    rotated = x
+    for channel in range(3):
+        rotated = torch.addcmul(rotated, delta[:, :, channel], x[:, channel:channel + 1])
+    return rotated.clamp_(0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=8)
 def _hue_basis(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(basis (2, 9), identity (9,)): the flattened YIQ⁻¹·P·YIQ for P = diag(0, 1, 1) (the cos θ − 1
-    part) and P = the (I, Q) quarter turn (the sin θ part), and the flattened 3×3 identity."""
+    """The flattened 3×3 matrices YIQ⁻¹·P·YIQ for P = diag(0, 1, 1) (the cos θ − 1 part) and for
+    P = the quarter turn of the (I, Q) plane (the sin θ part), each (1, 9)."""
     to_yiq = torch.tensor(RGB_TO_YIQ, dtype=torch.float64)
     from_yiq = torch.linalg.inv(to_yiq)
     cos_part = torch.diag(torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
-    # rotating by -θ in the (I, Q) plane turns hue the way HSV does
+    # turning the (I, Q) plane by −θ turns hue the way HSV does
     sin_part = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
-    basis = torch.stack([(from_yiq @ part @ to_yiq).flatten() for part in (cos_part, sin_part)])
-    identity = tuple(torch.eye(3).flatten().tolist())
-    return _constant(tuple(basis.flatten().tolist()), (2, 9), device), _constant(identity, (9,), device)
+    return tuple(  # type: ignore[return-value]
+        _constant(tuple((from_yiq @ part @ to_yiq).flatten().tolist()), (1, 9), device)
+        for part in (cos_part, sin_part)
+    )
 
 
 def color_jitter(

@@ -12,6 +12,7 @@ rule at the view's size (the resolution the blur acts on).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Sequence
@@ -99,7 +100,9 @@ def augment(x: torch.Tensor, specs: ViewSpec | Sequence[ViewSpec], generator: to
     spec = specs[0]
     if any(_without_probabilities(other) != _without_probabilities(spec) for other in specs):
         raise ValueError("views made as one batch may differ only in their probabilities")
-    block = x.shape[0] // len(specs)
+    block, leftover = divmod(x.shape[0], len(specs))
+    if leftover:
+        raise ValueError(f"a batch of {x.shape[0]} samples does not split into {len(specs)} views")
     p = {name: blockwise([getattr(s, name) for s in specs], block, x.device) for name in PROBABILITIES}
 
     x = random_resized_crop(x, generator, size=spec.size, scale=spec.crop_scale)
@@ -112,6 +115,7 @@ def augment(x: torch.Tensor, specs: ViewSpec | Sequence[ViewSpec], generator: to
     return random_solarize(x, generator, p=p["solarize_prob"])
 
 
+@functools.lru_cache(maxsize=64)
 def _without_probabilities(spec: ViewSpec) -> ViewSpec:
     return replace(spec, **{name: 0.0 for name in PROBABILITIES})
 
@@ -136,11 +140,15 @@ class ImageViews(ViewMaker):
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         self._check(images)
         views: list[torch.Tensor] = [images] * self.num_views  # placeholders, all replaced below
-        for indices in self._groups:
-            stacked = images.repeat(len(indices), 1, 1, 1) if len(indices) > 1 else images
-            made = normalize(augment(to_float(stacked), [self.specs[i] for i in indices], generator))
-            for index, view in zip(indices, made.chunk(len(indices))):
-                views[index] = view
+        # float32 whatever autocast region the caller is in: the blur's convolution would else
+        # run in bf16/fp16 and change the views' dtype
+        with torch.autocast(images.device.type, enabled=False):
+            for indices in self._groups:
+                stacked = images.repeat(len(indices), 1, 1, 1) if len(indices) > 1 else images
+                specs = [self.specs[i] for i in indices]
+                made = normalize(augment(to_float(stacked), specs, generator))
+                for index, view in zip(indices, made.chunk(len(indices))):
+                    views[index] = view
         return views
 
     def __repr__(self) -> str:
@@ -265,7 +273,7 @@ def simclr_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> Vie
 
 @VIEW_RECIPES.register("byol", "two asymmetric views: BYOL's blur/solarise split (+ blur above 64 px)")
 def byol_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> ViewMaker:
-    """BYOL's two asymmetric views (Grill et al. 2020, table 6): view 1 always blurred, view 2
+    """BYOL's two asymmetric views (Grill et al. 2020, appendix B): view 1 always blurred, view 2
     rarely blurred but sometimes solarised."""
     opts = build_options(BYOLOptions, options, "views")
     spec = _common_spec(opts, _checked_shape(in_shape), (0.4, 0.4, 0.2, 0.1))

@@ -1,4 +1,4 @@
-"""Losses shared by methods.
+"""Contrastive losses: InfoNCE and NT-Xent.
 
 Contrastive losses take a ``gather`` function so that, under torch.distributed, each process
 compares its own queries against the keys of every process: ``gather`` must concatenate a tensor

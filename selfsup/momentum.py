@@ -1,0 +1,66 @@
+"""Momentum (EMA) targets shared by MoCo, BYOL and DINO.
+
+A target network is a frozen copy of an online network whose weights follow the online ones as an
+exponential moving average, θ_t ← m·θ_t + (1 − m)·θ_o, with m rising from its base value to 1 on a
+cosine schedule (BYOL, DINO). Buffers (BatchNorm statistics) are copied, not averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def momentum_at(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
+    """Cosine schedule from ``base`` at step 0 to ``final`` at ``total_steps`` (BYOL eq. in §3.2)."""
+    progress = min(1.0, step / max(1, total_steps))
+    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with gradients off: the target starts equal to the online network."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """θ_t ← m·θ_t + (1 − m)·θ_o for parameters (one fused call), copy for buffers."""
+    target_params = list(target.parameters())
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)
+
+
+class MomentumTarget(nn.Module):
+    """Holds the EMA copy of ``online`` and updates it on the cosine momentum schedule.
+
+    Call ``update(step, total_steps)`` from a method's ``after_step``; ``momentum`` is the value
+    used by the last update (logged by methods that want to show it).
+    """
+
+    def __init__(self, online: nn.Module, base_momentum: float, final_momentum: float = 1.0) -> None:
+        super().__init__()
+        self.net = frozen_copy(online)
+        self.base_momentum = base_momentum
+        self.final_momentum = final_momentum
+        self.momentum = base_momentum
+
+    @torch.no_grad()
+    def update(self, online: nn.Module, step: int, total_steps: int) -> None:
+        self.momentum = momentum_at(step, total_steps, self.base_momentum, self.final_momentum)
+        ema_update(self.net, online, self.momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> "MomentumTarget":
+        # The target is never trained; its BatchNorm layers still follow train/eval so that its
+        # outputs match the online network's normalisation (BYOL keeps the target in train mode).
+        return super().train(mode)
