@@ -7,7 +7,8 @@ import torch
 
 from selfsup.config import load_config
 
-torch.set_num_threads(2)
+# Tests use tiny tensors: one thread avoids oversubscription stalls when cores are shared.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 
 TINY = [
     "data.dataset=digits", "backbone.name=small-cnn", "backbone.widths=[8, 16]",
-    "method.proj_dim=16", "train.batch_size=64", "train.epochs=2", "train.steps_per_epoch=3",
+    "train.batch_size=64", "train.epochs=2", "train.steps_per_epoch=3",
     "train.health_samples=512", "train.probe_every=1", "train.probe_train_samples=256",
     "train.progress=false", "train.device=cpu", "optim.name=lars", "optim.lr=0.3",
     "optim.warmup_epochs=0.5", "eval.seeds=2", "eval.tsne_samples=100", "eval.batch_size=512",

@@ -152,3 +152,19 @@ def test_warmup_then_cosine_schedule():
     assert lr_factor(10, 100, 10, 0.0) == pytest.approx(1.0)
     assert lr_factor(55, 100, 10, 0.0) == pytest.approx(0.5)
     assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_method_logs_reach_the_step_records(tiny_config, monkeypatch):
+    from selfsup.methods.simclr import SimCLR
+
+    forward = SimCLR.forward
+
+    def with_logs(self, views):
+        out = forward(self, views)
+        out.logs["alignment_term"] = torch.tensor(1.5)
+        return out
+
+    monkeypatch.setattr(SimCLR, "forward", with_logs)
+    run = Trainer(tiny_config()).fit()
+    steps = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps and all(r["alignment_term"] == 1.5 for r in steps)

@@ -62,9 +62,10 @@ COLLAPSE_ADVICE = (
     "learning rate or a longer warm-up also helps"
 )
 DIMENSIONAL_ADVICE = (
-    "the representation uses only a few directions (dimensional collapse); a wider projector, "
-    "weaker augmentation or a lower learning rate usually help, and the encoder features before "
-    "the projector are often less affected"
+    "the representation uses only a few directions (dimensional collapse); for SimSiam and BYOL "
+    "check the stop-gradient and the predictor first (without them the projector output collapses "
+    "onto a few directions); otherwise a wider projector, weaker augmentation or a lower learning "
+    "rate usually help, and the encoder features before the projector are often less affected"
 )
 
 

@@ -51,3 +51,19 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2,
     self_index = torch.cat([own, own + total])
     positive_index = torch.cat([own + total, own])
     return info_nce(local_queries, keys, positive_index, temperature, exclude_index=self_index)
+
+
+def queue_info_nce(queries: torch.Tensor, positive_keys: torch.Tensor, negatives: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE: each query against its own positive key and a shared bank of negatives.
+
+    Mean over i of −log[exp(qᵢ·kᵢ/τ) / (exp(qᵢ·kᵢ/τ) + Σₙ exp(qᵢ·nₙ/τ))], with every vector
+    L2-normalised. Unlike ``info_nce`` with keys = [batch keys; bank], the other queries' keys are
+    not negatives: the logits are [l_pos, l_neg] exactly as in MoCo's pseudo-code.
+    """
+    q = F.normalize(queries.float(), dim=1)
+    k = F.normalize(positive_keys.float(), dim=1)
+    n = F.normalize(negatives.float(), dim=1)
+    logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ n.T], dim=1) / temperature
+    positive_first = torch.zeros(len(q), dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, positive_first)

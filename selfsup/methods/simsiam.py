@@ -2,7 +2,7 @@
 
     x → encoder → projector → z → predictor → p
 
-L = ½·D(p₁, sg(z₂)) + ½·D(p₂, sg(z₁)) with D the negative cosine (eq. 3), in [−1, 1]. The
+L = ½·D(p₁, sg(z₂)) + ½·D(p₂, sg(z₁)) with D the negative cosine (eqs. 1 and 4), in [−1, 1]. The
 stop-gradient ``sg`` is what prevents collapse (§4.1, Fig. 2); ``stop_gradient=False`` removes it so
 the collapse can be shown and the health monitor tested on a run that collapses.
 """
@@ -25,7 +25,7 @@ class SimSiamOptions:
     """SimSiam's heads and the stop-gradient switch.
 
     The paper's projector is 3 layers of 2048 with BN on the output too, the same width as its
-    2048-d ResNet-50; its predictor is a bottleneck 2048 → 512 → 2048 (hidden = output / 4, §4.4).
+    2048-d ResNet-50; its predictor is a bottleneck 2048 → 512 → 2048 (hidden = output / 4, §3).
     The 512 default keeps the projector as wide as a ResNet-18 (twice the 256-d small CNN) rather
     than 2048, which on 28×28 images would cost more than the small encoder; the bottleneck ratio is
     the paper's.
@@ -38,10 +38,10 @@ class SimSiamOptions:
     stop_gradient: bool = True  # False: gradients flow into both branches and the run collapses
 
 
-@METHODS.register("simsiam", "SimSiam: predict the other view's projection under stop-gradient (no negatives)")
+@METHODS.register("simsiam", "SimSiam: predict the other view's projection, stop-gradient (no negatives)")
 class SimSiam(Method):
     Options = SimSiamOptions
-    view_recipe = "simclr"  # SimSiam uses SimCLR's augmentations (§A)
+    view_recipe = "simclr"  # SimSiam uses the SimCLR / MoCo v2 augmentations
 
     def __init__(self, encoder: nn.Module, options: SimSiamOptions | None = None) -> None:
         super().__init__(encoder)

@@ -244,7 +244,8 @@ class Trainer:
                 mean_loss = (loss_sum / interval_steps).item()
                 self.log.write({"kind": "step", "step": step, "epoch": epoch + 1, "loss": mean_loss,
                                 "lr": self.optimizer.param_groups[0]["lr"],
-                                "images_per_s": rate, "time": time.time()})
+                                "images_per_s": rate, "time": time.time(),
+                                **_scalars(out.logs)})
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:,.0f}")
                 interval_start, interval_steps = now, 0
                 loss_sum.zero_()
@@ -325,6 +326,12 @@ class Trainer:
         (self.run_dir / "health_verdict.json").write_text(json.dumps(verdict, indent=2))
         self.log.write({"kind": "run", "event": "end", "time": time.time(), "step": step,
                         "wall_seconds": self.wall_seconds, "health": verdict.get("status")})
+
+
+def _scalars(logs: dict[str, Any]) -> dict[str, float]:
+    """A method's extra logs of the latest step (loss terms, momentum, ...) as plain floats."""
+    return {key: float(value.item() if isinstance(value, torch.Tensor) else value)
+            for key, value in logs.items()}
 
 
 def pretrain(config: Config, resume: bool = False) -> Path:

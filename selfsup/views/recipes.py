@@ -212,21 +212,21 @@ def _pair(value: Any, key: str, low: float = 0.0, high: float = 1.0) -> tuple[fl
     return _number(value[0], key, low, high), _number(value[1], key, low, high)
 
 
-def _view_size(value: Any, in_shape: tuple[int, int, int]) -> tuple[int, int]:
+def _view_size(value: Any, in_shape: tuple[int, int, int], key: str = "size") -> tuple[int, int]:
     if value is None:
         return in_shape[1], in_shape[2]
     sides = [value, value] if not isinstance(value, (list, tuple)) else list(value)
     if len(sides) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides):
-        raise ConfigError(f"views.size must be a positive integer or [height, width], got {value!r}")
+        raise ConfigError(f"views.{key} must be a positive integer or [height, width], got {value!r}")
     return sides[0], sides[1]
 
 
-def _crop_scale(value: Any, in_shape: tuple[int, int, int]) -> tuple[float, float]:
+def _crop_scale(value: Any, in_shape: tuple[int, int, int], key: str = "crop_scale") -> tuple[float, float]:
     if value is None:
         return (0.2, 1.0) if max(in_shape[1:]) <= SMALL_IMAGE_SIDE else (0.08, 1.0)
-    low, high = _pair(value, "crop_scale")
+    low, high = _pair(value, key)
     if not 0.0 < low <= high:
-        raise ConfigError(f"views.crop_scale must satisfy 0 < min <= max <= 1, got {value!r}")
+        raise ConfigError(f"views.{key} must satisfy 0 < min <= max <= 1, got {value!r}")
     return low, high
 
 
@@ -293,3 +293,113 @@ def input_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> View
     if opts.num_views < 1:
         raise ConfigError(f"views.num_views must be at least 1, got {opts.num_views}")
     return InputViews(in_shape, opts.num_views)
+
+
+# ----------------------------------------------------------------------------------------------
+# multi-crop
+
+
+@dataclass
+class MultiCropOptions:
+    """Options of the multi-crop recipe: 2 global views and ``num_local_views`` small local ones.
+
+    DINO's 224-px split is global crops of [0.4, 1] of the area at 224 px and local crops of
+    [0.05, 0.4] at 96 px. On inputs ≤ 64 px the defaults are global [0.35, 1] at the input size and
+    local [0.1, 0.35] at half the side (14 px for 28-px images): a 5% crop of a 28-px image is a
+    6×6-pixel patch, mostly interpolation once resized, while 10% (~9×9 px) still holds a stroke or
+    a garment part; the global minimum of 0.35 (~17×17 px) keeps most of the object in view.
+    """
+
+    num_local_views: int = 6
+    global_size: Any = None  # side or [height, width]; default: the input's size
+    local_size: Any = None  # default: half the input's side, rounded up
+    global_scale: Any = None  # default [0.35, 1] for inputs ≤ 64 px, else [0.4, 1]
+    local_scale: Any = None  # default [0.1, 0.35] for inputs ≤ 64 px, else [0.05, 0.4]
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    jitter_strength: float = 1.0
+    grayscale_prob: float = 0.2
+    blur_probs: Any = None  # [global 1, global 2, locals]; default [1, 0.1, 0.5], 0 for views ≤ 64 px
+    solarize_probs: tuple[float, float] = (0.0, 0.2)  # the two global views; locals never solarised
+
+
+# (global, local) crop scales, for inputs ≤ 64 px and for larger ones (DINO's)
+MULTICROP_SCALES = {True: ((0.35, 1.0), (0.1, 0.35)), False: ((0.4, 1.0), (0.05, 0.4))}
+
+
+def _multicrop_blur(value: Any, global_size: tuple[int, int],
+                    local_size: tuple[int, int]) -> tuple[float, float, float]:
+    """Blur probabilities of (global 1, global 2, locals): DINO's (1, 0.1, 0.5), or none on views
+    small enough that blur hurts (see the module docstring)."""
+    if value is None:
+        global_blur = (0.0, 0.0) if _is_small(global_size) else (1.0, 0.1)
+        return (*global_blur, 0.0 if _is_small(local_size) else 0.5)
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ConfigError(f"views.blur_probs must be [global 1, global 2, locals], got {value!r}")
+    return tuple(_number(p, "blur_probs", 0, 1) for p in value)  # type: ignore[return-value]
+
+
+@VIEW_RECIPES.register("multicrop", "2 global + N small local views (DINO); options num_local_views, "
+                                    "global_size, local_size, global_scale, local_scale")
+def multicrop_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> ViewMaker:
+    """Multi-crop (SwAV, Caron et al. 2020; DINO, Caron et al. 2021): views
+    [global 1, global 2, local 1 .. local N].
+
+    The globals carry BYOL's asymmetric blur/solarisation and are made as one batch; the locals,
+    low-resolution crops of small regions, are made as another.
+    """
+    opts = build_options(MultiCropOptions, options, "views")
+    in_shape = _checked_shape(in_shape)
+    num_local = opts.num_local_views
+    if isinstance(num_local, bool) or not isinstance(num_local, int) or num_local < 0:
+        raise ConfigError(f"views.num_local_views must be an integer ≥ 0, got {num_local!r}")
+    colour = AugmentOptions(flip_prob=opts.flip_prob, jitter_prob=opts.jitter_prob,
+                            jitter_strength=opts.jitter_strength, grayscale_prob=opts.grayscale_prob)
+    base = _common_spec(colour, in_shape, (0.4, 0.4, 0.2, 0.1))  # BYOL's strengths, as DINO
+    small_input = max(in_shape[1:]) <= SMALL_IMAGE_SIDE
+    default_global_scale, default_local_scale = MULTICROP_SCALES[small_input]
+    local_size = (((in_shape[1] + 1) // 2, (in_shape[2] + 1) // 2) if opts.local_size is None
+                  else _view_size(opts.local_size, in_shape, "local_size"))  # default: half the side
+    global_scale = (default_global_scale if opts.global_scale is None
+                    else _crop_scale(opts.global_scale, in_shape, "global_scale"))
+    local_scale = (default_local_scale if opts.local_scale is None
+                   else _crop_scale(opts.local_scale, in_shape, "local_scale"))
+    global_spec = replace(base, size=_view_size(opts.global_size, in_shape, "global_size"),
+                          crop_scale=global_scale)
+    local_spec = replace(base, size=local_size, crop_scale=local_scale)
+    blur = _multicrop_blur(opts.blur_probs, global_spec.size, local_spec.size)
+    solarize = _pair(opts.solarize_probs, "solarize_probs")
+    global_views = [replace(global_spec, blur_prob=blur[i], solarize_prob=solarize[i]) for i in range(2)]
+    return ImageViews(in_shape, global_views + [replace(local_spec, blur_prob=blur[2])] * num_local)
+
+
+@dataclass
+class CropFlipOptions:
+    size: Any = None  # view side, or [height, width]; default: the input's size
+    crop_scale: Any = None  # default [0.2, 1] for sides ≤ 64, else [0.08, 1]
+    flip_prob: float = 0.5
+    num_views: int = 1
+
+
+@VIEW_RECIPES.register("crop-flip", "geometric only: random resized crop and flip; option num_views "
+                                    "(default 1) (rotation prediction)")
+def crop_flip_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> ViewMaker:
+    """``num_views`` views by random resized crop and horizontal flip, no colour changes: for
+    pretext tasks about geometry such as rotation prediction (Gidaris et al. 2018)."""
+    opts = build_options(CropFlipOptions, options, "views")
+    in_shape = _checked_shape(in_shape)
+    if isinstance(opts.num_views, bool) or not isinstance(opts.num_views, int) or opts.num_views < 1:
+        raise ConfigError(f"views.num_views must be an integer ≥ 1, got {opts.num_views!r}")
+    spec = ViewSpec(size=_view_size(opts.size, in_shape), crop_scale=_crop_scale(opts.crop_scale, in_shape),
+                    flip_prob=_number(opts.flip_prob, "flip_prob", 0, 1), jitter_prob=0.0,
+                    grayscale_prob=0.0)
+    return ImageViews(in_shape, [spec] * opts.num_views)
+
+
+@VIEW_RECIPES.register("simclr-no-flip", "SimCLR's two views without the horizontal flip "
+                                         "(rotation/flip equivariance)")
+def simclr_no_flip_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> ViewMaker:
+    """SimCLR's views with ``flip_prob`` 0 by default: a flip inside a positive pair teaches
+    invariance to mirroring, which contradicts equivariance to flips or 90° rotations (see
+    ``selfsup.methods.equivariance``)."""
+    return simclr_views(in_shape, {"flip_prob": 0.0, **options})

@@ -1,0 +1,291 @@
+"""MoCo v2 and v3: the queue is a FIFO buffer, both losses against their formulas, the momentum
+key encoder's schedule and isolation, learning on digits, and a whole tiny run of each."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from selfsup.backbones import build_backbone
+from selfsup.config import OptimConfig
+from selfsup.data import load_split
+from selfsup.errors import ConfigError
+from selfsup.methods.moco import (
+    KeyQueue,
+    MoCoV2,
+    MoCoV2Options,
+    MoCoV3,
+    MoCoV3Options,
+)
+from selfsup.losses import queue_info_nce
+from selfsup.registry import METHODS
+from selfsup.train import Trainer
+from selfsup.train.checkpoint import load_checkpoint
+from selfsup.train.metrics_log import read_metrics
+from selfsup.train.optim import build_optimizer
+from selfsup.views import make_views
+
+
+def tiny_encoder() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 8)
+
+
+def tiny_mocov2(**options) -> MoCoV2:
+    return MoCoV2(tiny_encoder(), MoCoV2Options(**{"proj_dim": 16, "queue_size": 40, **options}))
+
+
+def tiny_mocov3(**options) -> MoCoV3:
+    return MoCoV3(tiny_encoder(), MoCoV3Options(**{"proj_dim": 16, **options}))
+
+
+def digit_views(recipe: str, start: int = 0, count: int = 16, seed: int = 0) -> list[torch.Tensor]:
+    images = load_split("digits", "train").get(torch.arange(start, start + count))
+    return make_views(recipe, (1, 8, 8), {})(images, torch.Generator().manual_seed(seed))
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / math.sqrt(v @ v)
+
+
+def moco_loss_by_formula(q: np.ndarray, k: np.ndarray, negatives: np.ndarray, tau: float) -> float:
+    """MoCo's InfoNCE query by query: −log e^{q·k⁺/τ} / (e^{q·k⁺/τ} + Σ_n e^{q·n/τ})."""
+    total = 0.0
+    for q_i, k_i in zip(q.astype(np.float64), k.astype(np.float64)):
+        positive = math.exp(unit(q_i) @ unit(k_i) / tau)
+        negative = sum(math.exp(unit(q_i) @ unit(n) / tau) for n in negatives.astype(np.float64))
+        total -= math.log(positive / (positive + negative))
+    return total / len(q)
+
+
+def in_batch_loss_by_formula(q: np.ndarray, keys: np.ndarray, positives: list[int], tau: float) -> float:
+    """InfoNCE with every key as a candidate: −log e^{q_i·k_{p(i)}/τ} / Σ_j e^{q_i·k_j/τ}."""
+    total = 0.0
+    for q_i, p in zip(q.astype(np.float64), positives):
+        logits = [unit(q_i) @ unit(k_j) / tau for k_j in keys.astype(np.float64)]
+        total -= logits[p] - math.log(sum(math.exp(x) for x in logits))
+    return total / len(q)
+
+
+# ------------------------------------------------------------------------------ the queue
+def numbered_keys(first: int, count: int) -> torch.Tensor:
+    """Key t is (t, −t): its value says when it was pushed."""
+    t = torch.arange(first, first + count, dtype=torch.float32)
+    return torch.stack([t, -t], dim=1)
+
+
+def test_queue_overwrites_the_oldest_keys_first_and_wraps_around():
+    queue = KeyQueue(size=5, dim=2)
+    queue.push(numbered_keys(0, 3))
+    assert torch.equal(queue.keys[:3], numbered_keys(0, 3)) and queue.pointer.item() == 3
+    queue.push(numbered_keys(3, 3))  # slots 3, 4, then wraps to 0: key 0 (the oldest) goes first
+    assert torch.equal(queue.keys, numbered_keys(0, 6)[[5, 1, 2, 3, 4]])
+    assert queue.pointer.item() == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 7), pushes=st.lists(st.integers(1, 12), min_size=1, max_size=6))
+def test_queue_holds_the_newest_keys_with_key_t_in_slot_t_mod_size(size, pushes):
+    queue = KeyQueue(size=size, dim=2)
+    pushed = 0
+    for count in pushes:  # any batch size, smaller or larger than the queue
+        queue.push(numbered_keys(pushed, count))
+        pushed += count
+    newest = range(max(0, pushed - size), pushed)
+    for t in newest:
+        assert queue.keys[t % size].tolist() == [t, -t]
+    assert queue.pointer.item() == pushed % size
+
+
+def test_queue_is_checkpointed_and_never_holds_gradients():
+    method = tiny_mocov2()
+    state = method.state_dict()
+    assert {"queue.keys", "queue.pointer"} <= set(state)
+    assert not any(p is method.queue.keys for p in method.parameters())
+
+    out = method(digit_views("simclr"))
+    # The push changed the queue in place after the loss used it: backward must still work.
+    out.loss.backward()
+    assert not method.queue.keys.requires_grad and method.queue.keys.grad_fn is None
+    assert method.queue.pointer.item() == 2 * 16
+
+    restored = tiny_mocov2()
+    restored.load_state_dict(method.state_dict())
+    assert torch.equal(restored.queue.keys, method.queue.keys)
+    assert restored.queue.pointer.item() == 2 * 16
+
+
+def test_an_evaluation_pass_leaves_the_queue_alone():
+    method = tiny_mocov2().eval()
+    before = method.queue.keys.clone()
+    with torch.no_grad():
+        method(digit_views("simclr"))
+    assert torch.equal(method.queue.keys, before) and method.queue.pointer.item() == 0
+
+
+# ------------------------------------------------------------------------------ losses
+def test_queue_info_nce_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    q, k, negatives = (torch.randn(n, 5, generator=g) for n in (4, 4, 7))
+    expected = moco_loss_by_formula(q.numpy(), k.numpy(), negatives.numpy(), tau=0.3)
+    assert queue_info_nce(q, k, negatives, 0.3).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_queue_info_nce_worked_example():
+    # q = k⁺ = e₁, one negative e₂, τ = 1: −log(e / (e + 1)).
+    e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert queue_info_nce(e1, e1, e2, 1.0).item() == pytest.approx(math.log1p(math.exp(-1)), rel=1e-6)
+
+
+def test_mocov2_loss_is_the_symmetrised_formula_and_it_queues_both_views_keys():
+    method = tiny_mocov2(temperature=0.2)
+    views = digit_views("simclr")
+    negatives = method.queue.keys.clone().numpy()
+    with torch.no_grad():
+        # The key encoder starts as a copy of encoder → projector, so keys equal the projections.
+        z1, z2 = method.projector(method.encoder(torch.cat(views))).chunk(2)
+    loss = method(views).loss.item()
+    z1, z2 = z1.numpy(), z2.numpy()
+    expected = (moco_loss_by_formula(z1, z2, negatives, 0.2)
+                + moco_loss_by_formula(z2, z1, negatives, 0.2)) / 2
+    assert loss == pytest.approx(expected, rel=1e-4)
+    queued = method.queue.keys[:32].numpy()
+    np.testing.assert_allclose(queued, np.stack([unit(v) for v in np.concatenate([z1, z2])]),
+                               atol=1e-5)
+    assert torch.equal(method.queue.keys[32:], torch.from_numpy(negatives[32:]))  # rest untouched
+
+
+def test_mocov3_loss_is_the_papers_symmetric_ctr_times_two_tau():
+    method = tiny_mocov3(temperature=0.2)
+    views = digit_views("byol")
+    with torch.no_grad():
+        z = method.projector(method.encoder(torch.cat(views)))
+        p1, p2 = (t.numpy() for t in method.predictor(z).chunk(2))
+        k1, k2 = (t.numpy() for t in z.chunk(2))
+    diagonal = list(range(16))
+    expected = 2 * 0.2 * (in_batch_loss_by_formula(p1, k2, diagonal, 0.2)
+                          + in_batch_loss_by_formula(p2, k1, diagonal, 0.2))
+    assert method(views).loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_mocov3_takes_negatives_from_the_gathered_keys_of_all_processes():
+    method = tiny_mocov3(temperature=0.5)
+    views = digit_views("byol")
+    other = torch.randn(16, 16, generator=torch.Generator().manual_seed(1))  # process 0's keys
+    method.gather, method.rank = (lambda keys: torch.cat([other, keys])), 1
+    with torch.no_grad():
+        z = method.projector(method.encoder(torch.cat(views)))
+        p1, p2 = (t.numpy() for t in method.predictor(z).chunk(2))
+        k1, k2 = z.chunk(2)
+    own = [16 + i for i in range(16)]  # this process's keys follow process 0's
+    expected = 2 * 0.5 * (in_batch_loss_by_formula(p1, torch.cat([other, k2]).numpy(), own, 0.5)
+                          + in_batch_loss_by_formula(p2, torch.cat([other, k1]).numpy(), own, 0.5))
+    assert method(views).loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------ key encoder
+def online_path(method) -> list[torch.Tensor]:
+    return [*method.encoder.parameters(), *method.projector.parameters()]
+
+
+@pytest.mark.parametrize("make, schedule, expected_momentum", [
+    (tiny_mocov2, "constant", 0.99),  # MoCo v2: the same momentum late in training
+    (tiny_mocov3, "cosine", 1 - (1 - 0.99) * (math.cos(math.pi * 7 / 10) + 1) / 2),
+])
+def test_key_encoder_moves_by_exactly_one_minus_m(make, schedule, expected_momentum):
+    method = make(momentum=0.99, momentum_schedule=schedule)
+    with torch.no_grad():
+        for p in online_path(method):
+            p.add_(torch.randn_like(p))
+    before = [t.clone() for t in method.key_encoder.parameters()]
+    method.after_step(step=7, total_steps=10)
+    m = expected_momentum
+    for b, t, o in zip(before, method.key_encoder.parameters(), online_path(method)):
+        torch.testing.assert_close(t, m * b + (1 - m) * o)
+
+
+@pytest.mark.parametrize("make, recipe", [(tiny_mocov2, "simclr"), (tiny_mocov3, "byol")])
+def test_keys_get_no_gradient_and_the_key_encoder_is_not_optimised(make, recipe):
+    method = make()
+    views = digit_views(recipe)
+    assert not any(k.requires_grad for k in method.keys(views))
+    method(views).loss.backward()
+    assert all(not t.requires_grad and t.grad is None for t in method.key_encoder.parameters())
+    assert all(p.grad is not None for p in method.encoder.parameters())
+    optimised = {id(p) for g in build_optimizer(method, OptimConfig(), 64).param_groups
+                 for p in g["params"]}
+    assert optimised.isdisjoint(id(t) for t in method.key_encoder.parameters())
+
+
+# ------------------------------------------------------------------------------ learning
+def losses_over_steps(method, batches: list[list[torch.Tensor]], steps: int = 15) -> list[float]:
+    """Adam steps cycling over fixed batches of views (fresh views every step would hide the
+    descent in 15 steps behind augmentation noise)."""
+    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for step in range(steps):
+        loss = method(batches[step % len(batches)]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step(step, steps)
+        losses.append(loss.item())
+    return losses
+
+
+def test_mocov2_loss_falls_below_chance_on_digits():
+    method = tiny_mocov2(proj_dim=32, proj_hidden_dim=64, queue_size=128)
+    # Two batches of 64 different digits: the queue (both views' keys of one batch) then always
+    # holds other images' keys. A first pass fills it with real keys instead of random vectors.
+    batches = [digit_views("simclr", start, 64) for start in (0, 64)]
+    with torch.no_grad():
+        method(batches[1])
+    losses = losses_over_steps(method, batches)
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    # About 5.07 → 4.40 here (seeds 0-2: falls of 13-19%); chance is log(1 + 128) = 4.86.
+    assert last < 0.93 * first and last < math.log(129), losses
+
+
+def test_mocov3_loss_falls_below_chance_on_digits():
+    method = tiny_mocov3(proj_dim=32, proj_hidden_dim=64, pred_hidden_dim=64)
+    batches = [digit_views("byol", 0, 64)]
+    losses = losses_over_steps(method, batches)
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    # About 3.3 → 1.6 here (seeds 0-2); chance is 2 · 2τ · log 64 = 3.33.
+    assert last < 0.75 * first and last < 2 * 2 * 0.2 * math.log(64), losses
+
+
+# ------------------------------------------------------------------------------ wiring
+def test_registered_with_their_view_recipes():
+    assert METHODS.get("mocov2") is MoCoV2 and MoCoV2.view_recipe == "simclr"
+    assert METHODS.get("mocov3") is MoCoV3 and MoCoV3.view_recipe == "byol"
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"momentum_schedule": "linear"}, "linear"),
+    ({"momentum": 1.5}, "1.5"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"queue_size": 0}, "queue_size"),
+])
+def test_bad_options_raise_a_named_config_error(options, named):
+    with pytest.raises(ConfigError, match=named):
+        tiny_mocov2(**options)
+
+
+@pytest.mark.parametrize("name, extra", [("mocov2", ["method.queue_size=100"]), ("mocov3", [])])
+def test_a_whole_tiny_run_logs_finite_losses_and_health(tiny_config, name, extra):
+    run = Path(Trainer(tiny_config(f"method.name={name}", *extra)).fit())
+    records = read_metrics(run / "metrics.jsonl")
+    losses = [r["loss"] for r in records if r["kind"] in ("step", "epoch")]
+    assert losses and all(isinstance(v, float) and math.isfinite(v) for v in losses)
+    assert {r["embedding"] for r in records if r["kind"] == "health"} == {"encoder", "projector"}
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["method"]
+    assert any(key.startswith("key_encoder.") for key in state)
+    if name == "mocov2":  # 2 epochs × 3 steps × 2 views × 64 keys pushed into 100 slots
+        assert state["queue.pointer"].item() == (2 * 3 * 2 * 64) % 100
