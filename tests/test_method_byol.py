@@ -14,11 +14,11 @@ from selfsup.data import load_split
 from selfsup.errors import DataError
 from selfsup.losses import normalized_mse
 from selfsup.methods.byol import BYOL, BYOLOptions
-from selfsup.momentum import momentum_at
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer
 from selfsup.views import make_views
+from method_helpers import assert_ema_step, digit_step_losses
 
 
 def tiny_byol(**options) -> BYOL:
@@ -75,20 +75,7 @@ def test_loss_is_the_symmetric_normalized_mse_between_prediction_and_target():
 def test_target_starts_as_a_copy_and_moves_by_exactly_the_scheduled_momentum():
     method = tiny_byol(base_momentum=0.9)
     online = list(method.encoder.parameters()) + list(method.projector.parameters())
-    target = list(method.target.parameters())
-    assert len(online) == len(target)
-    assert all(torch.equal(o, t) for o, t in zip(online, target))
-
-    with torch.no_grad():
-        for o in online:
-            o.add_(torch.randn_like(o))
-    before = [t.clone() for t in target]
-    step, total = 3, 10
-    method.after_step(step, total)
-    m = momentum_at(step, total, 0.9)
-    assert 0.9 < m < 1.0  # mid-schedule: neither the base nor the final value
-    for b, t, o in zip(before, target, online):
-        torch.testing.assert_close(t, m * b + (1 - m) * o)
+    assert_ema_step(method, online, method.target.parameters(), 0.9)
 
 
 def test_target_gets_no_gradient_and_no_optimiser_updates():
@@ -105,18 +92,7 @@ def test_target_gets_no_gradient_and_no_optimiser_updates():
 def test_loss_falls_over_a_few_steps_on_digits():
     method = tiny_byol()
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
-    data = load_split("digits", "train")
-    views = make_views(method.view_recipe, (1, 8, 8), {})
-    g = torch.Generator().manual_seed(0)
-    losses = []
-    for step in range(15):
-        images = data.get(torch.randint(len(data), (32,), generator=g))
-        loss = method(views(images, g)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        method.after_step(step, 15)
-        losses.append(loss.item())
+    losses = digit_step_losses(method, load_split("digits", "train").images, optimizer)
     # Means of ~2.6 over the first three steps and ~1.6 over the last three here (seeds 0-2);
     # asking for a 20% drop leaves a wide margin.
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])

@@ -17,12 +17,12 @@ from selfsup.data import load_split
 from selfsup.errors import ConfigError, DataError
 from selfsup.losses import dino_loss, update_center
 from selfsup.methods.dino import DINO, DINOOptions, teacher_temp_at
-from selfsup.momentum import momentum_at
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer
 from selfsup.views import make_views
 from selfsup.views import recipes
+from method_helpers import assert_ema_step
 
 SMALL_HEAD = dict(proj_hidden_dim=32, proj_dim=16, num_prototypes=64)
 
@@ -181,20 +181,7 @@ def test_teacher_gets_no_gradient_and_no_optimiser_updates():
 def test_teacher_starts_as_a_copy_and_moves_by_exactly_the_scheduled_momentum():
     method = tiny_dino(base_momentum=0.9)
     student = list(method.encoder.parameters()) + list(method.head.parameters())
-    teacher = list(method.teacher.parameters())
-    assert len(student) == len(teacher)
-    assert all(torch.equal(s, t) for s, t in zip(student, teacher))
-
-    with torch.no_grad():
-        for s in student:
-            s.add_(torch.randn_like(s))
-    before = [t.clone() for t in teacher]
-    step, total = 3, 10
-    method.after_step(step, total)
-    m = momentum_at(step, total, 0.9)
-    assert 0.9 < m < 1.0  # mid-schedule: neither the base nor the final value
-    for b, t, s in zip(before, teacher, student):
-        torch.testing.assert_close(t, m * b + (1 - m) * s)
+    assert_ema_step(method, student, method.teacher.parameters(), 0.9)
 
 
 def test_teacher_temperature_warms_up_linearly_then_stays():

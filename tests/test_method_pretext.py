@@ -20,6 +20,7 @@ from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
 from selfsup.views import make_views
 from selfsup.views.image import to_input
+from method_helpers import digit_step_losses
 
 # ---------------------------------------------------------------------------------- helpers
 
@@ -30,18 +31,8 @@ def digits_losses(section: dict, steps: int = 15, batch: int = 64) -> list[float
     images = load_split("digits", "train").get(torch.arange(512))
     encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 8)
     method = build_method(section, encoder)
-    views = make_views(method.view_recipe, (1, 8, 8), {})
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(steps):
-        batch_images = images[torch.randint(0, len(images), (batch,), generator=generator)]
-        loss = method(views(batch_images, generator)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
+    return digit_step_losses(method, images, optimizer, steps=steps, batch=batch)
 
 
 def assert_loss_falls(losses: list[float], margin: float = 0.1) -> None:

@@ -16,6 +16,7 @@ from selfsup.methods.simsiam import SimSiam, SimSiamOptions
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
 from selfsup.views import make_views
+from method_helpers import digit_step_losses
 
 
 def tiny_simsiam(**options) -> SimSiam:
@@ -106,17 +107,7 @@ def test_stop_gradient_cuts_exactly_the_target_path(stop_gradient):
 def test_loss_falls_over_a_few_steps_on_digits():
     method = tiny_simsiam()
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
-    data = load_split("digits", "train")
-    views = make_views(method.view_recipe, (1, 8, 8), {})
-    g = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(15):
-        images = data.get(torch.randint(len(data), (32,), generator=g))
-        loss = method(views(images, g)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = digit_step_losses(method, load_split("digits", "train").images, optimizer)
     # Starts near 0 (random predictions are about orthogonal to their targets) and heads towards
     # −1; here the mean falls by about 0.08 from the first three steps to the last three (seeds
     # 0-2), the bar is half of that.

@@ -63,7 +63,3 @@ class BarlowTwins(Method):
         z1, z2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
         loss = barlow_twins_loss(z1, z2, self.options.lambda_offdiag, self.gather)
         return StepOutput(loss=loss, embeddings=z1)
-
-    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(x)
-        return {"encoder": h, "projector": self.projector(h)}

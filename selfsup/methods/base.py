@@ -54,5 +54,10 @@ class Method(nn.Module):
         return self.encoder(x)
 
     def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named embeddings the health monitor watches; by default only the encoder's."""
-        return {"encoder": self.embed(x)}
+        """Named embeddings the health monitor watches: the encoder's, and the projector's when the
+        method has one (collapse usually shows in the projector first)."""
+        h = self.embed(x)
+        projector = getattr(self, "projector", None)
+        if projector is None:
+            return {"encoder": h}
+        return {"encoder": h, "projector": projector(h)}

@@ -76,7 +76,3 @@ class BYOL(Method):
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         self.target.update(self._online_branch(), step, total_steps)
-
-    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(x)
-        return {"encoder": h, "projector": self.projector(h)}

@@ -193,7 +193,3 @@ class Equivariance(Method):
         loss = equivariance_loss(z_moved, z_still, k, rho, self.options.temperature, self.gather,
                                  self.rank)
         return StepOutput(loss=loss, embeddings=z_still)
-
-    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(x)
-        return {"encoder": h, "projector": self.projector(h)}

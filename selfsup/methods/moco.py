@@ -147,9 +147,6 @@ class MomentumContrast(Method):
     def after_step(self, step: int, total_steps: int) -> None:
         self.key_encoder.update(self._online_key_path(), step, total_steps)
 
-    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(x)
-        return {"encoder": h, "projector": self.projector(h)}
 
 
 @METHODS.register("mocov2", "MoCo v2: contrastive, momentum key encoder and a FIFO queue of negatives")

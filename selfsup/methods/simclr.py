@@ -40,7 +40,3 @@ class SimCLR(Method):
         z1, z2 = z.chunk(2)
         loss = nt_xent(z1, z2, self.options.temperature, self.gather, self.rank)
         return StepOutput(loss=loss, embeddings=z1)
-
-    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(x)
-        return {"encoder": h, "projector": self.projector(h)}

@@ -65,7 +65,3 @@ class SimSiam(Method):
         p1, p2 = p.chunk(2)
         z1, z2 = (z.detach() if self.options.stop_gradient else z).chunk(2)
         return 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
-
-    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(x)
-        return {"encoder": h, "projector": self.projector(h)}

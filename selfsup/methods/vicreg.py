@@ -60,7 +60,3 @@ class VICReg(Method):
         logs = {"invariance": terms.invariance.detach(), "variance": terms.variance.detach(),
                 "covariance": terms.covariance.detach()}
         return StepOutput(loss=terms.total, embeddings=z1, logs=logs)
-
-    def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(x)
-        return {"encoder": h, "projector": self.projector(h)}
