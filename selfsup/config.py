@@ -7,6 +7,7 @@ whose keys depend on a choice (the method, the backbone, the view recipe) are pl
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,10 +159,12 @@ def build_options(cls: type[T], section: dict[str, Any], where: str) -> T:
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
                 base: Optional[dict[str, Any]] = None) -> Config:
-    """Defaults ← ``base`` ← YAML file ← ``--set key=value`` overrides (later wins)."""
-    data: dict[str, Any] = Config().to_dict()
-    if base:
-        _merge(data, base)
+    """Defaults ← the method's own defaults ← ``base`` ← YAML file ← ``--set key=value`` (later wins).
+
+    The method's defaults (``Method.config_defaults``, e.g. SimSiam's plain SGD) apply to whichever
+    method the file or the overrides name, below everything the user wrote.
+    """
+    loaded: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -172,13 +175,29 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        if "method" in loaded and "name" in loaded["method"] and \
-                loaded["method"]["name"] != data["method"].get("name"):
-            data["method"] = {}
-        _merge(data, loaded)
+    user: dict[str, Any] = {}
+    if base:
+        _merge(user, copy.deepcopy(base))
+    _merge(user, loaded)
     for item in overrides or []:
-        set_key(data, item)
+        set_key(user, item)
+
+    data: dict[str, Any] = Config().to_dict()
+    method = (user.get("method") or {}).get("name", data["method"]["name"])
+    data["method"] = {"name": method}
+    _merge(data, copy.deepcopy(method_config_defaults(method)))
+    _merge(data, user)
     return from_dict(Config, data)
+
+
+def method_config_defaults(name: str) -> dict[str, Any]:
+    """The config sections a method sets by default (empty for an unknown name: the method's own
+    look-up reports that with the list of known methods)."""
+    from selfsup.registry import METHODS
+
+    if name not in METHODS:
+        return {}
+    return getattr(METHODS.get(name), "config_defaults", {}) or {}
 
 
 def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:

@@ -69,3 +69,23 @@ def test_missing_external_library_is_a_named_error():
     except ImportError:
         with pytest.raises(ConfigError, match="needs timm"):
             build_backbone({"name": "timm:resnet18"}, 3, 32)
+
+
+def test_method_defaults_sit_below_everything_the_user_writes(tmp_path):
+    from selfsup.registry import METHODS
+
+    simsiam = METHODS.get("simsiam").config_defaults["optim"]
+    config = load_config(None, ["method.name=simsiam"])
+    assert (config.optim.name, config.optim.lr) == (simsiam["name"], simsiam["lr"])
+    assert load_config(None, ["method.name=simsiam", "optim.lr=0.01"]).optim.lr == 0.01
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: simsiam\noptim:\n  name: adamw\n")
+    from_file = load_config(path)
+    assert from_file.optim.name == "adamw" and from_file.optim.lr == simsiam["lr"]
+    # another method named by an override replaces the file's method and its defaults
+    byol = METHODS.get("byol").config_defaults["optim"]
+    assert load_config(None, ["method.name=byol"]).optim.lr == byol["lr"] != simsiam["lr"]
+    # a method without defaults keeps the dataclass defaults
+    from selfsup.config import OptimConfig
+
+    assert load_config(None, ["method.name=rotation"]).optim == OptimConfig()

@@ -48,6 +48,9 @@ class BarlowTwinsOptions:
 class BarlowTwins(Method):
     Options = BarlowTwinsOptions
     view_recipe = "byol"
+    # Starting point: solo-learn's CIFAR-10 ResNet-18 recipe (lr per 256 images); not yet
+    # tuned on Fashion-MNIST.
+    config_defaults = {"optim": {"name": "lars", "lr": 0.3, "weight_decay": 1e-4}}
 
     def __init__(self, encoder: nn.Module, options: BarlowTwinsOptions | None = None) -> None:
         super().__init__(encoder)

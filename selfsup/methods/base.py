@@ -37,6 +37,10 @@ class Method(nn.Module):
     """
 
     view_recipe: str = "simclr"
+    # Config sections this method sets by default, below anything the user writes: mostly the
+    # optimiser, which differs between methods more than any other setting (e.g. SimSiam trains
+    # with plain SGD, BYOL with LARS at a high rate).
+    config_defaults: dict = {}
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()

@@ -46,6 +46,9 @@ class BYOLOptions:
 class BYOL(Method):
     Options = BYOLOptions
     view_recipe = "byol"
+    # Starting point: solo-learn's CIFAR-10 ResNet-18 recipe (lr per 256 images); not yet
+    # tuned on Fashion-MNIST.
+    config_defaults = {"optim": {"name": "lars", "lr": 1.0, "weight_decay": 1e-5}}
 
     def __init__(self, encoder: nn.Module, options: BYOLOptions | None = None) -> None:
         super().__init__(encoder)

@@ -123,6 +123,9 @@ def same_size_runs(views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 class DINO(Method):
     Options = DINOOptions
     view_recipe = "multicrop"
+    # Starting point: solo-learn's CIFAR-10 ResNet-18 recipe (lr per 256 images); not yet
+    # tuned on Fashion-MNIST.
+    config_defaults = {"optim": {"name": "lars", "lr": 0.3, "weight_decay": 1e-6}}
     num_global_views = 2
 
     def __init__(self, encoder: nn.Module, options: DINOOptions | None = None) -> None:

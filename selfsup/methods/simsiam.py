@@ -42,6 +42,9 @@ class SimSiamOptions:
 class SimSiam(Method):
     Options = SimSiamOptions
     view_recipe = "simclr"  # SimSiam uses the SimCLR / MoCo v2 augmentations
+    # Starting point: solo-learn's CIFAR-10 ResNet-18 recipe (lr per 256 images); not yet
+    # tuned on Fashion-MNIST.
+    config_defaults = {"optim": {"name": "sgd", "lr": 0.5, "weight_decay": 1e-5}}
 
     def __init__(self, encoder: nn.Module, options: SimSiamOptions | None = None) -> None:
         super().__init__(encoder)
