@@ -168,3 +168,19 @@ def test_method_logs_reach_the_step_records(tiny_config, monkeypatch):
     run = Trainer(tiny_config()).fit()
     steps = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "step"]
     assert steps and all(r["alignment_term"] == 1.5 for r in steps)
+
+
+def test_online_probe_works_with_default_sizes_on_a_small_data_set(tiny_config):
+    """digits' test split (~360) is smaller than the health batch and its train split smaller than
+    the default probe bank: the probe must still query held-out images, disjoint from its bank."""
+    trainer = Trainer(tiny_config("train.probe_train_samples=10000", "train.probe_test_samples=10000"))
+    trainer._build()
+    data = trainer.health_data
+    assert len(data.images) == 512  # the health batch comes from the larger training split
+    from selfsup.data import load_split
+
+    test, train = load_split("digits", "test"), load_split("digits", "train")
+    assert len(data.query_images) == len(test) and len(data.bank_images) == len(train)
+    run = Trainer(tiny_config("train.probe_train_samples=10000", "train.probe_test_samples=10000",
+                              out="run2")).fit()
+    assert any(r["kind"] == "probe" for r in read_metrics(run / "metrics.jsonl"))

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from selfsup.backbones import resnet, small_cnn  # noqa: F401  (registration)
+from selfsup.backbones import resnet, small_cnn, vit  # noqa: F401  (registration)
 from selfsup.backbones.adapter import FeatureAdapter, external_backbone
 from selfsup.config import build_options
 from selfsup.registry import BACKBONES
@@ -25,5 +25,7 @@ def build_backbone(section: dict[str, Any], in_channels: int, image_size: int) -
         return external_backbone(name, in_channels, image_size)
     factory = BACKBONES.get(name)
     options_cls: Optional[type] = getattr(factory, "options", None)
+    if hasattr(options_cls, "img_size"):  # size-aware backbones (ViT) learn the data's image size
+        section = {"img_size": image_size, **section}
     options = build_options(options_cls, section, "backbone") if options_cls else None
     return factory(in_channels, options)

@@ -124,29 +124,35 @@ class Trainer:
             raise ConfigError(f"train.health_samples must be ≥ 512 for a stable effective rank, "
                               f"got {cfg.health_samples}")
         try:
-            held_out: ImageSource = load_split(self.config.data.dataset, "test", self.config.data.data_dir)
+            test: Optional[ImageSource] = load_split(self.config.data.dataset, "test",
+                                                     self.config.data.data_dir)
         except DataError:
-            held_out = self.train_data
-        if len(held_out) < cfg.health_samples:  # a tiny test split: watch training images instead
-            held_out = max(held_out, self.train_data, key=len)
+            test = None
+        # The health batch needs ≥ health_samples images: the test split when it is that large.
+        health_source = test if test is not None and len(test) >= cfg.health_samples else self.train_data
         pick = torch.Generator().manual_seed(12345)
-        order = torch.randperm(len(held_out), generator=pick)[: cfg.health_samples]
-        images = held_out.get(order).to(self.device)
-        labels = held_out.labels[order].to(self.device) if held_out.labels is not None else None
+        order = torch.randperm(len(health_source), generator=pick)[: cfg.health_samples]
+        images = health_source.get(order).to(self.device)
+        labels = health_source.labels[order].to(self.device) if health_source.labels is not None else None
         bank_images = bank_labels = query_images = query_labels = None
         num_classes = 0
-        if self.train_data.labels is not None and held_out.labels is not None:
-            bank = torch.randperm(len(self.train_data), generator=pick)[: cfg.probe_train_samples]
-            if held_out is self.train_data:  # no test split: queries are training images off the bank
-                queries = torch.randperm(len(held_out), generator=pick)
-                queries = queries[~torch.isin(queries, bank)][: cfg.probe_test_samples]
-            else:
-                queries = torch.randperm(len(held_out), generator=pick)[: cfg.probe_test_samples]
-            bank_images = self.train_data.get(bank).to(self.device)
-            bank_labels = self.train_data.labels[bank].to(self.device)
-            query_images = held_out.get(queries).to(self.device)
-            query_labels = held_out.labels[queries].to(self.device)
-            num_classes = max(self.train_data.num_classes, held_out.num_classes)
+        train = self.train_data
+        if train.labels is not None:
+            if test is not None and test.labels is not None:  # queries: labelled held-out images
+                bank = torch.randperm(len(train), generator=pick)[: cfg.probe_train_samples]
+                query_source = test
+                queries = torch.randperm(len(test), generator=pick)[: cfg.probe_test_samples]
+            else:  # no labelled test split: disjoint query and bank parts of the training set
+                shuffled = torch.randperm(len(train), generator=pick)
+                num_queries = min(cfg.probe_test_samples, len(train) // 5)
+                query_source, queries = train, shuffled[:num_queries]
+                bank = shuffled[num_queries:num_queries + cfg.probe_train_samples]
+            if len(queries) > 0 and len(bank) > 0:
+                bank_images = train.get(bank).to(self.device)
+                bank_labels = train.labels[bank].to(self.device)
+                query_images = query_source.get(queries).to(self.device)
+                query_labels = query_source.labels[queries].to(self.device)
+                num_classes = max(train.num_classes, query_source.num_classes)
         return HealthData(images, labels, query_images, query_labels, bank_images, bank_labels,
                           num_classes)
 
