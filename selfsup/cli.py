@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -227,6 +228,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SelfsupError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("\nselfsup: interrupted. Checkpoints are written at the end of each epoch; continue "
               "with `selfsup pretrain --out RUN --resume`.", file=sys.stderr)
