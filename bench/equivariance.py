@@ -35,7 +35,8 @@ from selfsup.train.device import seed_everything
 def untrained(config: Config, in_shape: tuple[int, int, int]) -> Method:
     """The method as the trainer builds it before the first step (same seed, same order)."""
     seed_everything(config.train.seed)
-    return build_method(config.method, build_backbone(config.backbone, in_shape[0], in_shape[1]))
+    return build_method(config.method, build_backbone(config.backbone, in_shape[0], in_shape[1]),
+                        in_shape)
 
 
 def errors(method, images: torch.Tensor) -> dict[str, float]:

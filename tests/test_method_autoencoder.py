@@ -254,9 +254,23 @@ def test_loss_falls_on_digits(name):
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_a_whole_run_logs_finite_losses_and_health(tiny_config, name):
-    run = Trainer(tiny_config(f"method.name={name}", "method.decoder_size=8", "method.decoder_width=16")).fit()
+    # no decoder_size: the trainer tells the method the data are 1×8×8
+    run = Trainer(tiny_config(f"method.name={name}", "method.decoder_width=16")).fit()
     records = read_metrics(run / "metrics.jsonl")
     losses = [r["loss"] for r in records if r["kind"] in ("step", "epoch")]
     assert losses and all(isinstance(v, float) and math.isfinite(v) for v in losses)
     assert "reconstruction" in next(r for r in records if r["kind"] == "step")
     assert {r["embedding"] for r in records if r["kind"] == "health"} == {"encoder"}
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+def test_build_method_fits_the_decoder_to_the_data_shape(shape):
+    from selfsup.backbones import build_backbone
+    from selfsup.methods import build_method
+
+    encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, shape[0], shape[1])
+    method = build_method({"name": "vae", "decoder_width": 16}, encoder, in_shape=shape)
+    method.eval()
+    x = torch.randn(2, *shape)
+    assert method.reconstruct(x).shape == x.shape
+    assert method.decoder(torch.zeros(1, method.options.latent_dim)).shape[1:] == shape  # no resize

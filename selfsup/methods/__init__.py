@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
@@ -23,8 +23,15 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = ["Method", "StepOutput", "build_method"]
 
 
-def build_method(section: dict[str, Any], encoder: nn.Module) -> Method:
-    """Build the method a config section names (``{"name": "simclr", ...options}``)."""
+def build_method(section: dict[str, Any], encoder: nn.Module,
+                 in_shape: Optional[tuple[int, int, int]] = None) -> Method:
+    """Build the method a config section names (``{"name": "simclr", ...options}``).
+
+    Methods that generate images (``accepts_in_shape = True``, e.g. the autoencoders) are also
+    told the data's (C, H, W) so their decoders fit it without extra options.
+    """
     cls = METHODS.get(section.get("name", "simclr"))
     options = build_options(cls.Options, section, "method")
+    if getattr(cls, "accepts_in_shape", False):
+        return cls(encoder, options, in_shape=in_shape)
     return cls(encoder, options)

@@ -116,10 +116,10 @@ def add_noise(x: torch.Tensor, noise: str, level: float,
 @dataclass
 class DecoderOptions:
     decoder_width: int = 64  # channels of the decoder's first map; they halve per upsampling stage
-    # Side the decoder is built for; reconstructions are resized (bilinear) to the input's side when
-    # it differs. 28 = Fashion-MNIST, so the default decodes at the data's own resolution.
-    decoder_size: int = 28
-    image_channels: int = 0  # 0: the in-channels of the encoder's first convolution
+    # Side the decoder is built for; 0: the data's own (the trainer passes the input shape), else 28.
+    # Reconstructions are resized (bilinear) to the input's side when it differs.
+    decoder_size: int = 0
+    image_channels: int = 0  # 0: the data's channels (else the encoder's first convolution's)
 
 
 @dataclass
@@ -173,17 +173,21 @@ class Autoencoder(Method):
     # today's default for both AEs and VAEs).
     config_defaults = {"optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}}
 
-    def __init__(self, encoder: nn.Module, options: DecoderOptions | None = None) -> None:
+    accepts_in_shape = True  # build_method passes the data's (C, H, W) as in_shape
+
+    def __init__(self, encoder: nn.Module, options: DecoderOptions | None = None,
+                 in_shape: tuple[int, int, int] | None = None) -> None:
         super().__init__(encoder)
         self.options = o = options or self.Options()
         self._check_options()
-        if o.decoder_width < 1 or o.decoder_size < 1 or o.image_channels < 0:
-            raise ConfigError(f"method.decoder_width and method.decoder_size must be ≥ 1 and "
+        if o.decoder_width < 1 or o.decoder_size < 0 or o.image_channels < 0:
+            raise ConfigError(f"method.decoder_width must be ≥ 1 and method.decoder_size and "
                               f"method.image_channels ≥ 0, got {o.decoder_width}, {o.decoder_size}, "
                               f"{o.image_channels}")
         code_dim = self._build_code(encoder.out_dim)
-        channels = o.image_channels or _input_channels(encoder)
-        self.decoder = ConvDecoder(code_dim, (channels, o.decoder_size, o.decoder_size), o.decoder_width)
+        side = o.decoder_size or (in_shape[1] if in_shape else 28)
+        channels = o.image_channels or (in_shape[0] if in_shape else _input_channels(encoder))
+        self.decoder = ConvDecoder(code_dim, (channels, side, side), o.decoder_width)
 
     # -- hooks ---------------------------------------------------------------------------------
 

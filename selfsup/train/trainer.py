@@ -89,7 +89,7 @@ class Trainer:
         self.encoder_spec = {"backbone": dict(cfg.backbone), "in_channels": self.in_shape[0],
                              "image_size": self.in_shape[1], "dataset": cfg.data.dataset}
         encoder = build_backbone(cfg.backbone, self.in_shape[0], self.in_shape[1])
-        self.method: Method = build_method(cfg.method, encoder).to(self.device)
+        self.method: Method = build_method(cfg.method, encoder, self.in_shape).to(self.device)
         # channels_last pays on both: cuDNN's NHWC kernels on GPUs, oneDNN's on CPUs (1.5× for the
         # small CNN on 2 cores, measured).
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
