@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pretrain_config(args):
-    from selfsup.config import load_config
+    from selfsup.config import Config, load_config
     from selfsup.evaluate.run import load_run_config
 
     if args.resume:
@@ -108,8 +108,7 @@ def _pretrain_config(args):
         if value is not None:
             flags.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     config = load_config(args.config, flags + args.set)
-    if args.out is None and not any(s.startswith("out=") for s in args.set) and \
-            (args.config is None or "out:" not in Path(args.config).read_text()):
+    if config.out == Config().out:  # nobody chose a run dir: name it after method and data
         dataset = Path(config.data.dataset).name or "data"
         config.out = f"runs/{config.method['name']}-{dataset}"
     return config

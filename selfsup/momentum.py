@@ -59,8 +59,3 @@ class MomentumTarget(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def train(self, mode: bool = True) -> "MomentumTarget":
-        # The target is never trained; its BatchNorm layers still follow train/eval so that its
-        # outputs match the online network's normalisation (BYOL keeps the target in train mode).
-        return super().train(mode)

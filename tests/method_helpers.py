@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
+from selfsup.backbones import build_backbone
+from selfsup.config import Config
+from selfsup.data import load_split
+from selfsup.methods import build_method
 from selfsup.momentum import momentum_at
+from selfsup.train import Trainer
 from selfsup.views import make_views
 
 
@@ -44,3 +52,36 @@ def assert_ema_step(method: nn.Module, online: Sequence[torch.Tensor], target: S
     assert base_momentum < m < 1.0  # mid-schedule: neither the base nor the final value
     for b, t, o in zip(before, target, online):
         torch.testing.assert_close(t, m * b + (1 - m) * o)
+
+
+def digits_losses(section: dict, steps: int = 15, batch: int = 64) -> list[float]:
+    """Per-step losses of a few Adam steps of a method (config section) on digits, fixed seeds."""
+    torch.manual_seed(0)
+    images = load_split("digits", "train").get(torch.arange(512))
+    encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 8)
+    method = build_method(section, encoder)
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
+    return digit_step_losses(method, images, optimizer, steps=steps, batch=batch)
+
+
+def assert_loss_falls(losses: list[float], margin: float = 0.1) -> None:
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < first - margin, f"loss did not fall: first 3 {first:.3f}, last 3 {last:.3f}"
+
+
+def interrupt_then_resume(config: Config, stop_after_epoch: int, monkeypatch) -> Path:
+    """Run ``config`` until the checkpoint of epoch ``stop_after_epoch`` (0-based) is written, kill
+    it there (KeyboardInterrupt), check no final encoder was written, then resume to the end."""
+    original = Trainer._end_of_epoch
+
+    def stop(self, epoch, step):
+        original(self, epoch, step)
+        if epoch == stop_after_epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config).fit()
+    assert not (Path(config.out) / "encoder.safetensors").exists()
+    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    return Trainer(config, resume=True).fit()

@@ -78,3 +78,14 @@ def test_list_names_the_registered_components(capsys):
     out = capsys.readouterr().out
     for name in ("simclr", "resnet18", "small-cnn", "fashion-mnist", "digits"):
         assert name in out
+
+
+def test_run_dir_comes_from_the_config_file_else_from_method_and_data(tmp_path, monkeypatch):
+    from selfsup.cli import _pretrain_config, build_parser
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"out: {tmp_path / 'from-file'}\nmethod:\n  name: byol\n")
+    args = build_parser().parse_args(["pretrain", "--config", str(path)])
+    assert _pretrain_config(args).out == str(tmp_path / "from-file")
+    args = build_parser().parse_args(["pretrain", "--method", "simsiam", "--dataset", "digits"])
+    assert _pretrain_config(args).out == "runs/simsiam-digits"

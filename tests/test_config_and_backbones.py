@@ -62,13 +62,13 @@ def test_adapter_wraps_any_module():
     assert net.out_dim == 7 and net(torch.randn(2, 3, 16, 16)).shape == (2, 7)
 
 
-def test_missing_external_library_is_a_named_error():
-    pytest.importorskip  # torchvision/timm are optional: only check the error when absent
-    try:
-        import timm  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="needs timm"):
-            build_backbone({"name": "timm:resnet18"}, 3, 32)
+def test_missing_external_library_is_a_named_error(monkeypatch):
+    import sys
+
+    for library in ("timm", "torchvision"):
+        monkeypatch.setitem(sys.modules, library, None)  # `import` now fails, installed or not
+        with pytest.raises(ConfigError, match=f"needs {library}"):
+            build_backbone({"name": f"{library}:resnet18"}, 3, 32)
 
 
 def test_method_defaults_sit_below_everything_the_user_writes(tmp_path):

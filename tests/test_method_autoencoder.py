@@ -14,14 +14,8 @@ from selfsup.data import load_split
 from selfsup.decoders import ConvDecoder
 from selfsup.errors import ConfigError
 from selfsup.methods import build_method
-from selfsup.methods.autoencoder import (
-    add_noise,
-    gaussian_kl,
-    kl_sparsity,
-    l1_sparsity,
-    reconstruction_error,
-    reparameterize,
-)
+from selfsup.losses import gaussian_kl, kl_sparsity, l1_sparsity, reconstruction_error
+from selfsup.methods.autoencoder import add_noise, reparameterize
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
 from selfsup.views.image import MEAN, STD

@@ -22,7 +22,7 @@ from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer
 from selfsup.views import make_views
 from selfsup.views import recipes
-from method_helpers import assert_ema_step
+from method_helpers import assert_ema_step, interrupt_then_resume
 
 SMALL_HEAD = dict(proj_hidden_dim=32, proj_dim=16, num_prototypes=64)
 
@@ -354,18 +354,6 @@ def test_resume_through_the_frozen_last_layer_is_exact(tiny_config, monkeypatch)
                "method.freeze_last_layer_steps=2", "method.teacher_temp=0.07"]
     straight = Trainer(tiny_config(*options, out="straight")).fit()
 
-    original = Trainer._end_of_epoch
-
-    def stop_after_first_epoch(self, epoch, step):
-        original(self, epoch, step)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_first_epoch)
-    config = tiny_config(*options, out="resumed")
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(config).fit()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
-    resumed = Trainer(config, resume=True).fit()
+    resumed = interrupt_then_resume(tiny_config(*options, out="resumed"), 0, monkeypatch)
     a, b = (load_file(str(Path(run) / "encoder.safetensors")) for run in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -16,7 +16,7 @@ from selfsup.methods import build_method
 from selfsup.methods.equivariance import GROUPS, equivariance_error, equivariance_loss
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
-from test_method_pretext import assert_loss_falls, digits_losses
+from method_helpers import assert_loss_falls, digits_losses
 
 GROUP_NAMES = sorted(GROUPS)
 

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from selfsup.backbones import build_backbone
-from selfsup.data import load_split
 from selfsup.errors import ConfigError, DataError
 from selfsup.methods import build_method
 from selfsup.pretext import PatchGrid, all_rotations, crop_patches, hflip, rotate90
@@ -20,24 +19,9 @@ from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
 from selfsup.views import make_views
 from selfsup.views.image import to_input
-from method_helpers import digit_step_losses
+from method_helpers import assert_loss_falls, digits_losses
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def digits_losses(section: dict, steps: int = 15, batch: int = 64) -> list[float]:
-    """Per-step losses of a few Adam steps of a method on digits (fixed seeds)."""
-    torch.manual_seed(0)
-    images = load_split("digits", "train").get(torch.arange(512))
-    encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 8)
-    method = build_method(section, encoder)
-    optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
-    return digit_step_losses(method, images, optimizer, steps=steps, batch=batch)
-
-
-def assert_loss_falls(losses: list[float], margin: float = 0.1) -> None:
-    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < first - margin, f"loss did not fall: first 3 {first:.3f}, last 3 {last:.3f}"
 
 
 def tiny_run(tiny_config, method: str, *extra: str) -> list[dict]:

@@ -16,6 +16,8 @@ from selfsup.train.checkpoint import load_checkpoint, load_encoder, save_checkpo
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import LARS, lr_factor
 
+from method_helpers import interrupt_then_resume
+
 
 def encoder_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "encoder.safetensors"))
@@ -33,20 +35,7 @@ def test_same_seed_same_run(tiny_config):
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_config, monkeypatch):
     straight = Trainer(tiny_config("train.epochs=4", out="straight")).fit()
 
-    original = Trainer._end_of_epoch
-
-    def stop_after_second_epoch(self, epoch, step):
-        original(self, epoch, step)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_second_epoch)
-    config = tiny_config("train.epochs=4", out="resumed")
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(config).fit()
-    assert not (Path(config.out) / "encoder.safetensors").exists()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
-    resumed = Trainer(config, resume=True).fit()
+    resumed = interrupt_then_resume(tiny_config("train.epochs=4", out="resumed"), 1, monkeypatch)
 
     ws, wr = encoder_weights(straight), encoder_weights(resumed)
     assert all(torch.equal(ws[k], wr[k]) for k in ws)

@@ -46,7 +46,6 @@ class HealthData:
     """The fixed held-out batch the health monitor and the online k-NN probe look at every time."""
 
     images: torch.Tensor  # uint8 on the device
-    labels: Optional[torch.Tensor]
     query_images: Optional[torch.Tensor]  # held-out labelled queries of the k-NN probe
     query_labels: Optional[torch.Tensor]
     bank_images: Optional[torch.Tensor]  # labelled training images for the k-NN probe
@@ -133,7 +132,6 @@ class Trainer:
         pick = torch.Generator().manual_seed(12345)
         order = torch.randperm(len(health_source), generator=pick)[: cfg.health_samples]
         images = health_source.get(order).to(self.device)
-        labels = health_source.labels[order].to(self.device) if health_source.labels is not None else None
         bank_images = bank_labels = query_images = query_labels = None
         num_classes = 0
         train = self.train_data
@@ -153,7 +151,7 @@ class Trainer:
                 query_images = query_source.get(queries).to(self.device)
                 query_labels = query_source.labels[queries].to(self.device)
                 num_classes = max(train.num_classes, query_source.num_classes)
-        return HealthData(images, labels, query_images, query_labels, bank_images, bank_labels,
+        return HealthData(images, query_images, query_labels, bank_images, bank_labels,
                           num_classes)
 
     # ---------------------------------------------------------------- checkpoints
