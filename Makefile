@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-all install install-test data torch bench-gpu clean
+.PHONY: demo test test-all install install-test data data-all torch bench-gpu clean
 
 demo: install data
 	$(VENV)/bin/selfsup demo
@@ -29,8 +29,14 @@ install-test: torch
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt exists; elsewhere point
 # --data-dir or SELFSUP_DATA at a folder holding the four IDX files.
+# The sequence data sets the tests use (swissprot-loc, 16s-gold: ~20 MB) come from Debian too.
 data:
 	@scripts/install-data.sh
+	@scripts/install-seq-data.sh
+
+# The sequence pretraining corpora (uniprot-go, 16s-rrna): ~270 MB download, 1.1 GB installed.
+data-all: data
+	@scripts/install-seq-data.sh --all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -23,27 +23,32 @@ import numpy as np
 import torch
 
 
-def pipeline_rate(compile: bool, batch: int, steps: int, workdir: Path, device: str) -> dict:
+def trainer_rate(overrides: list[str], batch: int, steps: int, out: Path, device: str,
+                 compile: bool) -> dict:
+    """Images/s of the real Trainer over whole epochs after a warm-up epoch (health excluded)."""
     from selfsup.config import load_config
     from selfsup.train import Trainer
     from selfsup.train.metrics_log import read_metrics
 
-    out = workdir / f"pipeline-{'compiled' if compile else 'eager'}"
-    data = workdir.parent / "synthetic.npy"
-    config = load_config(None, [
-        f"data.dataset={data}", "backbone.name=resnet18",
+    config = load_config(None, overrides + [
         f"train.batch_size={batch}", "train.epochs=3", f"train.steps_per_epoch={steps}",
         f"train.compile={str(compile).lower()}", "train.progress=false", f"train.device={device}",
         "train.health_every=100", "train.probe_every=100", "train.health_samples=512",
-        f"out={out}", "optim.name=lars", "optim.warmup_epochs=0"])
-    trainer = Trainer(config)
-    trainer.fit()
+        f"out={out}", "optim.warmup_epochs=0"])
+    Trainer(config).fit()
     epochs = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "epoch"]
     timed = epochs[1:]  # epoch 0 pays for compilation and cudnn autotuning
     images = sum(steps * batch for _ in timed)
     seconds = sum(r["epoch_seconds"] for r in timed)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     return {"images_per_s": images / seconds, "peak_gib": peak}
+
+
+def pipeline_rate(compile: bool, batch: int, steps: int, workdir: Path, device: str) -> dict:
+    out = workdir / f"pipeline-{'compiled' if compile else 'eager'}"
+    overrides = [f"data.dataset={workdir.parent / 'synthetic.npy'}", "backbone.name=resnet18",
+                 "optim.name=lars"]
+    return trainer_rate(overrides, batch, steps, out, device, compile)
 
 
 def floor_rate(compile: bool, batch: int, steps: int, device: str) -> dict:

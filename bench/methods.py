@@ -7,6 +7,8 @@ training images/s (median epoch) and wall time; the raw-pixel and random-init ba
     python bench/methods.py --dataset fashion-mnist --backbone resnet18 --epochs 50 --batch-size 512
     # CPU smoke table: digits, small CNN, a few steps
     python bench/methods.py --smoke
+    # a few methods per device session, merged into one table (same dataset/backbone/budget)
+    python bench/methods.py --methods byol dino --merge
 """
 
 from __future__ import annotations
@@ -49,6 +51,22 @@ def run_method(name: str, args, out_dir: Path, baselines: bool) -> dict:
     }
 
 
+BUDGET_KEYS = ("dataset", "backbone", "epochs", "batch_size", "steps_per_epoch")
+
+
+def merged_rows(path: Path, args, rows: list[dict], baselines: dict) -> tuple[list[dict], dict]:
+    """Rows of an earlier table at the same budget, with this run's rows replacing same-named ones."""
+    if not path.is_file():
+        return rows, baselines
+    earlier = json.loads(path.read_text())
+    mismatched = [k for k in BUDGET_KEYS if earlier["args"].get(k) != getattr(args, k)]
+    if mismatched:
+        raise SystemExit(f"--merge: {path} was measured with different {', '.join(mismatched)}; "
+                         "use another --json or the same budget")
+    fresh = {r["method"] for r in rows}
+    return [r for r in earlier["rows"] if r["method"] not in fresh] + rows, earlier["baselines"] or baselines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", help="default: every registered method")
@@ -64,6 +82,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU smoke test: digits, small CNN, few steps")
     parser.add_argument("--out-dir", default="runs/bench-methods")
     parser.add_argument("--json", default="bench/results/methods.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="add these rows to --json's table (replacing rows of the same method) "
+                             "when it was measured at the same data set, backbone and budget")
     args = parser.parse_args()
     if args.smoke:
         args.dataset, args.backbone, args.epochs, args.batch_size = "digits", "small-cnn", 2, 128
@@ -75,6 +96,8 @@ def main() -> None:
         print(f"[{i + 1}/{len(names)}] {name}", flush=True)
         rows.append(run_method(name, args, out_dir, baselines=(i == 0)))
     baselines = rows[0]["baselines"]
+    if args.merge:
+        rows, baselines = merged_rows(Path(args.json), args, rows, baselines)
     keys = [str(float(f)) for f in args.fractions]
     header = f"{'method':<16} {'k-NN':>6} " + " ".join(f"{'lin@' + k:>9}" for k in keys) + \
              f" {'rank':>7} {'img/s':>9} {'train s':>8}"

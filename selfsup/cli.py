@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from selfsup.errors import SelfsupError
+from selfsup.errors import ConfigError, SelfsupError
 
 
 def _pretrain_parser(sub) -> None:
@@ -36,6 +36,40 @@ def _pretrain_parser(sub) -> None:
 
 def _add_run_dir(p) -> None:
     p.add_argument("run_dir", help="a run directory written by `selfsup pretrain`")
+
+
+def _finetune_parser(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune the encoder with a fraction of the labels (vs from scratch)",
+        description="Fine-tune a run's encoder with a new linear head on a class-balanced fraction "
+                    "of the training labels and report test top-1 over seeds; with --compare-scratch "
+                    "also the same backbone from a random init (the baseline). Results are merged "
+                    "into RUN/finetune.json; `selfsup report RUN` draws the label-efficiency plot.")
+    _add_run_dir(p)
+    p.add_argument("--dataset", help="fine-tune on another labelled dataset than the pretraining one")
+    p.add_argument("--data-dir")
+    p.add_argument("--labels-fraction", metavar="F[,F...]",
+                   help="fraction(s) of the training labels, each in (0, 1], e.g. 0.01,0.1,1.0 "
+                        "(default: the run's eval.label_fractions)")
+    p.add_argument("--mode", default="full", metavar="MODE[,MODE]",
+                   help="full (backbone and head train; default) or frozen (only the head trains); "
+                        "full,frozen runs both")
+    inits = p.add_mutually_exclusive_group()
+    inits.add_argument("--scratch", action="store_true",
+                       help="only the baseline: the same backbone from a random init")
+    inits.add_argument("--compare-scratch", action="store_true",
+                       help="the pretrained encoder and the from-scratch baseline")
+    p.add_argument("--seeds", type=int, help="runs per fraction, each on its own label subset (default 3)")
+    p.add_argument("--epochs", type=int, help="epochs at least (default 10; small fractions run more "
+                                               "epochs to reach min_steps, default 300)")
+    p.add_argument("--batch-size", type=int, help="default 256, at most the labelled subset")
+    p.add_argument("--lr", type=float, help="the head's AdamW learning rate (default 1e-2); the "
+                                            "backbone's is backbone_lr_scale times it")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="results file (default RUN/finetune.json); entries are merged")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any fine-tuning setting, e.g. --set layer_decay=0.75, --set augment=false, "
+                        "--set backbone_lr_scale=0.2, --set min_steps=500 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="train, test (default) or all")
     p.add_argument("--out", required=True, help="output .npy file, shape (N, D) float32")
     p.add_argument("--device", default="auto")
+
+    _finetune_parser(sub)
 
     p = sub.add_parser("report", help="write plots and report.md for a run",
                        description="Write PNG plots and report.md into the run directory.")
@@ -160,6 +196,29 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def _comma_list(text: str, convert, what: str) -> list:
+    try:
+        return [convert(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a comma-separated list, e.g. 0.01,0.1,1.0") from None
+
+
+def cmd_finetune(args) -> int:
+    from selfsup.evaluate.finetune import finetune_run, settings_from
+    from selfsup.report.finetune_report import format_finetune_table
+
+    settings = settings_from({"seeds": args.seeds, "epochs": args.epochs,
+                              "batch_size": args.batch_size, "lr": args.lr}, args.set)
+    fractions = (None if args.labels_fraction is None
+                 else _comma_list(args.labels_fraction, float, "--labels-fraction"))
+    inits = (["scratch"] if args.scratch else
+             ["pretrained", "scratch"] if args.compare_scratch else ["pretrained"])
+    results = finetune_run(args.run_dir, fractions, _comma_list(args.mode, str.strip, "--mode"), inits,
+                           settings, args.dataset, args.data_dir, args.device, args.out)
+    print(format_finetune_table(results))
+    return 0
+
+
 def cmd_report(args) -> int:
     from selfsup.report import write_report
 
@@ -216,8 +275,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "embed": cmd_embed,
-            "report": cmd_report, "list": cmd_list, "demo": cmd_demo}
+COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+            "embed": cmd_embed, "report": cmd_report, "list": cmd_list, "demo": cmd_demo}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -134,6 +134,14 @@ def test_mae_loss_on_a_tiny_fixed_example():
     assert mae_loss(pred, target, mask).item() == pytest.approx((2.5 + 4.0) / 2)
 
 
+def test_mae_loss_with_nothing_masked_covers_every_patch():
+    # mask_ratio 0 (the masking-speed benchmark's baseline): a finite loss over all patches, not 0/0
+    pred = torch.tensor([[[1.0, 2.0], [0.0, 0.0]]])
+    target = torch.tensor([[[0.0, 0.0], [2.0, 2.0]]])
+    nothing = torch.zeros(1, 2, dtype=torch.bool)
+    assert mae_loss(pred, target, nothing).item() == pytest.approx((2.5 + 4.0) / 2)
+
+
 def test_mae_loss_ignores_visible_patches_only():
     generator = torch.Generator().manual_seed(0)
     pred, target = torch.randn(3, 8, 5, generator=generator), torch.randn(3, 8, 5, generator=generator)

@@ -244,3 +244,23 @@ def test_plot_rank_curves_draws_one_panel_per_run(tmp_path):
         assert b.size[0] > 1.5 * a.size[0] and a.size[1] == b.size[1]
     with pytest.raises(ValueError):
         plot_rank_curves({}, tmp_path / "none.png")
+
+
+def test_report_embeds_the_pictures_of_a_vae_run(tiny_config):
+    from selfsup.train import Trainer
+
+    run = Trainer(tiny_config("method.name=vae", "method.decoder_width=16", "train.epochs=1")).fit()
+    text = write_report(run).read_text()
+    for name in ("reconstructions.png", "vae_samples.png", "vae_interpolations.png"):
+        assert f"]({name})" in text and (run / name).is_file()
+    assert "## Fine-tuning" in text and "selfsup finetune" in text  # says how to add that section
+
+
+def test_report_of_a_run_without_checkpoint_says_why_it_has_no_pictures(tiny_config):
+    from selfsup.train import Trainer
+
+    run = Trainer(tiny_config("method.name=vae", "method.decoder_width=16", "train.epochs=1")).fit()
+    for checkpoint in (run / "checkpoints").iterdir():
+        checkpoint.unlink()
+    text = write_report(run).read_text()
+    assert "No pictures:" in text and "checkpoint" in text and "vae_samples.png" not in text

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.data import digits, fashion_mnist  # noqa: F401  (modules register their data sets)
+from selfsup.data import dna_datasets, protein_datasets  # noqa: F401  (sequence data sets too)
 from selfsup.data.arrays import load_arrays
 from selfsup.data.base import FileImages, ImageSource, TensorImages
 from selfsup.data.folder import load_folder

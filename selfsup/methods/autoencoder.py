@@ -171,8 +171,9 @@ class Autoencoder(Method):
         self.bottleneck = nn.Linear(width, code_dim) if code_dim else nn.Identity()
         return code_dim or width
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
-        """What the encoder sees of the view ``x`` (the DAE's noise; the plain AE: ``x`` itself)."""
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What the encoder sees of the view ``x`` (the DAE's noise; the plain AE: ``x`` itself).
+        ``generator`` (on ``x``'s device) makes the noise repeatable, e.g. for pictures."""
         return x
 
     def encode(self, x: torch.Tensor) -> Encoding:
@@ -227,8 +228,8 @@ class DenoisingAutoencoder(Autoencoder):
         if not 0 <= o.noise_level <= high:
             raise ConfigError(f"method.noise_level for {o.noise} noise must lie in [0, {high}], got {o.noise_level}")
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
-        return add_noise(x, self.options.noise, self.options.noise_level)
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return add_noise(x, self.options.noise, self.options.noise_level, generator)
 
 
 @METHODS.register("vae", "variational autoencoder: Gaussian latent, reconstruction + β·KL to N(0, I); "
@@ -251,11 +252,14 @@ class VariationalAutoencoder(Autoencoder):
         return Encoding(reparameterize(mu, logvar), mu, self.options.beta * kl, {"kl": kl})
 
     @torch.no_grad()
-    def sample(self, n: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def sample(self, n: int, size: tuple[int, int] | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode ``n`` latents drawn from the prior N(0, I): (n, C, H, W) normalised images, at the
-        decoder's size or ``size``. Put the method in ``eval()`` first."""
+        decoder's size or ``size``; ``generator`` (on the method's device) makes the draw
+        repeatable. Put the method in ``eval()`` first."""
         weight = self.posterior.weight
-        z = torch.randn(n, self.options.latent_dim, device=weight.device, dtype=weight.dtype)
+        z = torch.randn(n, self.options.latent_dim, generator=generator, device=weight.device,
+                        dtype=weight.dtype)
         return self.decoder(z, size)
 
 

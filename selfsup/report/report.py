@@ -15,8 +15,9 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from selfsup.errors import DataError
-from selfsup.report import plots
+from selfsup.errors import DataError, SelfsupError
+from selfsup.report import pictures, plots
+from selfsup.report.finetune_report import finetune_section
 
 # Keys a record of each kind cannot do without; other keys are optional and read with .get().
 REQUIRED_KEYS = {
@@ -420,6 +421,21 @@ def _evaluation(eval_json: Optional[dict], tsne: Optional[TSNE], run_dir: Path) 
     return lines
 
 
+def _pictures(run_dir: Path) -> list[str]:
+    """MAE reconstructions, VAE samples, ViT attention maps: whichever apply to this run."""
+    try:
+        paths = pictures.write_pictures(run_dir)
+    except SelfsupError as e:  # no checkpoint or no data here: the rest of the report still helps
+        return ["## Pictures", "", f"No pictures: {e}"]
+    if not paths:
+        return []
+    lines = ["## Pictures", ""]
+    for path in paths:
+        caption = pictures.PICTURES[path.name]
+        lines += [f"{caption}.", "", f"![{caption}]({path.name})", ""]
+    return lines
+
+
 def _config_section(config_text: Optional[str]) -> list[str]:
     if config_text is None:
         return ["## Config", "", "No config.yaml in this run dir."]
@@ -444,9 +460,11 @@ def write_report(run_dir: str | Path) -> Path:
         _summary(metrics, config),
         _health(metrics, verdict, run_dir),
         _evaluation(eval_json, tsne, run_dir),
+        finetune_section(run_dir),
+        _pictures(run_dir),
         _training(metrics, run_dir),
         _config_section(config_text),
     ]
     report = run_dir / "report.md"
-    report.write_text("\n\n".join("\n".join(section) for section in sections) + "\n")
+    report.write_text("\n\n".join("\n".join(section) for section in sections if section) + "\n")
     return report

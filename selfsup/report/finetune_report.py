@@ -1,0 +1,172 @@
+"""The fine-tuning section of the run report: label efficiency of the encoder against scratch.
+
+Reads ``RUN/finetune.json`` (written by ``selfsup finetune``, see
+:mod:`selfsup.evaluate.finetune`), draws ``RUN/finetune_label_efficiency.png`` and returns the
+markdown lines of the section. Figures are drawn on a bare ``matplotlib.figure.Figure`` (the Agg
+canvas), as everywhere in :mod:`selfsup.report.plots`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from matplotlib.figure import Figure
+
+from selfsup.errors import DataError
+from selfsup.report import plots
+
+RESULTS_FILE = "finetune.json"
+PLOT_FILE = "finetune_label_efficiency.png"
+
+# (mode, init) → row name, in table order
+ROWS = {
+    ("full", "pretrained"): "pretrained, fine-tuned",
+    ("full", "scratch"): "scratch, trained",
+    ("frozen", "pretrained"): "pretrained, frozen + head",
+    ("frozen", "scratch"): "random init, frozen + head",
+}
+MODE_COLOURS = {"full": "C0", "frozen": "C1"}
+INIT_LINES = {"pretrained": "-", "scratch": "--"}
+
+
+def _is_fraction(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1
+
+
+def _entries(results: dict[str, Any]) -> dict[str, dict[tuple[str, str], dict[float, dict]]]:
+    """dataset → (mode, init) → label fraction → entry, checked to hold accuracies in [0, 1]."""
+    datasets = results.get("datasets")
+    if not isinstance(datasets, dict):
+        raise DataError(f"{RESULTS_FILE} holds no \"datasets\" mapping; re-run `selfsup finetune`")
+    table: dict[str, dict[tuple[str, str], dict[float, dict]]] = {}
+    for dataset, modes in datasets.items():
+        for mode, inits in modes.items():
+            for init, by_fraction in inits.items():
+                for key, entry in by_fraction.items():
+                    where = f"{RESULTS_FILE}: {dataset}.{mode}.{init}[{key}]"
+                    for name in ("mean", "std"):
+                        value = entry.get(name) if isinstance(entry, dict) else None
+                        if not _is_fraction(value):
+                            raise DataError(f"{where}.{name} = {value!r} is not an accuracy in [0, 1]; "
+                                            "re-run `selfsup finetune` for it")
+                    table.setdefault(dataset, {}).setdefault((mode, init), {})[float(key)] = entry
+    return table
+
+
+def _spread(entry: dict) -> Optional[float]:
+    """The std over seeds, or None after a single seed (where 0 would claim a certainty)."""
+    runs = entry.get("accuracy")
+    return None if isinstance(runs, list) and len(runs) < 2 else entry["std"]
+
+
+def _row_name(mode: str, init: str) -> str:
+    return ROWS.get((mode, init), f"{init}, {mode}")
+
+
+def _ordered(rows: dict[tuple[str, str], Any]) -> list[tuple[str, str]]:
+    known = [key for key in ROWS if key in rows]
+    return known + sorted(key for key in rows if key not in ROWS)
+
+
+def format_finetune_table(results: dict[str, Any]) -> str:
+    """The label-efficiency tables of a finetune.json, one per data set: rows (mode, init), columns
+    label fractions, cells test top-1 ``mean% ± std`` (percentage points, over seeds), and per mode
+    with both inits a row with the gain of the pretrained encoder over scratch."""
+    from selfsup.report.report import _accuracy_cell, _markdown_table  # report imports this module
+
+    blocks = []
+    for dataset, rows in _entries(results).items():
+        fractions = sorted({f for by_fraction in rows.values() for f in by_fraction})
+        header = [f"{dataset}: test top-1"] + [f"{100 * f:g}% labels" for f in fractions]
+        lines = []
+        for mode, init in _ordered(rows):
+            by_fraction = rows[(mode, init)]
+            lines.append([_row_name(mode, init)] + [
+                _accuracy_cell(by_fraction[f]["mean"], _spread(by_fraction[f])) if f in by_fraction
+                else "—" for f in fractions])
+        for mode in dict.fromkeys(mode for mode, _ in rows):
+            pretrained, scratch = rows.get((mode, "pretrained")), rows.get((mode, "scratch"))
+            if pretrained and scratch:
+                lines.append([f"gain over scratch ({mode})"] + [
+                    f"{100 * (pretrained[f]['mean'] - scratch[f]['mean']):+.1f} pt"
+                    if f in pretrained and f in scratch else "—" for f in fractions])
+        blocks.append(_markdown_table(header, lines))
+    return "\n\n".join(blocks)
+
+
+def plot_finetune_label_efficiency(results: dict[str, Any], path: str | Path) -> Path:
+    """Test top-1 against the fraction of labels (log axis), one panel per data set, ±std error bars:
+    colour by mode, solid for the pretrained encoder, dashed for scratch."""
+    table = _entries(results)
+    fig = Figure(figsize=plots.WIDE)
+    axes = fig.subplots(1, max(1, len(table)), squeeze=False)[0]
+    for ax, (dataset, rows) in zip(axes, table.items()):
+        for mode, init in _ordered(rows):
+            by_fraction = rows[(mode, init)]
+            fractions = sorted(by_fraction)
+            ax.errorbar(fractions, [100 * by_fraction[f]["mean"] for f in fractions],
+                        yerr=[100 * by_fraction[f]["std"] for f in fractions], marker="o", capsize=4,
+                        color=MODE_COLOURS.get(mode, "C2"), linestyle=INIT_LINES.get(init, ":"),
+                        label=_row_name(mode, init))
+        ticks = sorted({f for by_fraction in rows.values() for f in by_fraction})
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{100 * f:g}%" for f in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("fraction of training labels (log)")
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.set_title(f"Fine-tuning label efficiency: {dataset}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return plots._save(fig, path)
+
+
+def _settings_line(results: dict[str, Any]) -> Optional[str]:
+    """The protocol of the first pretrained entry, in one sentence."""
+    for modes in results["datasets"].values():
+        for mode, inits in modes.items():
+            for entry in (inits.get("pretrained") or {}).values():
+                s = entry.get("settings") or {}
+                if not s:
+                    continue
+                rate = (f"backbone × {s.get('backbone_lr_scale')}"
+                        + (f", layer decay {s['layer_decay']}" if s.get("layer_decay") else ""))
+                return (f"Protocol ({mode}, pretrained): AdamW, head LR {s.get('lr')}, {rate}; "
+                        f"at least {s.get('epochs')} epochs and {s.get('min_steps')} steps, batch "
+                        f"{s.get('batch_size')}, label smoothing {s.get('label_smoothing')}, "
+                        f"{_augmentation(s)}. "
+                        "Scratch trains its backbone at the full head LR.")
+    return None
+
+
+def _augmentation(settings: dict[str, Any]) -> str:
+    if not settings.get("augment"):
+        return "no augmentation"
+    low, high = settings.get("crop_scale") or ("?", "?")
+    return f"crops of {low}–{high} of the area, flip probability {settings.get('flip_prob')}"
+
+
+def finetune_section(run_dir: str | Path) -> list[str]:
+    """The report's fine-tuning section (markdown lines); draws ``RUN/finetune_label_efficiency.png``.
+
+    Without ``RUN/finetune.json`` the section says how to make it.
+    """
+    from selfsup.evaluate.finetune import read_results
+
+    run_dir = Path(run_dir)
+    lines = ["## Fine-tuning", ""]
+    if not (run_dir / RESULTS_FILE).is_file():
+        return lines + [f"No fine-tuning results ({RESULTS_FILE} is missing); run `selfsup finetune "
+                        f"{run_dir} --compare-scratch` and then `selfsup report {run_dir}`."]
+    results = read_results(run_dir / RESULTS_FILE)
+    if not _entries(results):
+        return lines + [f"{RESULTS_FILE} holds no results yet."]
+    lines += ["Test top-1 after a fixed schedule (nothing chosen on the test split), mean ± std in "
+              "percentage points over seeds; each seed has its own class-balanced label subset, head "
+              "init and data order.", ""]
+    settings = _settings_line(results)
+    if settings:
+        lines += [settings, ""]
+    lines.append(format_finetune_table(results))
+    plot_finetune_label_efficiency(results, run_dir / PLOT_FILE)
+    return lines + ["", f"![Fine-tuning label efficiency]({PLOT_FILE})"]
