@@ -152,9 +152,12 @@ def _pretrain_config(args):
 
 def cmd_pretrain(args) -> int:
     from selfsup.train import pretrain
+    from selfsup.train.distributed import is_main_process
 
     config = _pretrain_config(args)
     run_dir = pretrain(config, resume=args.resume)
+    if not is_main_process():  # under torchrun, rank 0 alone reports and evaluates
+        return 0
     print(f"run written to {run_dir}")
     if args.evaluate:
         _evaluate_and_report(run_dir, device=config.train.device)

@@ -30,8 +30,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "lars"  # sgd | lars | adamw
-    lr: float = 0.3  # base learning rate for a batch of 256; scaled linearly by batch_size / 256
+    name: str = "lars"  # sgd | lars | lamb | adamw
+    lr: float = 0.3  # base learning rate for a batch of 256; scaled linearly by the global batch / 256
     weight_decay: float = 1e-6
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -44,10 +44,12 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    batch_size: int = 512
+    batch_size: int = 512  # global: images per optimiser step over all processes and accumulation
+    accumulate_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
+    sync_bn: Optional[bool] = None  # SyncBatchNorm under torchrun; None: on for losses that couple samples
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto, cuda or cpu)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp16 on GPUs without bf16, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the training step (CUDA only)
     channels_last: bool = True  # NHWC activations: faster convolutions on GPUs and CPUs
     log_every: int = 20  # steps between loss/throughput records

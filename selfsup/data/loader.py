@@ -5,6 +5,10 @@ index: no DataLoader, no host-to-device copy per step. Larger or file-backed dat
 through a DataLoader whose workers only decode whole batches; augmentation runs later, on the
 device. Either way the batches of an epoch depend only on (seed, epoch), so a resumed run sees
 exactly the batches the interrupted one would have.
+
+Data-parallel training: every process draws the same permutation of the epoch and cuts the same
+global batches from it; process r of N keeps the r-th of N equal slices of each batch. So the N
+processes together see exactly the batches one process would see, each sample once per epoch.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ class BatchStream:
 
     Args:
         source: the images (and labels) to batch.
-        batch_size: images per batch.
+        batch_size: images per global batch (over all processes).
         device: where the batches are delivered.
         seed: with the epoch number, fixes the order of the samples.
         shuffle: a fresh permutation each epoch; else the source's order.
         drop_last: leave out the last, partial batch (training wants equal-sized batches).
         device_max_gb: in-memory sources up to this many GB (uint8) are kept on the device whole.
         num_workers: decoding processes for file-backed sources.
+        rank, world_size: this process's share of each batch: slice ``rank`` of ``world_size``
+            (``batch_size / world_size`` images; only that slice is decoded).
     """
 
     def __init__(
@@ -46,9 +52,16 @@ class BatchStream:
         drop_last: bool = True,
         device_max_gb: float = 4.0,
         num_workers: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} must lie in [0, world size {world_size})")
+        if drop_last and batch_size % world_size:
+            raise ConfigError(f"the batch size {batch_size} must be a multiple of the number of "
+                              f"processes ({world_size}) so that each gets an equal share")
         if drop_last and len(source) < batch_size:
             raise DataError(
                 f"{source.name}: {len(source)} images are fewer than one batch of {batch_size}; "
@@ -60,6 +73,7 @@ class BatchStream:
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
         self.on_device = False
         if isinstance(source, TensorImages) and _fits_on_device(source, self.device, device_max_gb):
             self.on_device = True
@@ -90,18 +104,19 @@ class BatchStream:
         count = len(self.source)
         if not self.shuffle:
             return torch.arange(count)
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return torch.randperm(count, generator=generator)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        """The batches of ``epoch``, each (uint8 images, int64 labels or None) on the device."""
+        """This process's part of each batch of ``epoch``: (uint8 images, int64 labels or None)."""
         order = self.order(epoch)[: len(self) * self.batch_size]
         if self.on_device:
             for indices in order.to(self.device).split(self.batch_size):
+                indices = self._own_slice(indices)
                 labels = None if self._labels is None else self._labels[indices]
                 yield self._images.index_select(0, indices), labels
             return
-        self._sampler.batches = list(order.split(self.batch_size))
+        self._sampler.batches = [self._own_slice(b) for b in order.split(self.batch_size)]
         for images, labels in self._loader:
             if isinstance(images, DataError):
                 raise images
@@ -109,6 +124,9 @@ class BatchStream:
             if labels is not None:
                 labels = labels.to(self.device, non_blocking=True)
             yield images, labels
+
+    def _own_slice(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else batch
 
 
 def iterate_in_order(
@@ -131,11 +149,13 @@ def _fits_on_device(source: TensorImages, device: torch.device, device_max_gb: f
     return device.type == "cpu" or source.images.numel() <= device_max_gb * 1e9
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 64-bit seed from (seed, epoch): nearby pairs give unrelated orders."""
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    state = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)
+def epoch_seed(seed: int, epoch: int, *streams: int) -> int:
+    """A well-mixed 64-bit seed from (seed, epoch, *streams): nearby tuples give unrelated seeds.
+
+    ``streams`` tell random streams of the same epoch apart (e.g. the views of each process)."""
+    if epoch < 0 or min(streams, default=0) < 0:
+        raise ValueError(f"epoch and streams must be >= 0, got {epoch}, {streams}")
+    state = np.random.SeedSequence([seed % 2**64, epoch, *streams]).generate_state(1, np.uint64)
     return int(state[0])
 
 

@@ -34,7 +34,16 @@ class Method(nn.Module):
 
     Subclasses set ``view_recipe`` (the default recipe name) and implement ``forward``.
     ``encoder`` is the backbone evaluation uses; ``embed`` maps inputs to the evaluated features.
+
+    Under torchrun (see :mod:`selfsup.train.distributed`): a method whose loss compares samples
+    across the batch has a ``gather`` attribute (``None`` for one process; the trainer sets it to
+    an all-gather that keeps gradients) and reads it in ``forward``; having one also turns
+    SyncBatchNorm on by default (``train.sync_bn``), so BatchNorm sees the global batch the loss
+    sees. ``may_skip_parameters`` is True while some trainable parameters get no gradient (e.g.
+    DINO's frozen prototypes), so DDP looks for unused parameters only then.
     """
+
+    may_skip_parameters: bool = False
 
     view_recipe: str = "simclr"
     # Config sections this method sets by default, below anything the user writes: mostly the

@@ -6,6 +6,10 @@ target:  x → EMA(encoder) → EMA(projector) → t        (no gradient; update
 The loss is symmetric over the two views, L = ||p̂₁ − t̂₂||² + ||p̂₂ − t̂₁||² with unit vectors
 (eq. 2 and the sum L + L̃ of §3.1), so it lies in [0, 8]. Collapse is avoided by the predictor
 together with the slow target, not by negatives.
+
+Data parallel: the loss is a mean of per-sample terms, so it needs no gather; BatchNorm keeps
+per-process statistics unless ``train.sync_bn=true`` (worth it when each process holds few
+images: BatchNorm's statistics then become noisy).
 """
 
 from __future__ import annotations

@@ -181,6 +181,12 @@ class DINO(Method):
         self.teacher_temperature.fill_(temperature)
         self.head.freeze_prototypes = self.steps_done < o.freeze_last_layer_steps
 
+    @property
+    def may_skip_parameters(self) -> bool:
+        """True when a step can leave trainable parameters without a gradient (the prototypes
+        while frozen): DDP must then look for them (``find_unused_parameters``)."""
+        return self.options.freeze_last_layer_steps > 0
+
     def get_extra_state(self) -> dict[str, Any]:
         return {"steps_done": self.steps_done}
 

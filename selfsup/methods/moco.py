@@ -13,8 +13,10 @@ queries), and a loss symmetrised over the two views: each view's query is matche
 view's key.
 
 Shuffling BN: with several GPUs, MoCo shuffles the key batch across processes so that BatchNorm
-statistics cannot reveal which key belongs to the query's batch. With one process this library
-does not shuffle or split BatchNorm; SyncBN / shuffled BN belong with the distributed trainer.
+statistics cannot reveal which key belongs to the query's batch. This library uses SyncBatchNorm
+instead under data parallelism (its default for both methods, see ``selfsup.train.distributed``):
+every process then normalises with the statistics of the global batch, exactly as one process
+with the whole batch does, so no process-specific statistics can leak into the loss.
 """
 
 from __future__ import annotations
@@ -172,8 +174,10 @@ class MoCoV2(MomentumContrast):
         tau = self.options.temperature
         loss = (queue_info_nce(q1, k2, negatives, tau) + queue_info_nce(q2, k1, negatives, tau)) / 2
         if self.training:  # an evaluation pass must not change the dictionary
-            new_keys = torch.cat([k1, k2])
-            self.queue.push(self.gather(new_keys) if self.gather is not None else new_keys)
+            # Under DDP every process pushes the keys of the global batch, view by view: the
+            # queues stay identical and hold what one process with the whole batch would hold.
+            gather = self.gather or (lambda keys: keys)
+            self.queue.push(torch.cat([gather(k1), gather(k2)]))
         return StepOutput(loss=loss, embeddings=q1)
 
 

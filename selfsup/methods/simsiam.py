@@ -5,6 +5,10 @@
 L = ½·D(p₁, sg(z₂)) + ½·D(p₂, sg(z₁)) with D the negative cosine (eqs. 1 and 4), in [−1, 1]. The
 stop-gradient ``sg`` is what prevents collapse (§4.1, Fig. 2); ``stop_gradient=False`` removes it so
 the collapse can be shown and the health monitor tested on a run that collapses.
+
+Data parallel: the loss is per sample and needs no gather; BatchNorm keeps per-process statistics
+unless ``train.sync_bn=true`` (worth it when each process holds few images: BatchNorm's
+statistics then become noisy).
 """
 
 from __future__ import annotations

@@ -22,18 +22,22 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` → bf16 on CUDA, fp32 on CPU."""
+    """``auto`` → bf16 on CUDA GPUs with bf16 units, fp16 (the trainer adds a gradient scaler) on
+    older GPUs, fp32 on CPU."""
     if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if name not in ("bf16", "fp32"):
-        raise ConfigError(f"precision must be auto, bf16 or fp32, got {name!r}")
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if name not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, got {name!r}")
     return name
 
 
 def autocast(device: torch.device, precision: str):
     """The autocast context for a precision (a no-op for fp32)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 

@@ -1,8 +1,14 @@
-"""Optimisers: SGD with momentum, LARS and AdamW, with biases and norm parameters excluded.
+"""Optimisers: SGD with momentum, LARS, LAMB and AdamW, with biases and norm parameters excluded.
 
 Biases and normalisation parameters (every parameter with fewer than 2 dimensions) get no weight
-decay and no LARS trust-ratio scaling: decaying BatchNorm scales towards zero, or rescaling their
-tiny updates by ||w|| / ||g||, hurts (You et al. 2017; the SimCLR and BYOL recipes exclude them).
+decay and no layer-wise trust-ratio scaling: decaying BatchNorm scales towards zero, or rescaling
+their tiny updates by ||w|| / ||g||, hurts (You et al. 2017; the SimCLR and BYOL recipes exclude
+them). ``param_groups`` puts them in a group with ``weight_decay=0`` and ``lars=False``; LARS and
+LAMB read that flag (``lars`` = layer-wise adaptive rate scaling, the trust ratio, in either).
+
+The learning rate of a config is per 256 images and scales linearly with the global batch
+(``scaled_lr``): lr = optim.lr × train.batch_size / 256, where train.batch_size counts the images
+of one optimiser step over all processes and accumulation steps.
 """
 
 from __future__ import annotations
@@ -61,6 +67,63 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+class LAMB(torch.optim.Optimizer):
+    """LAMB, layer-wise adaptive moments (You et al. 2020, "Large batch optimization for deep
+    learning: training BERT in 76 minutes", Algorithm 2): Adam's direction with LARS's trust ratio.
+
+    For a parameter w with gradient g, at its t-th step:
+        m ← β₁ m + (1 − β₁) g;   v ← β₂ v + (1 − β₂) g²;
+        u = (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε) + λ w;
+        w ← w − lr · ||w|| / ||u|| · u   (the ratio is 1 when either norm is 0).
+    Groups with ``lars=False`` (biases, norms) take the step with ratio 1, i.e. Adam with decoupled
+    weight decay λ (their group's λ is 0). The step count is per parameter, so a parameter that
+    skips steps (no gradient) keeps a correct bias correction.
+    """
+
+    def __init__(self, params: Iterable, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, lars: bool = True) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, lars=lars)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            firsts, seconds, first_corrections, second_corrections = [], [], [], []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                firsts.append(state["exp_avg"])
+                seconds.append(state["exp_avg_sq"])
+                first_corrections.append(1 - beta1 ** state["step"])
+                second_corrections.append(1 - beta2 ** state["step"])
+            grads = [p.grad for p in params]
+            torch._foreach_lerp_(firsts, grads, 1 - beta1)
+            torch._foreach_mul_(seconds, beta2)
+            torch._foreach_addcmul_(seconds, grads, grads, value=1 - beta2)
+            denominators = torch._foreach_sqrt(torch._foreach_div(seconds, second_corrections))
+            torch._foreach_add_(denominators, group["eps"])
+            updates = torch._foreach_div(torch._foreach_div(firsts, first_corrections), denominators)
+            if group["weight_decay"]:
+                torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                trust = torch.where((param_norms > 0) & (update_norms > 0),
+                                    param_norms / update_norms, torch.ones_like(param_norms))
+                torch._foreach_mul_(updates, list(trust.unbind()))
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+        return loss
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weights (decayed, LARS-adapted) and biases/norms (neither)."""
     decayed, plain = [], []
@@ -85,13 +148,15 @@ def build_optimizer(model: nn.Module, config: OptimConfig, global_batch_size: in
     cuda = any(p.is_cuda for p in model.parameters())
     if config.name == "lars":
         return LARS(groups, lr=lr, momentum=config.momentum, eta=config.lars_eta)
+    if config.name == "lamb":
+        return LAMB(groups, lr=lr, betas=tuple(config.betas))
     for g in groups:
         g.pop("lars")
     if config.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, foreach=True)
     if config.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), fused=cuda or None)
-    raise ConfigError(f"unknown optimiser {config.name!r}; choose sgd, lars or adamw")
+    raise ConfigError(f"unknown optimiser {config.name!r}; choose sgd, lars, lamb or adamw")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:

@@ -1,44 +1,101 @@
 """The training loop: one place that owns devices, precision, optimisation, logging and checkpoints.
 
-Exact resume: checkpoints are written at epoch boundaries and hold the model, the optimiser, the
-step counter and the global RNG states; the data order and the views of epoch e come from
-generators seeded by (seed, e) alone, and the learning rate is a pure function of the step. So a run
-stopped after any epoch and resumed computes the very same steps as one that never stopped.
+Exact resume: checkpoints are written at epoch boundaries and hold the model, the optimiser and
+the step counter; the data order, the views and the global random stream of epoch e (which some
+methods draw from inside their forward pass: masks, rotations, noise) are seeded by
+(seed, e, process) alone, and the learning rate is a pure function of the step. So a run stopped
+after any epoch and resumed computes the very same steps as one that never stopped.
+
+Data parallel (``torchrun``, see ``selfsup.train.distributed``): ``train.batch_size`` is the
+*global* batch, the images of one optimiser step over all processes and accumulation steps. Each
+process takes its slice of every batch, batch_size / (processes × train.accumulate_steps) images
+per forward pass, so a config trains the same way, at the same learning rate (the linear scaling
+rule uses the global batch), on one device or many. Rank 0 alone logs, checkpoints and checks
+health; every process loads the checkpoint on resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from selfsup.backbones import build_backbone
 from selfsup.config import Config
 from selfsup.data import load_split
 from selfsup.data.base import ImageSource
-from selfsup.data.loader import BatchStream
+from selfsup.data.loader import BatchStream, epoch_seed
 from selfsup.errors import ConfigError, DataError, TrainingDiverged
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.health import HealthMonitor
 from selfsup.methods import Method, build_method
+from selfsup.methods.base import StepOutput
 from selfsup.train.checkpoint import load_checkpoint, save_checkpoint, save_encoder
-from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
+from selfsup.train.device import autocast, resolve_precision, seed_everything
+from selfsup.train.distributed import (
+    all_reduce_sum_,
+    no_sync,
+    prepare_method,
+    process_group,
+    process_info,
+    training_device,
+)
 from selfsup.train.metrics_log import MetricsLog
 from selfsup.train.optim import build_optimizer, lr_factor
 from selfsup.views import make_views
 from selfsup.views.image import to_input
 
 CHECKPOINT = "checkpoints/last.pt"
+VIEW_STREAM, FORWARD_STREAM = 1, 2  # the random streams of an epoch besides the data order
 
 
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A distinct, reproducible seed per (run seed, epoch, random stream)."""
-    return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
+def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
+               optimizer: torch.optim.Optimizer, device: torch.device, precision: str = "fp32",
+               clip_grad: float = 0.0,
+               scaler: Optional[torch.amp.GradScaler] = None) -> tuple[torch.Tensor, StepOutput]:
+    """One optimiser step on the mean loss of ``micro_batches`` (gradient accumulation).
+
+    Each micro-batch is a list of views that ``step_fn`` (a method, or its DDP wrapper) turns into
+    a ``StepOutput``. Under DDP the gradients are all-reduced once, in the backward pass of the
+    last micro-batch. With a ``scaler`` (fp16) the loss is scaled for the backward pass, the
+    gradients are unscaled before clipping, and a step whose gradients overflowed is skipped (the
+    scaler then lowers its scale). Returns the mean loss (detached, on the device: no host sync)
+    and the last micro-batch's output.
+    """
+    count = len(micro_batches)
+    total = torch.zeros((), device=device)
+    for i, views in enumerate(micro_batches):
+        with no_sync(step_fn) if i + 1 < count else contextlib.nullcontext():
+            with autocast(device, precision):
+                out = step_fn(views)
+            loss = out.loss.float()
+            share = loss / count  # the mean over micro-batches, one backward pass at a time
+            (share if scaler is None else scaler.scale(share)).backward()
+        total += loss.detach()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total / count, out
+
+
+def split_views(views: list[torch.Tensor], parts: int) -> list[list[torch.Tensor]]:
+    """``parts`` micro-batches of views: sample slices of equal size, every view cut alike."""
+    return [list(micro) for micro in zip(*(view.tensor_split(parts) for view in views))]
 
 
 @dataclass
@@ -60,7 +117,8 @@ class Trainer:
         self.config = config
         self.resume = resume
         self.run_dir = Path(config.out)
-        self.device = resolve_device(config.train.device)
+        self.process = process_info()
+        self.device = training_device(self.process, config.train.device)
         self.precision = resolve_precision(config.train.precision, self.device)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
@@ -73,12 +131,31 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         checkpoint = self.run_dir / CHECKPOINT
         if self.resume and not checkpoint.is_file():
-            raise DataError(f"--resume: no checkpoint at {checkpoint}; start the run without --resume")
+            shared = (" (every process reads it: on several nodes the run directory must be on a "
+                      "file system they all see)" if self.process.distributed else "")
+            raise DataError(f"--resume: no checkpoint at {checkpoint}{shared}; start the run "
+                            "without --resume")
         if not self.resume and checkpoint.is_file():
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume, "
                               "or choose another --out")
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        self.config.save(self.run_dir / "config.yaml")
+        if self.process.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir / "config.yaml")
+
+    def _micro_batch_size(self) -> int:
+        """Images per forward pass of one process; the global batch must split evenly."""
+        train = self.config.train
+        accumulate = train.accumulate_steps
+        if accumulate < 1:
+            raise ConfigError(f"train.accumulate_steps must be at least 1, got {accumulate}")
+        parts = self.process.world_size * accumulate
+        if train.batch_size % parts:
+            raise ConfigError(
+                f"train.batch_size={train.batch_size} is the global batch: it must be a multiple of "
+                f"the number of processes ({self.process.world_size}) × train.accumulate_steps "
+                f"({accumulate}) = {parts}; e.g. {max(parts, train.batch_size // parts * parts)}")
+        self.accumulate_steps = accumulate
+        return train.batch_size // parts
 
     def _build(self) -> None:
         cfg = self.config
@@ -93,11 +170,17 @@ class Trainer:
         # small CNN on 2 cores, measured).
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.method = self.method.to(memory_format=self.memory_format)
+        self.micro_batch = self._micro_batch_size()
+        # SyncBatchNorm, the gather hooks and DDP (all no-ops for one process); self.method stays
+        # the plain module that checkpoints, health checks and after_step use.
+        sync_bn = cfg.train.sync_bn
+        self.step_module = prepare_method(self.method, self.process, self.device, sync_bn)
         recipe = cfg.views.get("recipe") or self.method.view_recipe
         self.views = make_views(recipe, self.in_shape, cfg.views)
         self.stream = BatchStream(self.train_data, cfg.train.batch_size, self.device, cfg.train.seed,
                                   shuffle=True, drop_last=True, device_max_gb=cfg.data.device_max_gb,
-                                  num_workers=cfg.data.num_workers)
+                                  num_workers=cfg.data.num_workers, rank=self.process.rank,
+                                  world_size=self.process.world_size)
         self.steps_per_epoch = len(self.stream)
         if cfg.train.steps_per_epoch > 0:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
@@ -106,15 +189,24 @@ class Trainer:
                                 max(0, self.total_steps - 1))
         self.optimizer = build_optimizer(self.method, cfg.optim, cfg.train.batch_size)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.step_fn = self.method
+        # fp16 needs its loss scaled: small gradients would otherwise flush to zero (bf16 has
+        # float32's exponent range and needs no scaler).
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.step_fn = self.step_module
         if cfg.train.compile:
             if self.cuda:
-                self.step_fn = torch.compile(self.method)
-            else:
+                self.step_fn = torch.compile(self.step_module)
+            elif self.process.is_main:
                 print("note: train.compile is only used on CUDA; running eagerly on the CPU")
-        self.health_data = self._health_data()
+        main = self.process.is_main
+        self.health_data = self._health_data() if main else None
         self.monitor = HealthMonitor()
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl") if main else None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """Append a record to metrics.jsonl (rank 0 alone keeps the log)."""
+        if self.log is not None:
+            self.log.write(record)
 
     def _health_data(self) -> HealthData:
         """A fixed batch from the test split (else from train) and a labelled probe bank."""
@@ -161,43 +253,47 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch,  # epochs completed
             "step": step,
-            "rng_cpu": torch.get_rng_state(),
             "monitor": self.monitor.state_dict(),
             "wall_seconds": self.wall_seconds,
         }
-        if self.cuda:
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def _restore(self) -> tuple[int, int]:
+        """Every process loads the checkpoint (the processes must agree on all of it)."""
         state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if self.cuda and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.monitor.load_state_dict(state["monitor"])
         self.wall_seconds = state.get("wall_seconds", 0.0)
-        self.log.truncate_after(state["step"])
+        if self.log is not None:
+            self.log.truncate_after(state["step"])
         return state["epoch"], state["step"]
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> Path:
         """Train to the configured number of epochs (from the last checkpoint with resume)."""
-        self._prepare_run_dir()
-        self._build()
-        self.wall_seconds = 0.0
-        start_epoch, step = (self._restore() if self.resume else (0, 0))
-        self.log.write({"kind": "run", "event": "resume" if self.resume else "start",
-                        "time": time.time(), "epoch": start_epoch, "step": step,
-                        "device": str(self.device), "device_name": self._device_name(),
-                        "precision": self.precision, "torch": torch.__version__,
-                        "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-                        "num_train": len(self.train_data), "host": platform.node()})
-        for epoch in range(start_epoch, self.config.train.epochs):
-            step = self._train_epoch(epoch, step)
-            self._end_of_epoch(epoch, step)
-        self._finish(step)
+        with process_group(self.process, self.device):
+            self._prepare_run_dir()
+            self._build()
+            self.wall_seconds = 0.0
+            start_epoch, step = (self._restore() if self.resume else (0, 0))
+            self._write({"kind": "run", "event": "resume" if self.resume else "start",
+                         "time": time.time(), "epoch": start_epoch, "step": step,
+                         "device": str(self.device), "device_name": self._device_name(),
+                         "precision": self.precision, "torch": torch.__version__,
+                         "processes": self.process.world_size,
+                         "batch_size": self.config.train.batch_size, "micro_batch": self.micro_batch,
+                         "accumulate_steps": self.accumulate_steps,
+                         "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                         "num_train": len(self.train_data), "host": platform.node()})
+            for epoch in range(start_epoch, self.config.train.epochs):
+                step = self._train_epoch(epoch, step)
+                self._end_of_epoch(epoch, step)
+            self._finish(step)
         return self.run_dir
 
     def _device_name(self) -> str:
@@ -205,15 +301,19 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, step: int) -> int:
         cfg = self.config.train
+        rank, processes = self.process.rank, self.process.world_size
         self.method.train()
-        view_gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
+        # Per process: the processes' views must differ, as must their draws inside forward passes.
+        view_gen = torch.Generator(device=self.device).manual_seed(
+            epoch_seed(cfg.seed, epoch, VIEW_STREAM, rank))
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, FORWARD_STREAM, rank))
         epoch_start = time.perf_counter()
         interval_start, interval_steps = epoch_start, 0
-        loss_sum = torch.zeros((), device=self.device)
-        epoch_loss_sum = torch.zeros((), device=self.device)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        # [Σ loss over the log interval, Σ over the epoch, count of non-finite losses]
+        sums = torch.zeros(3, device=self.device)
+        show = cfg.progress and self.process.is_main
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, dynamic_ncols=True, leave=False)
+                   disable=not show, dynamic_ncols=True, leave=False)
         for i, (images, _) in enumerate(self.stream.epoch(epoch)):
             if i >= self.steps_per_epoch:
                 break
@@ -221,49 +321,44 @@ class Trainer:
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * factor
             views = [v.contiguous(memory_format=self.memory_format) for v in self.views(images, view_gen)]
-            with autocast(self.device, self.precision):
-                out = self.step_fn(views)
-            loss = out.loss.float()
-            loss.backward()
-            if self.config.optim.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.optim.clip_grad)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            loss, out = train_step(self.step_fn, split_views(views, self.accumulate_steps),
+                                   self.optimizer, self.device, self.precision,
+                                   self.config.optim.clip_grad, self.scaler)
             self.method.after_step(step, self.total_steps)
             step += 1
             interval_steps += 1
-            detached = loss.detach()
-            loss_sum += detached
-            epoch_loss_sum += detached
-            nonfinite |= ~torch.isfinite(detached)
+            sums += torch.stack([loss, loss, (~torch.isfinite(loss)).float()])
             bar.update(1)
             last = i + 1 == self.steps_per_epoch
             if interval_steps == cfg.log_every or last:
-                # The only host-device syncs of the loop: once per log interval.
-                if bool(nonfinite):
+                # The only host-device syncs (and, between processes, the only collective outside
+                # the training step) of the loop: once per log interval. The logged loss is the
+                # mean over processes, i.e. the loss of the global batch.
+                interval_sum, _, nonfinite = all_reduce_sum_(sums.clone()).tolist()
+                if nonfinite:  # every process sees the sum, so all of them stop together
                     bar.close()
                     self._diverged(epoch, step)
                 now = time.perf_counter()
                 rate = interval_steps * cfg.batch_size / max(now - interval_start, 1e-9)
-                mean_loss = (loss_sum / interval_steps).item()
-                self.log.write({"kind": "step", "step": step, "epoch": epoch + 1, "loss": mean_loss,
-                                "lr": self.optimizer.param_groups[0]["lr"],
-                                "images_per_s": rate, "time": time.time(),
-                                **_scalars(out.logs)})
+                mean_loss = interval_sum / (interval_steps * processes)
+                self._write({"kind": "step", "step": step, "epoch": epoch + 1, "loss": mean_loss,
+                             "lr": self.optimizer.param_groups[0]["lr"],
+                             "images_per_s": rate, "time": time.time(),
+                             **_scalars(out.logs)})
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:,.0f}")
                 interval_start, interval_steps = now, 0
-                loss_sum.zero_()
+                sums[0] = 0
         bar.close()
         seconds = time.perf_counter() - epoch_start
         self.wall_seconds += seconds
-        epoch_loss = (epoch_loss_sum / self.steps_per_epoch).item()
-        self.log.write({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": epoch_loss,
-                        "images_per_s": self.steps_per_epoch * cfg.batch_size / seconds,
-                        "epoch_seconds": seconds, "time": time.time()})
+        epoch_loss = all_reduce_sum_(sums[1].clone()).item() / (self.steps_per_epoch * processes)
+        images_per_s = self.steps_per_epoch * cfg.batch_size / seconds
+        self._write({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": epoch_loss,
+                     "images_per_s": images_per_s, "epoch_seconds": seconds, "time": time.time()})
         self.monitor.loss(epoch + 1, epoch_loss)
-        if cfg.progress:
+        if show:
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {epoch_loss:.4f}, "
-                  f"{self.steps_per_epoch * cfg.batch_size / seconds:,.0f} images/s, {seconds:.1f} s")
+                  f"{images_per_s:,.0f} images/s, {seconds:.1f} s")
         return step
 
     def _diverged(self, epoch: int, step: int) -> None:
@@ -273,8 +368,8 @@ class Trainer:
         message = (f"the training loss became NaN or infinite by step {step} (epoch {epoch + 1}); "
                    f"{kept}. Usual fixes: a lower optim.lr, gradient clipping "
                    "(--set optim.clip_grad=1.0), or train.precision=fp32.")
-        self.log.write({"kind": "run", "event": "diverged", "time": time.time(), "epoch": epoch + 1,
-                        "step": step, "message": message})
+        self._write({"kind": "run", "event": "diverged", "time": time.time(), "epoch": epoch + 1,
+                     "step": step, "message": message})
         raise TrainingDiverged(message)
 
     @torch.no_grad()
@@ -289,6 +384,10 @@ class Trainer:
         return {name: torch.cat(parts) for name, parts in outs.items()}
 
     def _end_of_epoch(self, epoch: int, step: int) -> None:
+        """Health checks, the online probe and the checkpoint: rank 0 alone, with the plain module
+        in eval mode (no collective runs in there, so the other processes need not wait)."""
+        if not self.process.is_main:
+            return
         cfg = self.config.train
         last = epoch + 1 == cfg.epochs
         data = self.health_data
@@ -310,7 +409,7 @@ class Trainer:
             records += self.monitor.probe(epoch + 1, step, accuracy)
         self.method.train()
         for record in records:
-            self.log.write(record)
+            self._write(record)
             for message in ([record["message"]] if record.get("kind") == "warning" else
                             record.get("warnings", [])):
                 print(f"WARNING (epoch {epoch + 1}): {message}")
@@ -325,11 +424,13 @@ class Trainer:
     def _finish(self, step: int) -> None:
         import json
 
+        if not self.process.is_main:
+            return
         save_encoder(self.run_dir, self.method.encoder, self.encoder_spec)
         verdict = self.monitor.verdict()
         (self.run_dir / "health_verdict.json").write_text(json.dumps(verdict, indent=2))
-        self.log.write({"kind": "run", "event": "end", "time": time.time(), "step": step,
-                        "wall_seconds": self.wall_seconds, "health": verdict.get("status")})
+        self._write({"kind": "run", "event": "end", "time": time.time(), "step": step,
+                     "wall_seconds": self.wall_seconds, "health": verdict.get("status")})
 
 
 def _scalars(logs: dict[str, Any]) -> dict[str, float]:

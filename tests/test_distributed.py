@@ -1,0 +1,541 @@
+"""Data-parallel training: 2 gloo processes on the CPU against 1 process on the same global batch.
+
+One pair of processes is spawned for the whole file (starting one costs seconds); it runs every
+case and a few whole ``Trainer`` runs, saves what it computed, and the tests compare that with
+references computed here in one process.
+
+Exactness, per method: two optimiser steps (SGD with momentum: its step is proportional to the
+gradient, so a gradient off by 1/world_size shows; LARS or Adam would normalise it away) with
+after_step on 2 processes × b images give the same parameters as one process with 2b images:
+
+* "global" reference: one process, one forward pass over the 2b images. This is what every method
+  must match with SyncBatchNorm (its default for methods whose loss couples samples), and what
+  methods without such a loss match with SyncBatchNorm switched on. Buffers (BatchNorm statistics,
+  queues, centres) must match as well, and the mean of the processes' losses the reference loss.
+* "split" reference, for per-process BatchNorm (the default of per-sample losses: BYOL, SimSiam,
+  MAE, ...): one process runs the two halves separately, as the two processes do, and averages
+  their losses. Only parameters are compared: each process keeps its own BatchNorm statistics.
+
+Random draws inside a forward pass (masks, noise, rotations) come from each process's global
+generator. The split reference draws them per half with the same seeds; a method whose loss also
+couples samples (equivariance) cannot be split, so its group elements are pinned to the sample's
+index in the global batch for both runs (``pinned_randint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from torch import nn
+
+from selfsup.backbones import build_backbone
+from selfsup.config import OptimConfig, load_config
+from selfsup.data import load_split
+from selfsup.data.base import ImageSource, TensorImages
+from selfsup.data.loader import BatchStream
+from selfsup.errors import ConfigError
+from selfsup.methods import build_method
+from selfsup.registry import METHODS
+from selfsup.train import Trainer
+from selfsup.train.distributed import (
+    CPUSyncBatchNorm,
+    ProcessInfo,
+    convert_sync_batchnorm,
+    prepare_method,
+    process_info,
+    sync_batchnorm_default,
+)
+from selfsup.train.metrics_log import read_metrics
+from selfsup.train.optim import build_optimizer, scaled_lr
+from selfsup.train.trainer import split_views, train_step
+from selfsup.views import make_views
+
+from conftest import TINY
+
+WORLD = 2
+LOCAL_BATCH = 8  # b: the reference sees 2b
+STEPS = 2
+IN_SHAPE = (1, 8, 8)
+CPU = torch.device("cpu")
+SMALL_CNN = {"name": "small-cnn", "widths": [8, 16]}
+TINY_VIT = {"name": "vit-tiny", "depth": 1, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+# Smaller heads than the defaults: the test is about the arithmetic, not the capacity.
+SMALL_OPTIONS = {
+    "dino": {"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 64},
+    "barlow-twins": {"proj_hidden_dim": 32, "proj_dim": 32},
+    "vicreg": {"proj_hidden_dim": 32, "proj_dim": 32},
+    "mocov2": {"queue_size": 64},
+    "byol": {"proj_dim": 16},
+    "simsiam": {"proj_dim": 16},
+}
+# Exact equality is not expected: sums run in another order. The rounding error grows with the
+# gradients, so the tolerance is relative to each tensor's change over the steps; a 1/world_size
+# error in the gradient would be off by about half that change.
+RELATIVE_TO_CHANGE, RTOL, ATOL = 1e-5, 1e-4, 1e-6
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    group: str  # the test it belongs to: the method's name, or a name with options
+    method: dict[str, Any]
+    backbone: dict[str, Any]
+    sync_bn: bool
+    reference: str  # "global" | "split"
+    pin_randint: bool = False
+    accumulate: int = 1  # micro-batches per optimiser step
+
+
+# ------------------------------------------------------------------------------------------------
+# what both sides compute
+
+
+def build(case: Case) -> nn.Module:
+    torch.manual_seed(0)
+    return build_method(case.method, build_backbone(case.backbone, 1, 8), IN_SHAPE)
+
+
+def local_views(method: nn.Module, step: int, rank: int) -> list[torch.Tensor]:
+    """Rank ``rank``'s views at ``step``: its b images of the step's global batch, fixed views."""
+    start = (step * WORLD + rank) * LOCAL_BATCH
+    images = load_split("digits", "train").get(torch.arange(start, start + LOCAL_BATCH))
+    maker = make_views(method.view_recipe, IN_SHAPE, {})
+    return maker(images, torch.Generator().manual_seed(1000 * step + rank))
+
+
+def forward_seed(step: int, rank: int) -> int:
+    return 7919 * step + rank
+
+
+def optimizer_for(method: nn.Module) -> torch.optim.Optimizer:
+    return build_optimizer(method, OptimConfig(name="sgd", lr=2.0, weight_decay=0.0),
+                           WORLD * LOCAL_BATCH)
+
+
+@contextlib.contextmanager
+def pinned_randint(method: nn.Module, first_index: int):
+    """Make ``torch.randint`` inside the method's module return k_i = i mod (high − low) + low for
+    the samples i = first_index, first_index + 1, … of the global batch."""
+
+    class PinnedTorch:
+        def randint(self, low, high, size, device=None, **_):
+            index = torch.arange(first_index, first_index + size[0], device=device)
+            return index % (high - low) + low
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    module = sys.modules[type(method).__module__]
+    original = module.torch
+    module.torch = PinnedTorch()
+    try:
+        yield
+    finally:
+        module.torch = original
+
+
+def maybe_pinned(case: Case, method: nn.Module, first_index: int):
+    return pinned_randint(method, first_index) if case.pin_randint else contextlib.nullcontext()
+
+
+def distributed_run(case: Case, info: ProcessInfo) -> dict[str, Any]:
+    """STEPS data-parallel steps of ``case`` on this process; its final state and losses."""
+    method = build(case)
+    step_module = prepare_method(method, info, CPU, case.sync_bn)
+    optimizer = optimizer_for(method)
+    losses = []
+    for step in range(STEPS):
+        torch.manual_seed(forward_seed(step, info.rank))
+        with maybe_pinned(case, method, info.rank * LOCAL_BATCH):
+            micro_batches = split_views(local_views(method, step, info.rank), case.accumulate)
+            loss, _ = train_step(step_module, micro_batches, optimizer, CPU)
+        method.after_step(step, STEPS)
+        losses.append(loss.item())
+    return {"state": copy.deepcopy(method.state_dict()), "losses": losses}
+
+
+def reference_run(case: Case, lr_scale: float = 1.0) -> dict[str, Any]:
+    """The same STEPS in one process on the global batch (see the module docstring)."""
+    method = build(case)
+    optimizer = optimizer_for(method)
+    for group in optimizer.param_groups:
+        group["lr"] *= lr_scale
+    losses = []
+    for step in range(STEPS):
+        halves = [local_views(method, step, rank) for rank in range(WORLD)]
+        if case.reference == "global":
+            # micro-batch i of the global batch: micro-batch i of every process, in rank order
+            per_rank = [split_views(views, case.accumulate) for views in halves]
+            micro_batches = [[torch.cat(parts) for parts in zip(*micro)] for micro in zip(*per_rank)]
+            with maybe_pinned(case, method, 0):
+                loss, _ = train_step(method, micro_batches, optimizer, CPU)
+        else:
+            loss = torch.zeros(())
+            for rank, views in enumerate(halves):
+                torch.manual_seed(forward_seed(step, rank))
+                half = method(views).loss / WORLD
+                half.backward()
+                loss += half.detach()
+            optimizer.step()
+            optimizer.zero_grad()
+        method.after_step(step, STEPS)
+        losses.append(loss.item())
+    return {"state": method.state_dict(), "losses": losses}
+
+
+# ------------------------------------------------------------------------------------------------
+# the cases
+
+
+def method_cases(name: str, accumulate: int = 1, **options) -> list[Case]:
+    """The default SyncBatchNorm choice of a method, plus SyncBatchNorm on where the default is off
+    and the method draws nothing at random in its forward pass."""
+    section = {"name": name, **SMALL_OPTIONS.get(name, {}), **options}
+    group = case_group(name, accumulate, **options)
+    backbone = SMALL_CNN
+    try:
+        method = build(Case(group, group, section, backbone, False, "global"))
+    except ConfigError:  # e.g. MAE needs a ViT
+        backbone = TINY_VIT
+        method = build(Case(group, group, section, backbone, False, "global"))
+    random_forward = draws_at_random(method)
+    if sync_batchnorm_default(method):
+        return [Case(f"{group}-sync-bn", group, section, backbone, True, "global",
+                     pin_randint=random_forward, accumulate=accumulate)]
+    cases = [Case(f"{group}-own-bn", group, section, backbone, False, "split", accumulate=accumulate)]
+    if not random_forward:
+        cases.append(Case(f"{group}-sync-bn", group, section, backbone, True, "global",
+                          accumulate=accumulate))
+    return cases
+
+
+def case_group(name: str, accumulate: int = 1, **options) -> str:
+    settings = {**options, **({"accumulate": accumulate} if accumulate > 1 else {})}
+    return name + "".join(f"-{key}={value}" for key, value in settings.items())
+
+
+# Beyond each method's defaults: DINO's frozen prototypes get no gradient in the first step (DDP
+# must be told to look for them), and gradient accumulation (DDP's no_sync) with a gathered loss.
+EXTRA_GROUPS = [("dino", 1, {"freeze_last_layer_steps": 1}), ("simclr", 2, {})]
+
+
+def draws_at_random(method: nn.Module) -> bool:
+    """Whether the method's training forward pass draws from the global random generator."""
+    views = local_views(method, 0, 0)
+    losses = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        losses.append(copy.deepcopy(method).train()(views).loss.detach())
+    return not torch.equal(*losses)
+
+
+def makes_token_views(name: str) -> bool:
+    try:
+        from selfsup.views.sequence_recipes import is_sequence_recipe
+    except ImportError:  # a checkout without the sequence methods: every method is an image one
+        return False
+    return is_sequence_recipe(METHODS.get(name).view_recipe)
+
+
+def all_cases() -> list[Case]:
+    image_methods = [name for name in METHODS.names() if not makes_token_views(name)]
+    cases = [case for name in image_methods for case in method_cases(name)]
+    return cases + [case for name, accumulate, options in EXTRA_GROUPS
+                    for case in method_cases(name, accumulate, **options)]
+
+
+# ------------------------------------------------------------------------------------------------
+# the processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, cases: list[Case], runs: dict[str, Any], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    # oneDNN returns the 1-channel conv's weight gradient in another (equivalent) memory layout
+    # than DDP's bucket expects: a performance note that does not concern these tiny models.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    info = process_info()
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    results: dict[str, Any] = {}
+    for case in cases:
+        # A failure is reported by that case's test; it is deterministic, so both ranks fail alike
+        # and neither waits for the other in a collective.
+        try:
+            results[case.name] = distributed_run(case, info)
+        except Exception as error:  # noqa: BLE001
+            results[case.name] = f"{type(error).__name__}: {error}"
+    results["trainer"] = trainer_runs(runs)
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def trainer_runs(runs: dict[str, Any]) -> dict[str, Any]:
+    """Whole Trainer runs under the torchrun environment: straight, and stopped then resumed."""
+    straight = Trainer(runs["straight"])
+    straight.fit()
+    original = Trainer._end_of_epoch
+
+    def stop_after_first_epoch(self, epoch, step):
+        original(self, epoch, step)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    Trainer._end_of_epoch = stop_after_first_epoch
+    try:
+        Trainer(runs["resumed"]).fit()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        Trainer._end_of_epoch = original
+    dist.barrier()  # rank 0 has written the checkpoint every process resumes from
+    resumed = Trainer(runs["resumed"], resume=True)
+    resumed.fit()
+    return {"straight": copy.deepcopy(straight.method.state_dict()),
+            "resumed": copy.deepcopy(resumed.method.state_dict()),
+            "base_lrs": straight.base_lrs, "micro_batch": straight.micro_batch}
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    """Run every case and the Trainer runs on 2 processes once; their results, and the cases."""
+    cases = all_cases()
+    out = tmp_path_factory.mktemp("ranks")
+    base = TINY + ["train.epochs=2", "train.steps_per_epoch=2", "method.name=simclr"]
+    runs = {name: load_config(None, [*base, f"out={out / name}"]) for name in ("straight", "resumed")}
+    mp.spawn(_worker, args=(free_port(), cases, runs, str(out)), nprocs=WORLD, join=True)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return {"cases": {case.name: case for case in cases}, "ranks": ranks, "runs": runs}
+
+
+# ------------------------------------------------------------------------------------------------
+# exactness
+
+
+# Methods known not to be data-parallel exact yet, and why (strict: the test fails once they are).
+NOT_YET_EXACT = {
+    "beit": "BEiT's k-means codebook is seeded and EMA-updated from each process's own patches "
+            "(selfsup/codebook.py has no gather hook yet): the processes' codebooks and targets differ",
+}
+
+
+def groups() -> list:
+    names = METHODS.names() + [case_group(*extra[:2], **extra[2]) for extra in EXTRA_GROUPS]
+    return [pytest.param(name, marks=pytest.mark.xfail(reason=NOT_YET_EXACT[name], strict=True))
+            if name in NOT_YET_EXACT else name for name in names]
+
+
+@pytest.mark.parametrize("group", groups())
+def test_two_processes_match_one_process_on_the_global_batch(spawned, group):
+    if group in METHODS and makes_token_views(group):
+        pytest.skip("a method on token sequences: these cases build image inputs only")
+    cases = [case for case in spawned["cases"].values() if case.group == group]
+    assert cases, f"no case for {group}"
+    for case in cases:
+        reference = reference_run(case)
+        initial = build(case).state_dict()
+        names = [n for n, _ in build(case).named_parameters()]
+        # The steps must move the parameters well above the tolerance's floor to tell anything.
+        assert max((reference["state"][n] - initial[n]).abs().max() for n in names) > 1000 * ATOL
+        compared = list(reference["state"]) if case.reference == "global" else names
+        for rank, results in enumerate(spawned["ranks"]):
+            got = results[case.name]
+            assert isinstance(got, dict), f"{case.name} failed on rank {rank}: {got}"
+            for key in compared:
+                assert_close_to_reference(got["state"][key], reference["state"][key], initial[key],
+                                          f"{case.name}, rank {rank}: {key}")
+        if case.reference == "global":  # the mean of the processes' losses is the global loss
+            mean_losses = torch.tensor([r[case.name]["losses"] for r in spawned["ranks"]]).mean(0)
+            torch.testing.assert_close(mean_losses, torch.tensor(reference["losses"]),
+                                       rtol=1e-5, atol=1e-6, msg=case.name)
+
+
+def assert_close_to_reference(actual: Any, expected: Any, initial: Any, what: str) -> None:
+    if not isinstance(expected, torch.Tensor):  # e.g. DINO's step counter (extra state)
+        assert actual == expected, what
+        return
+    if not expected.is_floating_point():
+        assert torch.equal(actual, expected), what
+        return
+    change = (expected - initial).abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL + RELATIVE_TO_CHANGE * change,
+                               msg=what)
+
+
+def test_the_comparison_catches_a_gradient_off_by_one_over_world_size(spawned):
+    """Every update scaled by 1/world_size (what DDP's average gives when each process's loss
+    only covers its share but is not summed back, or the reverse mistake halved) must fail."""
+    for name in ("simclr-sync-bn", "barlow-twins-sync-bn", "byol-own-bn"):
+        case = spawned["cases"][name]
+        wrong, initial = reference_run(case, lr_scale=1 / WORLD)["state"], build(case).state_dict()
+        got = spawned["ranks"][0][name]["state"]
+        mismatches = 0
+        for key, _ in build(case).named_parameters():
+            try:
+                assert_close_to_reference(got[key], wrong[key], initial[key], key)
+            except AssertionError:
+                mismatches += 1
+        assert mismatches > 0, name
+
+
+def test_sync_batchnorm_is_the_default_exactly_for_losses_that_couple_samples():
+    def default(name: str) -> bool:
+        section = {"name": name, **SMALL_OPTIONS.get(name, {})}
+        return sync_batchnorm_default(build(Case(name, name, section, SMALL_CNN, False, "global")))
+
+    for name in ("simclr", "mocov2", "mocov3", "dino", "barlow-twins", "vicreg", "equivariance"):
+        assert default(name), name
+    for name in ("byol", "simsiam", "rotation", "ae"):
+        assert not default(name), name
+
+
+# ------------------------------------------------------------------------------------------------
+# the Trainer under torchrun's environment
+
+
+def test_ranks_end_with_identical_parameters_and_rank_0_alone_writes(spawned):
+    straight = spawned["runs"]["straight"]
+    rank0, rank1 = (r["trainer"]["straight"] for r in spawned["ranks"])
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:  # DDP's averaged gradients are bitwise the same on every process
+        assert torch.equal(rank0[key], rank1[key]), key
+    encoder = load_file(str(Path(straight.out) / "encoder.safetensors"))
+    for key, value in encoder.items():
+        assert torch.equal(value, rank0[f"encoder.{key}"]), key
+    records = read_metrics(Path(straight.out) / "metrics.jsonl")
+    starts = [r for r in records if r.get("event") == "start"]
+    assert len(starts) == 1 and starts[0]["processes"] == WORLD
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == sorted(set(steps))  # one writer: no record twice
+    assert [r["step"] for r in records if r["kind"] == "epoch"] == [2, 4]
+
+
+def test_batch_size_is_global_and_sets_the_learning_rate(spawned):
+    config = spawned["runs"]["straight"]
+    trainer = spawned["ranks"][1]["trainer"]
+    assert trainer["micro_batch"] * WORLD == config.train.batch_size
+    assert trainer["base_lrs"][0] == pytest.approx(scaled_lr(config.optim, config.train.batch_size))
+
+
+def test_resume_under_ddp_gives_the_uninterrupted_parameters(spawned):
+    for rank, results in enumerate(spawned["ranks"]):
+        straight, resumed = results["trainer"]["straight"], results["trainer"]["resumed"]
+        for key in straight:
+            assert torch.equal(straight[key], resumed[key]), f"rank {rank}: {key}"
+    records = read_metrics(Path(spawned["runs"]["resumed"].out) / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "epoch"] == [2, 4]
+
+
+# ------------------------------------------------------------------------------------------------
+# pieces that need no second process
+
+
+class IndexedImages(ImageSource):
+    """Image i is filled with the value i; not TensorImages, so it streams through a DataLoader."""
+
+    name = "indexed"
+
+    def __init__(self, count: int) -> None:
+        self.labels = torch.arange(count)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (1, 2, 2)
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
+        return indices.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+
+
+@pytest.mark.parametrize("kind", ["held on the device", "streamed"])
+def test_each_process_takes_its_own_slice_of_every_global_batch(kind):
+    source: ImageSource = IndexedImages(20)
+    if kind == "held on the device":
+        source = TensorImages(source.get(torch.arange(20)), source.labels, name="indexed")
+
+    def batches(**shard) -> list[torch.Tensor]:
+        stream = BatchStream(source, 8, CPU, seed=3, num_workers=0, **shard)
+        assert stream.on_device == (kind == "held on the device")
+        return [images[:, 0, 0, 0].long() for images, _ in stream.epoch(1)]
+
+    whole = batches()
+    shards = [batches(rank=rank, world_size=2) for rank in range(2)]
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 2
+    assert not torch.equal(whole[0], torch.arange(8))  # shuffled: the slices follow the permutation
+    for batch, first, second in zip(whole, *shards):
+        assert len(first) == len(second) == 4
+        assert torch.equal(torch.cat([first, second]), batch)  # rank order, nothing lost or doubled
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_a_named_error():
+    source = TensorImages(torch.zeros(20, 1, 2, 2, dtype=torch.uint8), None, name="zeros")
+    with pytest.raises(ConfigError, match="multiple of the number of processes"):
+        BatchStream(source, 9, CPU, seed=0, rank=0, world_size=2)
+
+
+def test_process_info_reads_torchrun_variables_and_names_bad_ones(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_info() == ProcessInfo(rank=3, world_size=4, local_rank=1)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ConfigError, match="RANK=4"):
+        process_info()
+    monkeypatch.setenv("WORLD_SIZE", "four")
+    with pytest.raises(ConfigError, match="WORLD_SIZE"):
+        process_info()
+
+
+def test_converted_batchnorm_keeps_parameters_statistics_and_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(48, 4),
+                          nn.BatchNorm1d(4, affine=False))
+    model(torch.randn(5, 1, 6, 6))  # non-trivial running statistics
+    plain = copy.deepcopy(model)
+    weight, running_mean = model[1].weight, model[1].running_mean
+    convert_sync_batchnorm(model, CPU)
+    assert isinstance(model[1], CPUSyncBatchNorm) and isinstance(model[4], CPUSyncBatchNorm)
+    assert model[1].weight is weight and model[1].running_mean is running_mean
+    x = torch.randn(6, 1, 6, 6)
+    for mode in ("train", "eval"):  # one process: the module is BatchNorm
+        getattr(model, mode)(), getattr(plain, mode)()
+        torch.testing.assert_close(model(x), plain(x))
+
+
+@pytest.mark.slow
+def test_selfsup_pretrain_runs_unchanged_under_torchrun(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               str(WORLD), "-m", "selfsup", "pretrain", "--out", str(out),
+               *(f"--set={item}" for item in TINY)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = read_metrics(out / "metrics.jsonl")
+    starts = [r for r in records if r.get("event") == "start"]
+    assert len(starts) == 1 and starts[0]["processes"] == WORLD and starts[0]["micro_batch"] == 32
+    assert [r["step"] for r in records if r["kind"] == "epoch"] == [3, 6]
+    assert (out / "encoder.safetensors").is_file() and (out / "health_verdict.json").is_file()
