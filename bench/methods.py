@@ -24,6 +24,7 @@ from selfsup.evaluate.run import evaluate_run
 from selfsup.registry import METHODS
 from selfsup.train import pretrain
 from selfsup.train.metrics_log import read_metrics
+from selfsup.views.sequence_recipes import is_sequence_recipe
 
 
 def run_method(name: str, args, out_dir: Path, baselines: bool) -> dict:
@@ -90,7 +91,8 @@ def main() -> None:
         args.dataset, args.backbone, args.epochs, args.batch_size = "digits", "small-cnn", 2, 128
         args.steps_per_epoch, args.device = 10, "cpu"
     out_dir = Path(args.out_dir) / time.strftime("%Y%m%d-%H%M%S")
-    names = args.methods or METHODS.names()
+    names = args.methods or [n for n in METHODS.names()
+                             if not is_sequence_recipe(METHODS.get(n).view_recipe)]
     rows = []
     for i, name in enumerate(names):
         print(f"[{i + 1}/{len(names)}] {name}", flush=True)

@@ -26,6 +26,9 @@ class DataConfig:
     data_dir: Optional[str] = None  # else $SELFSUP_DATA, else the dataset's standard location
     device_max_gb: float = 4.0  # uint8 data sets up to this size live on the training device
     num_workers: int = 4  # decoding workers for data sets that stream from files
+    max_length: int = 1024  # sequences: tokens per row, specials included; longer ones are cropped
+    kmer: int = 1  # DNA: letters per token (overlapping k-mers when > 1)
+    bucket_batches: int = 50  # sequences: batches per length-sorted chunk (1: no bucketing)
 
 
 @dataclass
@@ -187,9 +190,29 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     data: dict[str, Any] = Config().to_dict()
     method = (user.get("method") or {}).get("name", data["method"]["name"])
     data["method"] = {"name": method}
-    _merge(data, copy.deepcopy(method_config_defaults(method)))
+    defaults = copy.deepcopy(method_config_defaults(method))
+    chosen_backbone = (user.get("backbone") or {}).get("name")
+    if chosen_backbone and "backbone" in defaults:
+        defaults["backbone"] = _backbone_defaults_for(chosen_backbone, defaults["backbone"])
+    _merge(data, defaults)
     _merge(data, user)
     return from_dict(Config, data)
+
+
+def _backbone_defaults_for(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A method's default backbone options that the user's chosen backbone ``name`` accepts.
+
+    BEiT defaults to a mean-pooled ViT: with ``backbone.name=vit-small`` the user keeps
+    ``pool=mean``; with ``backbone.name=resnet18`` the ViT-only keys are dropped instead of failing
+    as unknown keys (the method itself then says whether it works with that backbone).
+    """
+    from selfsup.registry import BACKBONES
+
+    if name not in BACKBONES:
+        return {"name": name}
+    options_cls = getattr(BACKBONES.get(name), "options", None)
+    accepted = {f.name for f in dataclasses.fields(options_cls)} if options_cls else set()
+    return {"name": name, **{k: v for k, v in defaults.items() if k in accepted}}
 
 
 def method_config_defaults(name: str) -> dict[str, Any]:

@@ -89,3 +89,12 @@ def test_method_defaults_sit_below_everything_the_user_writes(tmp_path):
     from selfsup.config import OptimConfig
 
     assert load_config(None, ["method.name=rotation"]).optim == OptimConfig()
+
+
+def test_a_methods_default_backbone_options_follow_the_backbone_the_user_names():
+    # BEiT defaults to a mean-pooled ViT-Tiny: another ViT keeps pool=mean, a ResNet drops it
+    assert load_config(None, ["method.name=beit"]).backbone == {"name": "vit-tiny", "pool": "mean"}
+    assert load_config(None, ["method.name=beit", "backbone.name=vit-small"]).backbone == {
+        "name": "vit-small", "pool": "mean"}
+    assert load_config(None, ["method.name=beit", "backbone.name=resnet18"]).backbone == {
+        "name": "resnet18"}

@@ -1,5 +1,5 @@
-"""Vision Transformer: shapes, pooling, token dropping, position interpolation, checkpointing,
-attention maps and options."""
+"""Vision Transformer: shapes, pooling, token dropping, mask tokens, position interpolation,
+checkpointing, attention maps and options."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from selfsup.backbones.vit import (
     VisionTransformer,
     interpolate_pos_embed,
 )
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 
 TINY = {"embed_dim": 16, "depth": 2, "num_heads": 2}
 
@@ -115,6 +115,88 @@ def test_dropped_patches_do_not_influence_the_output():
     kept = changed.clone()  # control: changing a kept patch does change the output
     kept.view(2, 1, 4, 7, 4, 7)[0, :, 0, :, 0, :] += 5
     assert not torch.allclose(net.forward_tokens(kept, keep), out, atol=1e-3)
+
+
+def random_patch_mask(batch: int = 2, num_patches: int = 16, seed: int = 0) -> torch.Tensor:
+    """A (B, N) bool mask with masked and visible patches in every sample."""
+    mask = torch.rand(batch, num_patches, generator=torch.Generator().manual_seed(seed)) < 0.4
+    mask[:, 0], mask[:, 1] = True, False
+    return mask
+
+
+def test_masked_positions_embed_as_the_mask_token_plus_their_position():
+    net = tiny_vit()  # 28 px, 7-px patches: a 4×4 grid, width 16
+    x = torch.randn(2, 1, 28, 28)
+    mask, token = random_patch_mask(), torch.randn(16)
+    tokens = net.embed(x, mask=mask, mask_token=token)
+    assert tokens.shape == (2, 1 + 16, 16)
+    # Independently: the patch embedding is a linear map of each patch's 7×7 pixels.
+    weight, bias, pos = net.patch_embed.weight.reshape(16, 49), net.patch_embed.bias, net.pos_embed[0]
+    for b in range(2):
+        torch.testing.assert_close(tokens[b, 0], net.cls_token[0, 0] + pos[0])
+        for index in range(16):
+            r, c = divmod(index, 4)
+            if mask[b, index]:
+                expected = token + pos[1 + index]
+            else:
+                expected = weight @ x[b, 0, 7 * r:7 * r + 7, 7 * c:7 * c + 7].reshape(49) + bias + pos[1 + index]
+            torch.testing.assert_close(tokens[b, 1 + index], expected)
+
+
+def test_without_a_mask_or_with_an_empty_one_the_output_is_unchanged():
+    net = tiny_vit()
+    x = torch.randn(2, 1, 28, 28)
+    # the embedding as it was before masks existed: patches + positions behind the class token
+    pos = net.pos_embed
+    old = torch.cat([(net.cls_token + pos[:, :1]).expand(2, -1, -1),
+                     net.patch_embed(x).flatten(2).transpose(1, 2) + pos[:, 1:]], dim=1)
+    assert torch.equal(net.embed(x), old)
+    nothing_masked = torch.zeros(2, 16, dtype=torch.bool)
+    assert torch.equal(net.forward_tokens(x, mask=nothing_masked, mask_token=torch.randn(16)),
+                       net.forward_tokens(x))
+
+
+def test_masked_pixels_do_not_influence_the_output_and_every_position_stays():
+    net = tiny_vit()
+    x = torch.randn(2, 1, 28, 28)
+    mask, token = random_patch_mask(), torch.randn(16)
+    out = net.forward_tokens(x, mask=mask, mask_token=token)
+    assert out.shape == (2, 1 + 16, 16)
+    changed = x.clone()
+    patches = changed.view(2, 1, 4, 7, 4, 7)  # (B, C, row, pixel-row, column, pixel-column)
+    for b, index in mask.nonzero().tolist():
+        patches[b, :, index // 4, :, index % 4, :] = torch.randn(1, 7, 7) * 10
+    torch.testing.assert_close(net.forward_tokens(changed, mask=mask, mask_token=token), out)
+    # control: a visible patch, or the token itself, does change the output
+    changed.view(2, 1, 4, 7, 4, 7)[0, :, 0, :, 1, :] += 5  # patch 1 is visible in every sample
+    assert not torch.allclose(net.forward_tokens(changed, mask=mask, mask_token=token), out, atol=1e-3)
+    other_token = torch.randn(16)  # (not token + c: LayerNorm removes a constant shift)
+    assert not torch.allclose(net.forward_tokens(x, mask=mask, mask_token=other_token), out, atol=1e-3)
+
+
+def test_the_mask_token_is_trained_by_masked_positions_only():
+    net = tiny_vit()
+    x = torch.randn(2, 1, 28, 28)
+    token = torch.randn(16, requires_grad=True)
+    net.forward_tokens(x, mask=random_patch_mask(), mask_token=token).square().sum().backward()
+    assert token.grad is not None and token.grad.abs().sum() > 0
+    token.grad = None
+    nothing_masked = torch.zeros(2, 16, dtype=torch.bool)
+    net.forward_tokens(x, mask=nothing_masked, mask_token=token).square().sum().backward()
+    assert torch.equal(token.grad, torch.zeros(16))
+
+
+def test_bad_masks_and_missing_mask_tokens_are_named():
+    net = tiny_vit()
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(DataError, match="mask_token of 16 values"):
+        net.forward_tokens(x, mask=random_patch_mask())
+    with pytest.raises(DataError, match="mask_token of 16 values"):
+        net.forward_tokens(x, mask=random_patch_mask(), mask_token=torch.randn(8))
+    with pytest.raises(DataError, match=r"shape \(B, N\) = \(2, 16\)"):
+        net.forward_tokens(x, mask=random_patch_mask(num_patches=9), mask_token=torch.randn(16))
+    with pytest.raises(DataError, match="bool"):
+        net.forward_tokens(x, mask=random_patch_mask().long(), mask_token=torch.randn(16))
 
 
 def test_interpolation_is_the_identity_at_the_same_size():

@@ -6,18 +6,22 @@ from typing import Any, Optional
 
 from torch import nn
 
-from selfsup.backbones import resnet, small_cnn, vit  # noqa: F401  (registration)
+from selfsup.backbones import resnet, small_cnn, transformer, vit  # noqa: F401  (registration)
 from selfsup.backbones.adapter import FeatureAdapter, external_backbone
 from selfsup.config import build_options
 from selfsup.registry import BACKBONES
+from selfsup.tokenize.base import Tokenizer
 
 __all__ = ["build_backbone", "FeatureAdapter"]
 
 
-def build_backbone(section: dict[str, Any], in_channels: int, image_size: int) -> nn.Module:
+def build_backbone(section: dict[str, Any], in_channels: int, image_size: int,
+                   tokenizer: Optional[Tokenizer] = None) -> nn.Module:
     """Build the backbone a config section names (``{"name": "resnet18", ...options}``).
 
     ``torchvision:NAME`` and ``timm:NAME`` build an external model through ``FeatureAdapter``.
+    Token backbones (options with ``vocab_size``) learn the vocabulary, padding id and tokeniser
+    from ``tokenizer`` (in_channels and image_size are then unused).
     Every backbone has an ``out_dim`` attribute.
     """
     name = section.get("name", "resnet18")
@@ -27,5 +31,8 @@ def build_backbone(section: dict[str, Any], in_channels: int, image_size: int) -
     options_cls: Optional[type] = getattr(factory, "options", None)
     if hasattr(options_cls, "img_size"):  # size-aware backbones (ViT) learn the data's image size
         section = {"img_size": image_size, **section}
+    if hasattr(options_cls, "vocab_size") and tokenizer is not None:
+        section = {"vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id,
+                   "tokenizer": tokenizer.config(), **section}
     options = build_options(options_cls, section, "backbone") if options_cls else None
     return factory(in_channels, options)

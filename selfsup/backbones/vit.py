@@ -9,6 +9,11 @@ patch size, the last partial row/column of pixels is ignored (as the strided con
 ``forward_tokens(x, keep)`` drops masked patch tokens *before* the blocks so that MAE's encoder
 really skips them, and the position grid is resized on the fly (bicubic) when the input's grid
 differs from the one the model was built for, e.g. when fine-tuning at another resolution.
+``forward_tokens(x, mask=..., mask_token=...)`` keeps every position but replaces the embeddings
+of masked patches by a [MASK] embedding, as BEiT's encoder does. The caller owns that embedding
+(a parameter of the pretext task, not of the encoder): BEiT drops it after pretraining, and an
+encoder parameter that only one method trains would change every exported ViT's weights and give
+every other method a parameter without gradients (which DistributedDataParallel rejects).
 """
 
 from __future__ import annotations
@@ -147,8 +152,14 @@ class VisionTransformer(nn.Module):
         """Position embeddings (1, 1 + h*w, D) for an h×w patch grid, interpolated if needed."""
         return interpolate_pos_embed(self.pos_embed, self.grid, grid)
 
-    def embed(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch tokens plus position embeddings, the kept ones only, behind the class token."""
+    def embed(self, x: torch.Tensor, keep: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+              mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens plus position embeddings, the kept ones only, behind the class token.
+
+        With ``mask`` ((B, N) bool, True = masked) the embedding of every masked patch is replaced
+        by ``mask_token`` (D values) *before* the position embedding is added, so a masked token
+        still says where it sits but nothing of its pixels. ``keep`` then selects among them.
+        """
         if x.ndim != 4 or min(x.shape[-2:]) < self.patch_size:
             raise DataError(
                 f"the ViT expects (B, C, H, W) images of at least {self.patch_size}×"
@@ -156,7 +167,10 @@ class VisionTransformer(nn.Module):
             )
         patches = self.patch_embed(x)  # (B, D, h, w)
         pos = self.position_embedding(patches.shape[-2:])
-        tokens = patches.flatten(2).transpose(1, 2) + pos[:, 1:]
+        patches = patches.flatten(2).transpose(1, 2)
+        if mask is not None:
+            patches = self._replace_masked(patches, mask, mask_token)
+        tokens = patches + pos[:, 1:]
         if keep is not None:
             if keep.ndim != 2 or keep.shape[0] != x.shape[0]:
                 raise DataError(
@@ -167,27 +181,49 @@ class VisionTransformer(nn.Module):
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1)
 
+    def _replace_masked(self, patches: torch.Tensor, mask: torch.Tensor,
+                        mask_token: torch.Tensor | None) -> torch.Tensor:
+        """(B, N, D) patch embeddings with ``mask_token`` wherever ``mask`` is True."""
+        if mask.dtype != torch.bool or mask.shape != patches.shape[:2]:
+            raise DataError(
+                f"mask must be a bool tensor of shape (B, N) = {tuple(patches.shape[:2])} (True on "
+                f"masked patches), got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if mask_token is None or mask_token.numel() != self.out_dim:
+            got = "none" if mask_token is None else f"shape {tuple(mask_token.shape)}"
+            raise DataError(f"a mask needs a mask_token of {self.out_dim} values (the embedding "
+                            f"width) to put on masked patches, got {got}")
+        token = mask_token.reshape(1, 1, -1).to(patches.dtype)
+        return torch.where(mask.unsqueeze(-1), token, patches)
+
     def _run_block(self, block: Block, tokens: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             # Recompute the block's activations in the backward pass instead of storing them.
             return torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
         return block(tokens)
 
-    def forward_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None,
+                       mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
         """All tokens after the final norm: (B, 1 + n, D), class token first.
 
         ``keep`` (LongTensor (B, n_keep)) lists, per sample, the indices (row-major in the patch
         grid) of the patches to keep; the others are dropped before the blocks, so the output is
-        (B, 1 + n_keep, D) with the kept tokens in ``keep``'s order.
+        (B, 1 + n_keep, D) with the kept tokens in ``keep``'s order (MAE).
+        ``mask`` ((B, N) bool) and ``mask_token`` (D values) hide the masked patches' pixels but
+        keep their positions: their embeddings become the mask token (BEiT; see ``embed``).
         """
-        tokens = self.embed(x, keep)
+        tokens = self.embed(x, keep, mask, mask_token)
         for block in self.blocks:
             tokens = self._run_block(block, tokens)
         return self.norm(tokens)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.forward_tokens(x)
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + n, D) tokens → (B, D) features by ``pool``: the class token, or the patches' mean."""
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool_tokens(self.forward_tokens(x))
 
     def attention_maps(self, x: torch.Tensor, layer: int = -1, include_cls: bool = False) -> torch.Tensor:
         """The class token's attention weights in block ``layer``, for visualisation.

@@ -20,10 +20,13 @@ from selfsup.config import Config, EvalConfig, load_config
 from selfsup.data import load_split
 from selfsup.data.base import ImageSource
 from selfsup.data.loader import iterate_in_order
+from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
 from selfsup.evaluate.protocol import evaluate_feature_sets
+from selfsup.evaluate.sequence_baselines import encoder_features, sequence_feature_sets
 from selfsup.evaluate.tsne import tsne_embedding
 from selfsup.health.metrics import health_metrics
+from selfsup.tokenize import make_tokenizer
 from selfsup.train.checkpoint import atomic_write, load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision
 from selfsup.views.image import to_input
@@ -91,13 +94,18 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         return (extract_features(fn, train, dev, cfg.batch_size, precision),
                 extract_features(fn, test, dev, cfg.batch_size, precision))
 
-    log(f"extracting features of {len(train)} train and {len(test)} test images on {dev}")
-    sets = {"ssl": features(encoder_fn(encoder))}
-    if use_baselines:
-        sets["raw"] = features(raw_pixels)
-        torch.manual_seed(config.train.seed)
-        random_encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(dev)
-        sets["random_init"] = features(encoder_fn(random_encoder))
+    log(f"extracting features of {len(train)} train and {len(test)} test samples on {dev}")
+    extras: dict[str, Any] = {}
+    if isinstance(train, SequenceSource):  # encoder, composition / k-mer baselines, random init
+        sets, extras = sequence_feature_sets(encoder, spec, train, test, dev, cfg.batch_size,
+                                             precision, use_baselines, config.train.seed)
+    else:
+        sets = {"ssl": features(encoder_fn(encoder))}
+        if use_baselines:
+            sets["raw"] = features(raw_pixels)
+            torch.manual_seed(config.train.seed)
+            random_encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(dev)
+            sets["random_init"] = features(encoder_fn(random_encoder))
     train_labels, test_labels = train.labels.to(dev), test.labels.to(dev)
     log("running k-NN and linear probes" + (" (SSL, raw pixels, random init)" if use_baselines else ""))
     results = evaluate_feature_sets(sets, train_labels, test_labels, num_classes=num_classes,
@@ -112,7 +120,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         "baselines": {k: _accuracies(v) for k, v in results.items() if k != "ssl"},
         "dataset": name, "num_train": len(train), "num_test": len(test),
         "feature_dim": int(test_feats.shape[1]), "device": str(dev),
-        "eval_seconds": time.perf_counter() - started,
+        "eval_seconds": time.perf_counter() - started, **extras,
         "protocol": {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
                      "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds},
     }
@@ -136,9 +144,14 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
     config = load_run_config(run_dir)
     dev = resolve_device(device)
     source = load_split(dataset or config.data.dataset, split, data_dir or config.data.data_dir)
-    encoder, _ = load_encoder(run_dir, dev)
-    feats = extract_features(encoder_fn(encoder), source, dev, config.eval.batch_size,
-                             resolve_precision("auto", dev)).cpu().numpy()
+    encoder, spec = load_encoder(run_dir, dev)
+    precision = resolve_precision("auto", dev)
+    if isinstance(source, SequenceSource):
+        feats = encoder_features(encoder, source, make_tokenizer(**spec["tokenizer"]), dev,
+                                 config.eval.batch_size, spec["max_length"], precision).cpu().numpy()
+    else:
+        feats = extract_features(encoder_fn(encoder), source, dev, config.eval.batch_size,
+                                 precision).cpu().numpy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)

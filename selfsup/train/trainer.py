@@ -32,6 +32,8 @@ from selfsup.config import Config
 from selfsup.data import load_split
 from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream, epoch_seed
+from selfsup.data.sequence_loader import SequenceBatchStream
+from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError, TrainingDiverged
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.health import HealthMonitor
@@ -49,11 +51,14 @@ from selfsup.train.distributed import (
 )
 from selfsup.train.metrics_log import MetricsLog
 from selfsup.train.optim import build_optimizer, lr_factor
-from selfsup.views import make_views
+from selfsup.tokenize import make_tokenizer
+from selfsup.views import make_sequence_views, make_views
 from selfsup.views.image import to_input
 
 CHECKPOINT = "checkpoints/last.pt"
 VIEW_STREAM, FORWARD_STREAM = 1, 2  # the random streams of an epoch besides the data order
+HEALTH_MAX_TOKENS = 512  # sequences in the health batch and probe bank keep their first 512 tokens
+HELD_OUT_SAMPLES = 256  # health-batch samples the held-out loss (perplexity) is measured on
 
 
 def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
@@ -161,14 +166,20 @@ class Trainer:
         cfg = self.config
         seed_everything(cfg.train.seed)
         self.train_data = load_split(cfg.data.dataset, "train", cfg.data.data_dir)
-        self.in_shape = self.train_data.shape
-        self.encoder_spec = {"backbone": dict(cfg.backbone), "in_channels": self.in_shape[0],
-                             "image_size": self.in_shape[1], "dataset": cfg.data.dataset}
-        encoder = build_backbone(cfg.backbone, self.in_shape[0], self.in_shape[1])
+        # Sequence data: token ids instead of images, a tokeniser instead of an image shape.
+        self.tokenizer = (make_tokenizer(self.train_data.alphabet, cfg.data.kmer)
+                          if isinstance(self.train_data, SequenceSource) else None)
+        if self.tokenizer is None:
+            self.in_shape = self.train_data.shape
+            encoder = build_backbone(cfg.backbone, self.in_shape[0], self.in_shape[1])
+        else:
+            self.in_shape = None
+            encoder = build_backbone(cfg.backbone, 0, 0, tokenizer=self.tokenizer)
         self.method: Method = build_method(cfg.method, encoder, self.in_shape).to(self.device)
         # channels_last pays on both: cuDNN's NHWC kernels on GPUs, oneDNN's on CPUs (1.5× for the
-        # small CNN on 2 cores, measured).
-        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        # small CNN on 2 cores, measured). Token ids are 2-D: no memory format to choose.
+        images_nhwc = cfg.train.channels_last and self.tokenizer is None
+        self.memory_format = torch.channels_last if images_nhwc else torch.contiguous_format
         self.method = self.method.to(memory_format=self.memory_format)
         self.micro_batch = self._micro_batch_size()
         # SyncBatchNorm, the gather hooks and DDP (all no-ops for one process); self.method stays
@@ -176,11 +187,21 @@ class Trainer:
         sync_bn = cfg.train.sync_bn
         self.step_module = prepare_method(self.method, self.process, self.device, sync_bn)
         recipe = cfg.views.get("recipe") or self.method.view_recipe
-        self.views = make_views(recipe, self.in_shape, cfg.views)
-        self.stream = BatchStream(self.train_data, cfg.train.batch_size, self.device, cfg.train.seed,
-                                  shuffle=True, drop_last=True, device_max_gb=cfg.data.device_max_gb,
-                                  num_workers=cfg.data.num_workers, rank=self.process.rank,
-                                  world_size=self.process.world_size)
+        if self.tokenizer is None:
+            self.views = make_views(recipe, self.in_shape, cfg.views)
+            self.stream = BatchStream(self.train_data, cfg.train.batch_size, self.device,
+                                      cfg.train.seed, shuffle=True, drop_last=True,
+                                      device_max_gb=cfg.data.device_max_gb,
+                                      num_workers=cfg.data.num_workers, rank=self.process.rank,
+                                      world_size=self.process.world_size)
+        else:
+            self.views = make_sequence_views(recipe, self.tokenizer, cfg.views)
+            self.stream = SequenceBatchStream(self.train_data, self.tokenizer, cfg.train.batch_size,
+                                              self.device, cfg.train.seed,
+                                              max_length=cfg.data.max_length,
+                                              bucket_batches=cfg.data.bucket_batches,
+                                              rank=self.process.rank,
+                                              world_size=self.process.world_size)
         self.steps_per_epoch = len(self.stream)
         if cfg.train.steps_per_epoch > 0:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
@@ -203,6 +224,25 @@ class Trainer:
         self.monitor = HealthMonitor()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl") if main else None
 
+    def _encoder_spec(self) -> dict[str, Any]:
+        """How to rebuild the encoder (``encoder.json``): for token encoders their full options
+        (vocabulary, reverse-complement invariance set by the method) and the tokeniser."""
+        cfg = self.config
+        if self.tokenizer is None:
+            return {"backbone": dict(cfg.backbone), "in_channels": self.in_shape[0],
+                    "image_size": self.in_shape[1], "dataset": cfg.data.dataset}
+        return {"backbone": self.method.encoder.config(), "in_channels": 0, "image_size": 0,
+                "dataset": cfg.data.dataset, "tokenizer": self.tokenizer.config(),
+                "max_length": cfg.data.max_length}
+
+    def _inputs_of(self, source: Any, indices: torch.Tensor) -> torch.Tensor:
+        """Samples ``indices`` of ``source`` on the device: uint8 images, or right-padded token ids
+        (their attention mask is ids != <pad>)."""
+        if self.tokenizer is None:
+            return source.get(indices).to(self.device)
+        max_length = min(self.config.data.max_length, HEALTH_MAX_TOKENS)
+        return source.encode(indices, self.tokenizer, max_length).ids.to(self.device)
+
     def _write(self, record: dict[str, Any]) -> None:
         """Append a record to metrics.jsonl (rank 0 alone keeps the log)."""
         if self.log is not None:
@@ -223,7 +263,7 @@ class Trainer:
         health_source = test if test is not None and len(test) >= cfg.health_samples else self.train_data
         pick = torch.Generator().manual_seed(12345)
         order = torch.randperm(len(health_source), generator=pick)[: cfg.health_samples]
-        images = health_source.get(order).to(self.device)
+        images = self._inputs_of(health_source, order)
         bank_images = bank_labels = query_images = query_labels = None
         num_classes = 0
         train = self.train_data
@@ -238,9 +278,9 @@ class Trainer:
                 query_source, queries = train, shuffled[:num_queries]
                 bank = shuffled[num_queries:num_queries + cfg.probe_train_samples]
             if len(queries) > 0 and len(bank) > 0:
-                bank_images = train.get(bank).to(self.device)
+                bank_images = self._inputs_of(train, bank)
                 bank_labels = train.labels[bank].to(self.device)
-                query_images = query_source.get(queries).to(self.device)
+                query_images = self._inputs_of(query_source, queries)
                 query_labels = query_source.labels[queries].to(self.device)
                 num_classes = max(train.num_classes, query_source.num_classes)
         return HealthData(images, query_images, query_labels, bank_images, bank_labels,
@@ -377,11 +417,19 @@ class Trainer:
         outs: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(images), chunk):
             x = images[start:start + chunk]
-            x = (x if x.is_floating_point() else to_input(x)).contiguous(memory_format=self.memory_format)
+            x = (to_input(x) if x.dtype == torch.uint8 else x).contiguous(memory_format=self.memory_format)
             with autocast(self.device, self.precision):
                 for name, z in fn(x).items():
                     outs.setdefault(name, []).append(z.float())
         return {name: torch.cat(parts) for name, parts in outs.items()}
+
+    @torch.no_grad()
+    def _held_out(self, inputs: torch.Tensor) -> dict[str, float]:
+        """The method's loss and logs on fixed views of held-out inputs (eval mode, no update)."""
+        views = self.views(inputs, torch.Generator(device=self.device).manual_seed(778))
+        with autocast(self.device, self.precision):
+            out = self.method(views)
+        return {"loss": float(out.loss), **_scalars(out.logs)}
 
     def _end_of_epoch(self, epoch: int, step: int) -> None:
         """Health checks, the online probe and the checkpoint: rank 0 alone, with the plain module
@@ -399,6 +447,9 @@ class Trainer:
             augmented = self.views(data.images, pair_gen)[0]
             paired = self._embed(augmented, self.method.health_embeddings)
             records += self.monitor.check(epoch + 1, step, {k: (clean[k], paired[k]) for k in clean})
+        if getattr(self.method, "held_out_logs", False):  # e.g. MLM's held-out perplexity
+            records.append({"kind": "held_out", "epoch": epoch + 1, "step": step,
+                            **self._held_out(data.images[:HELD_OUT_SAMPLES])})
         if data.bank_images is not None and ((epoch + 1) % cfg.probe_every == 0 or last):
             embed = lambda x: {"f": self.method.embed(x)}  # noqa: E731
             bank = self._embed(data.bank_images, embed)["f"]
@@ -426,7 +477,7 @@ class Trainer:
 
         if not self.process.is_main:
             return
-        save_encoder(self.run_dir, self.method.encoder, self.encoder_spec)
+        save_encoder(self.run_dir, self.method.encoder, self._encoder_spec())
         verdict = self.monitor.verdict()
         (self.run_dir / "health_verdict.json").write_text(json.dumps(verdict, indent=2))
         self._write({"kind": "run", "event": "end", "time": time.time(), "step": step,

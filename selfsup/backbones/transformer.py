@@ -1,0 +1,386 @@
+"""A Transformer encoder for token sequences (proteins, DNA, text), shaped like ESM-2.
+
+Token ids go in, one feature vector per sequence comes out (``forward``), or one per token
+(``forward_tokens``) for the masked / next-token heads. The blocks are pre-LayerNorm (x + attn(LN x),
+x + FFN(LN x)), attention runs through ``torch.nn.functional.scaled_dot_product_attention`` so fused
+(flash / memory-efficient) kernels run on GPUs, and a final LayerNorm closes the stack.
+
+Padding. Batches are right-padded with ``<pad>`` (the tokenisers' layout): the attention mask is
+True on real tokens. Padded keys are masked out of every attention row and pooling averages real
+tokens only, so appending padding never changes a sequence's features (up to float rounding in the
+longer reductions). Rows of padding positions still compute something; nothing reads them.
+
+Causal attention (next-token prediction) uses SDPA's ``is_causal`` alone: with right padding, the
+keys at or before a real token are all real, so the causal mask already hides every padded key from
+every real query, and the flash kernel stays usable.
+
+Positions. Rotary embeddings (Su et al. 2021, as in ESM-2) by default: queries and keys are rotated
+by an angle proportional to their position, so attention scores depend on relative position only
+and any length works. ``positions="learned"`` adds a learned absolute embedding instead (BERT),
+limited to ``max_positions`` tokens.
+
+Reverse-complement invariance (DNA). ``make_rc_invariant(tokenizer)`` turns ``forward`` into
+the strand average ½·(pool f(x) + pool f(rc x)). Since rc(rc x) = x, the input rc(x) gives the same
+two terms in the other order, so the features are identical for both strands by construction, not
+merely after training. The average (rather than a max) keeps the scale of a one-strand encoder
+and sends gradient through both strands. The two strands run as two forward passes of the same
+shape, so even the float rounding matches: the features of x and rc(x) are bitwise equal on
+deterministic kernels. Token-level outputs (``forward_tokens``) stay per strand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from selfsup.errors import ConfigError, DataError
+from selfsup.registry import BACKBONES
+from selfsup.tokenize import make_tokenizer
+from selfsup.tokenize.base import TokenBatch, Tokenizer
+from selfsup.views.sequence import reverse_complement
+
+INIT_STD = 0.02
+POOLS = ("mean", "cls")
+POSITIONS = ("rotary", "learned")
+
+TokenInput = Union[torch.Tensor, TokenBatch]
+
+
+# ----------------------------------------------------------------------------------------------
+# rotary position embeddings
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding of queries and keys (Su et al. 2021; GPT-NeoX/ESM layout).
+
+    Channel pairs (i, i + d/2) of a head of width d rotate by the angle position × base^(−2i/d).
+    The dot product of a query rotated to position m and a key rotated to position n then depends
+    on m − n only.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head width, got {head_dim}; "
+                              "choose dim / num_heads even")
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        # Not saved: it is a function of the options, and checkpoints stay the same across bases.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def angles(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the rotation angles, each (length, head_dim), in float32."""
+        positions = torch.arange(length, device=device, dtype=torch.float32)
+        half = torch.outer(positions, self.inv_freq.to(device))
+        angles = torch.cat([half, half], dim=-1)
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., L, head_dim) rotated by the angles of its positions."""
+        first, second = x.chunk(2, dim=-1)
+        rotated_half = torch.cat([-second, first], dim=-1)
+        return (x.float() * cos + rotated_half.float() * sin).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# blocks
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + Dropout(Attention(LN x)), then x + Dropout(FFN(LN x))."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.attn_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_out = nn.Linear(dim, dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor], causal: bool,
+                rotary: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """x (B, L, D); key_mask (B, 1, 1, L) bool (True: attend) or None; rotary (cos, sin)."""
+        batch, length, dim = x.shape
+        qkv = self.qkv(self.attn_norm(x)).view(batch, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        if rotary is not None:
+            q, k = RotaryEmbedding.rotate(q, *rotary), RotaryEmbedding.rotate(k, *rotary)
+        p = self.dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p,
+                                                  is_causal=causal)
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        x = x + F.dropout(self.attn_out(attended), p, self.training)
+        return x + F.dropout(self.ffn(self.ffn_norm(x)), p, self.training)
+
+
+# ----------------------------------------------------------------------------------------------
+# the encoder
+
+
+@dataclass
+class TransformerOptions:
+    """Transformer options (the ``backbone`` config section); defaults: ``transformer-tiny``.
+
+    vocab_size and pad_id come from the tokeniser (0: unset, an error until it is set).
+    """
+
+    vocab_size: int = 0  # the tokeniser's vocabulary size (tokenizer.vocab_size)
+    pad_id: int = 1  # the tokeniser's <pad> id (1 in every selfsup tokeniser, ESM's layout)
+    dim: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    ffn_dim: int = 256
+    positions: str = "rotary"  # rotary | learned
+    max_positions: int = 1026  # longest input with learned positions (ESM: 1024 + <cls> + <eos>)
+    rotary_base: float = 10000.0
+    dropout: float = 0.0  # on attention weights and both residual branches
+    pool: str = "mean"  # mean (over real tokens) | cls (the first token)
+    causal: bool = False  # forward() attends only to earlier tokens (next-token encoders)
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass
+    rc_invariant: bool = False  # strand-averaged features (DNA); needs tokenizer
+    tokenizer: Any = None  # the DNA tokeniser's config(), e.g. {"name": "dna", "k": 1}
+
+
+class TransformerEncoder(nn.Module):
+    """Token ids (B, L) → pooled features (B, ``out_dim``); see the module docstring."""
+
+    def __init__(self, options: Optional[TransformerOptions] = None) -> None:
+        super().__init__()
+        self.options = o = dataclasses.replace(options or TransformerOptions())
+        _check_options(o)
+        self.pad_id, self.pool, self.causal = o.pad_id, o.pool, o.causal
+        self.vocab_size = o.vocab_size
+        self.grad_checkpointing = o.grad_checkpointing
+        self.out_dim = o.dim
+        self.token_embedding = nn.Embedding(o.vocab_size, o.dim, padding_idx=o.pad_id)
+        self.position_embedding = (nn.Embedding(o.max_positions, o.dim)
+                                   if o.positions == "learned" else None)
+        self.rotary = (RotaryEmbedding(o.dim // o.num_heads, o.rotary_base)
+                       if o.positions == "rotary" else None)
+        self.blocks = nn.ModuleList(TransformerBlock(o.dim, o.num_heads, o.ffn_dim, o.dropout)
+                                    for _ in range(o.depth))
+        self.final_norm = nn.LayerNorm(o.dim)
+        self.strand_tokenizer: Optional[Tokenizer] = None  # set by make_rc_invariant
+        self.preset = "transformer-tiny"
+        self._init_weights()
+        if o.rc_invariant:
+            if not isinstance(o.tokenizer, dict):
+                raise ConfigError(
+                    "backbone.rc_invariant needs backbone.tokenizer, the DNA tokeniser's config "
+                    f"(e.g. {{name: dna, k: 1}}), got {o.tokenizer!r}"
+                )
+            self.make_rc_invariant(make_tokenizer(**o.tokenizer))
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.token_embedding.weight[self.pad_id].zero_()
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def rc_invariant(self) -> bool:
+        return self.strand_tokenizer is not None
+
+    def make_rc_invariant(self, tokenizer: Tokenizer) -> None:
+        """Make ``forward`` reverse-complement invariant (see the module docstring), with the
+        reverse complement of ``tokenizer``, the DNA tokeniser of the data."""
+        if tokenizer.complement_ids is None or tokenizer.vocab_size != self.vocab_size:
+            raise ConfigError(
+                f"a reverse-complement-invariant encoder needs the DNA tokeniser of its "
+                f"{self.vocab_size}-token vocabulary; got the {tokenizer.name} tokeniser with "
+                f"{tokenizer.vocab_size} tokens"
+                + ("" if tokenizer.complement_ids is not None else " and no reverse complement")
+            )
+        self.strand_tokenizer = tokenizer
+        self.options.rc_invariant, self.options.tokenizer = True, tokenizer.config()
+
+    def config(self) -> dict[str, Any]:
+        """A ``backbone`` config section that rebuilds this encoder: the preset's name and every
+        option spelled out, including reverse-complement invariance set after construction."""
+        return {"name": self.preset, **dataclasses.asdict(self.options)}
+
+    # ------------------------------------------------------------------ forward passes
+
+    def forward_tokens(self, ids: TokenInput, attention_mask: Optional[torch.Tensor] = None,
+                       causal: Optional[bool] = None, padded: bool = True) -> torch.Tensor:
+        """Per-token features (B, L, D) after the final LayerNorm.
+
+        ids: (B, L) int64, or a ``TokenBatch`` (ids and mask). attention_mask: (B, L) bool, True on
+        real tokens; None: ``ids != pad_id``. causal: token t attends to tokens ≤ t only (default:
+        the encoder's ``causal`` option). padded=False promises that no position is padding, so no
+        mask is built and SDPA may pick its fastest (flash) kernel.
+        """
+        ids, attention_mask = self._inputs(ids, attention_mask)
+        causal = self.causal if causal is None else causal
+        x = self.token_embedding(ids)
+        length = ids.shape[1]
+        if self.position_embedding is not None:
+            if length > self.options.max_positions:
+                raise DataError(
+                    f"a batch of {length} tokens is longer than backbone.max_positions="
+                    f"{self.options.max_positions} (learned positions); crop the sequences "
+                    "(data max_length) or use positions=rotary"
+                )
+            x = x + self.position_embedding.weight[:length]
+        rotary = self.rotary.angles(length, ids.device) if self.rotary is not None else None
+        # Causal attention of right-padded batches needs no key mask (see the module docstring).
+        key_mask = None if causal or not padded else attention_mask[:, None, None, :]
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, key_mask, causal, rotary,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, key_mask, causal, rotary)
+        return self.final_norm(x)
+
+    def pool_tokens(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) token features → (B, D): the mean over real tokens, or the first token."""
+        if self.pool == "cls":
+            return tokens[:, 0]
+        weights = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+    def forward(self, ids: TokenInput, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pooled features (B, D) of ``ids`` (or a ``TokenBatch``); the mask defaults to
+        ``ids != pad_id``. Strand-averaged when the encoder is reverse-complement invariant."""
+        ids, attention_mask = self._inputs(ids, attention_mask)
+        pooled = self.pool_tokens(self.forward_tokens(ids, attention_mask), attention_mask)
+        if not self.rc_invariant:
+            return pooled
+        other = reverse_complement(ids, self.strand_tokenizer)
+        other_pooled = self.pool_tokens(self.forward_tokens(other, attention_mask), attention_mask)
+        return (pooled + other_pooled) / 2
+
+    def _inputs(self, ids: TokenInput, attention_mask: Optional[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(ids, TokenBatch):
+            ids, attention_mask = ids.ids, ids.attention_mask
+        if ids.ndim != 2 or ids.dtype != torch.int64:
+            raise DataError(f"the transformer takes (B, L) int64 token ids, got {ids.dtype} "
+                            f"{tuple(ids.shape)}; make them with tokenizer.encode_batch")
+        if attention_mask is None:
+            attention_mask = ids != self.pad_id
+        elif attention_mask.shape != ids.shape or attention_mask.dtype != torch.bool:
+            raise DataError(f"attention_mask must be (B, L) bool like the ids {tuple(ids.shape)}, "
+                            f"got {attention_mask.dtype} {tuple(attention_mask.shape)}")
+        return ids, attention_mask
+
+
+# ----------------------------------------------------------------------------------------------
+# the language-model head
+
+
+class LanguageModelHead(nn.Module):
+    """Token features → vocabulary logits, ESM's / RoBERTa's head: Linear → GELU → LayerNorm →
+    Linear to the vocabulary, whose weight is the encoder's token embedding when ``tied``."""
+
+    def __init__(self, encoder: TransformerEncoder, tied: bool = True) -> None:
+        super().__init__()
+        dim = encoder.out_dim
+        self.dense = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.decoder = nn.Linear(dim, encoder.vocab_size)
+        if tied:
+            self.decoder.weight = encoder.token_embedding.weight
+        else:
+            nn.init.trunc_normal_(self.decoder.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+        nn.init.trunc_normal_(self.dense.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+        nn.init.zeros_(self.dense.bias)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(tokens))))
+
+
+def as_token_encoder(encoder: nn.Module, method: str) -> TransformerEncoder:
+    """``encoder`` itself when it is a token Transformer; else a ConfigError naming ``method``."""
+    if not isinstance(encoder, TransformerEncoder):
+        raise ConfigError(
+            f"{method} needs a token Transformer backbone (backbone.name=transformer-tiny, "
+            f"transformer-small or esm2-8m), got {type(encoder).__name__}"
+        )
+    return encoder
+
+
+# ----------------------------------------------------------------------------------------------
+# checks and presets
+
+
+def _check_options(o: TransformerOptions) -> None:
+    if o.vocab_size < 1:
+        raise ConfigError(
+            "backbone.vocab_size is not set: token backbones need the tokeniser's vocabulary size "
+            "(tokenizer.vocab_size; the trainer sets it from the data's tokeniser)"
+        )
+    if not 0 <= o.pad_id < o.vocab_size:
+        raise ConfigError(f"backbone.pad_id={o.pad_id} is not an id of a {o.vocab_size}-token vocabulary")
+    if min(o.dim, o.depth, o.num_heads, o.ffn_dim) < 1:
+        raise ConfigError(f"backbone.dim ({o.dim}), depth ({o.depth}), num_heads ({o.num_heads}) "
+                          f"and ffn_dim ({o.ffn_dim}) must be positive")
+    if o.dim % o.num_heads:
+        raise ConfigError(f"backbone.dim={o.dim} must be a multiple of backbone.num_heads={o.num_heads}")
+    if o.positions not in POSITIONS:
+        raise ConfigError(f"backbone.positions must be one of {', '.join(POSITIONS)}, got {o.positions!r}")
+    if o.pool not in POOLS:
+        raise ConfigError(f"backbone.pool must be one of {', '.join(POOLS)}, got {o.pool!r}")
+    if not 0.0 <= o.dropout < 1.0:
+        raise ConfigError(f"backbone.dropout must be in [0, 1), got {o.dropout}")
+    if o.max_positions < 1:
+        raise ConfigError(f"backbone.max_positions must be positive, got {o.max_positions}")
+
+
+@dataclass
+class TransformerSmallOptions(TransformerOptions):
+    dim: int = 256
+    depth: int = 4
+    num_heads: int = 8
+    ffn_dim: int = 1024
+
+
+@dataclass
+class ESM2Options(TransformerOptions):
+    """ESM-2 8M's shape (Lin et al. 2023, esm2_t6_8M_UR50D): 6 layers, 320 wide, 20 heads."""
+
+    dim: int = 320
+    depth: int = 6
+    num_heads: int = 20
+    ffn_dim: int = 1280
+
+
+def _register_preset(name: str, options_cls: type[TransformerOptions],
+                     help: str) -> Callable[..., TransformerEncoder]:
+    """Register a backbone factory whose option defaults are the preset's sizes."""
+
+    def factory(in_channels: int = 0, options: Optional[TransformerOptions] = None) -> TransformerEncoder:
+        # in_channels is part of the image backbones' factory signature; tokens have none.
+        encoder = TransformerEncoder(options or options_cls())
+        encoder.preset = name
+        return encoder
+
+    factory.options = options_cls  # type: ignore[attr-defined]
+    factory.__name__ = name.replace("-", "_")
+    return BACKBONES.register(name, help)(factory)
+
+
+transformer_tiny = _register_preset(
+    "transformer-tiny", TransformerOptions,
+    "token Transformer, 64-d, 2 blocks, 4 heads (tests, CPU); needs vocab_size")
+transformer_small = _register_preset(
+    "transformer-small", TransformerSmallOptions,
+    "token Transformer, 256-d, 4 blocks, 8 heads (CPU/GPU demos); needs vocab_size")
+esm2_8m = _register_preset(
+    "esm2-8m", ESM2Options,
+    "token Transformer shaped like ESM-2 8M: 320-d, 6 blocks, 20 heads, FFN 1280; needs vocab_size")
