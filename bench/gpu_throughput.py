@@ -36,9 +36,13 @@ def trainer_rate(overrides: list[str], batch: int, steps: int, out: Path, device
         "train.health_every=100", "train.probe_every=100", "train.health_samples=512",
         f"out={out}", "optim.warmup_epochs=0"])
     Trainer(config).fit()
-    epochs = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    records = read_metrics(out / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    # The steps the trainer took, not the ones asked for: an array file's train split holds out a
+    # test fraction, so batch × steps images make fewer than `steps` batches per epoch.
+    taken = next(r for r in records if r.get("event") == "start")["steps_per_epoch"]
     timed = epochs[1:]  # epoch 0 pays for compilation and cudnn autotuning
-    images = sum(steps * batch for _ in timed)
+    images = taken * batch * len(timed)
     seconds = sum(r["epoch_seconds"] for r in timed)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     return {"images_per_s": images / seconds, "peak_gib": peak}

@@ -28,6 +28,7 @@ class DataConfig:
     num_workers: int = 4  # decoding workers for data sets that stream from files
     max_length: int = 1024  # sequences: tokens per row, specials included; longer ones are cropped
     kmer: int = 1  # DNA: letters per token (overlapping k-mers when > 1)
+    vocab_size: int = 8192  # text: tokens of the BPE vocabulary learnt from the training texts
     bucket_batches: int = 50  # sequences: batches per length-sorted chunk (1: no bucketing)
 
 

@@ -1,5 +1,6 @@
 """DINO: the loss and centre against their formulas, what the teacher sees, its EMA and temperature
-schedules, the frozen last layer, the multi-crop recipe, learning on digits and a whole run."""
+schedules, its own BatchNorm statistics, the head's shape, evaluation and export of the teacher, the
+frozen last layer, the multi-crop recipe, learning on digits and a whole run."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.config import OptimConfig
 from selfsup.data import load_split
 from selfsup.errors import ConfigError, DataError
 from selfsup.losses import dino_loss, update_center
-from selfsup.methods.dino import DINO, DINOOptions, teacher_temp_at
+from selfsup.methods.dino import DINO, DINOOptions, has_batchnorm, teacher_temp_at
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer
@@ -210,6 +212,75 @@ def test_the_step_uses_the_scheduled_teacher_temperature():
         assert method(views).loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_the_teacher_keeps_its_own_batchnorm_statistics_from_the_global_views():
+    method = tiny_dino()
+    views = digit_views(num_local_views=2)
+    teacher_bn = next(m for m in method.teacher.modules() if isinstance(m, nn.BatchNorm2d))
+    student_bn = next(m for m in method.encoder.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = []
+    teacher_bn.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    before = teacher_bn.running_mean.clone()
+    method(views)
+    # one training-mode update with the batch mean of what the teacher's layer saw (globals only)
+    assert len(seen) == 1 and len(seen[0]) == 2 * len(views[0])
+    expected = 0.9 * before + 0.1 * seen[0].mean((0, 2, 3))
+    torch.testing.assert_close(teacher_bn.running_mean, expected)
+    method.after_step(0, 10)  # the EMA moves weights only
+    torch.testing.assert_close(teacher_bn.running_mean, expected)
+    # the student's statistics also saw the local crops: copying them would have changed these
+    assert not torch.allclose(student_bn.running_mean, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# the head
+
+
+def test_head_batchnorm_follows_the_encoder_unless_set_and_uses_gelu():
+    cnn_head = tiny_dino().head.mlp
+    assert has_batchnorm(cnn_head) and any(isinstance(m, nn.GELU) for m in cnn_head)
+    assert not any(isinstance(m, nn.ReLU) for m in cnn_head)
+    assert not has_batchnorm(tiny_dino(head_batch_norm=False).head.mlp)
+    vit = build_backbone({"name": "vit-tiny", "depth": 1, "embed_dim": 16, "num_heads": 2,
+                          "patch_size": 4}, 1, 8)
+    assert not has_batchnorm(vit)
+    vit_head = DINO(vit, DINOOptions(**SMALL_HEAD)).head.mlp  # BatchNorm-free, as in the paper
+    assert not has_batchnorm(vit_head)
+    assert all(m.bias is not None for m in vit_head if isinstance(m, nn.Linear))
+    assert has_batchnorm(DINO(vit, DINOOptions(**SMALL_HEAD, head_batch_norm=True)).head.mlp)
+
+
+def test_head_linear_layers_start_from_a_normal_of_std_002_with_zero_biases():
+    torch.manual_seed(0)
+    encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 8)
+    head = DINO(encoder, DINOOptions(proj_hidden_dim=512, proj_dim=256, num_prototypes=64,
+                                     head_batch_norm=False)).head.mlp
+    for layer in (m for m in head if isinstance(m, nn.Linear)):  # ≥ 8192 weights each
+        assert abs(layer.weight.std().item() - 0.02) < 0.001
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation uses the teacher
+
+
+def test_evaluation_and_health_use_the_teachers_backbone():
+    method = tiny_dino()
+    with torch.no_grad():  # the student moves away: student and teacher now differ
+        for p in [*method.encoder.parameters(), *method.head.parameters()]:
+            p.add_(0.1 * torch.randn_like(p))
+    assert method.export_encoder is method.teacher.net[0]
+    assert method.export_encoder is not method.encoder
+    x = torch.cat(digit_views(count=8)[:1]).contiguous()
+    method.eval()
+    with torch.no_grad():
+        teacher_h = method.teacher.net[0](x)
+        torch.testing.assert_close(method.embed(x), teacher_h)
+        health = method.health_embeddings(x)
+        torch.testing.assert_close(health["encoder"], teacher_h)
+        torch.testing.assert_close(health["projector"], method.teacher.net[1].mlp(teacher_h))
+        assert not torch.allclose(method.encoder(x), teacher_h)
+
+
 # ---------------------------------------------------------------------------------------------
 # the frozen last layer and resume
 
@@ -240,7 +311,8 @@ def test_state_dict_restores_the_step_count_centre_and_temperature():
 
 
 @pytest.mark.parametrize("key, value", [("student_temp", 0.0), ("center_momentum", 1.5),
-                                        ("num_prototypes", 0), ("freeze_last_layer_steps", -1)])
+                                        ("num_prototypes", 0), ("freeze_last_layer_steps", -1),
+                                        ("head_batch_norm", "yes"), ("head_activation", "tanh")])
 def test_bad_options_raise_named_errors(key, value):
     with pytest.raises(ConfigError, match=f"method.{key}"):
         tiny_dino(**{key: value})
@@ -336,14 +408,20 @@ def test_loss_falls_over_a_few_steps_on_digits():
     assert np.mean(losses[-3:]) < 0.93 * np.mean(losses[:3])
 
 
-def test_a_whole_dino_run_logs_finite_losses_and_health(tiny_config):
-    run = Trainer(tiny_config("method.name=dino", "method.proj_hidden_dim=32",
-                              "method.num_prototypes=64")).fit()
+def test_a_whole_dino_run_logs_finite_losses_and_health_and_exports_the_teacher(tiny_config):
+    trainer = Trainer(tiny_config("method.name=dino", "method.proj_hidden_dim=32",
+                                  "method.num_prototypes=64"))
+    run = trainer.fit()
     records = read_metrics(run / "metrics.jsonl")
     losses = [r["loss"] for r in records if r["kind"] in ("step", "epoch")]
     assert losses and all(isinstance(v, float) and math.isfinite(v) for v in losses)
     watched = {r["embedding"] for r in records if r["kind"] == "health"}
     assert watched == {"encoder", "projector"}
+    exported = load_file(str(run / "encoder.safetensors"))
+    teacher, student = trainer.method.teacher.net[0].state_dict(), trainer.method.encoder.state_dict()
+    assert exported.keys() == teacher.keys()
+    assert all(torch.equal(exported[k], teacher[k]) for k in exported)
+    assert not all(torch.equal(exported[k], student[k]) for k in exported)
 
 
 def test_resume_through_the_frozen_last_layer_is_exact(tiny_config, monkeypatch):

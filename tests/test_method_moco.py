@@ -1,16 +1,20 @@
-"""MoCo v2 and v3: the queue is a FIFO buffer, both losses against their formulas, the momentum
-key encoder's schedule and isolation, learning on digits, and a whole tiny run of each."""
+"""MoCo v2 and v3: the queue is a FIFO buffer, both losses against their formulas, shuffling BN
+(keys normalised over random sub-batches, back in order), the momentum key encoder's schedule and
+isolation, learning on digits, and a whole tiny run of each."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.config import OptimConfig
@@ -22,6 +26,8 @@ from selfsup.methods.moco import (
     MoCoV2Options,
     MoCoV3,
     MoCoV3Options,
+    SplitBatchNorm,
+    split_batchnorm,
 )
 from selfsup.losses import queue_info_nce
 from selfsup.registry import METHODS
@@ -143,22 +149,124 @@ def test_queue_info_nce_worked_example():
     assert queue_info_nce(e1, e1, e2, 1.0).item() == pytest.approx(math.log1p(math.exp(-1)), rel=1e-6)
 
 
-def test_mocov2_loss_is_the_symmetrised_formula_and_it_queues_both_views_keys():
-    method = tiny_mocov2(temperature=0.2)
+def keys_by_sub_batch(method: MoCoV2, inputs: torch.Tensor, order: torch.Tensor,
+                      splits: int) -> torch.Tensor:
+    """Keys of ``inputs`` computed sub-batch by sub-batch (consecutive runs of ``order``) by an
+    ordinary BatchNorm network in training mode, written back to their input rows. The network is
+    a copy of encoder → projector, which the key encoder starts as."""
+    network = copy.deepcopy(nn.Sequential(method.encoder, method.projector)).train()
+    keys = torch.empty(len(inputs), method.options.proj_dim)
+    with torch.no_grad():
+        for part in order.chunk(splits):
+            keys[part] = network(inputs[part])
+    return keys
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_mocov2_loss_is_the_symmetrised_formula_and_it_queues_both_views_keys(splits):
+    method = tiny_mocov2(temperature=0.2, bn_splits=splits)
     views = digit_views("simclr")
     negatives = method.queue.keys.clone().numpy()
-    with torch.no_grad():
-        # The key encoder starts as a copy of encoder → projector, so keys equal the projections.
-        z1, z2 = method.projector(method.encoder(torch.cat(views))).chunk(2)
+    inputs = torch.cat(views)
+    order = copy.deepcopy(method).key_order(32, torch.device("cpu"))  # the order forward draws
+    if splits == 1:
+        order = torch.arange(32)
+    with torch.no_grad():  # queries: the whole batch, in order
+        q1, q2 = (t.numpy() for t in method.projector(method.encoder(inputs)).chunk(2))
+    keys = keys_by_sub_batch(method, inputs, order, splits)
+    if splits > 1:  # the sub-batches' statistics make a difference the check below can see
+        assert not torch.allclose(keys, keys_by_sub_batch(method, inputs, order, 1), atol=1e-3)
+    k1, k2 = (t.numpy() for t in keys.chunk(2))
     loss = method(views).loss.item()
-    z1, z2 = z1.numpy(), z2.numpy()
-    expected = (moco_loss_by_formula(z1, z2, negatives, 0.2)
-                + moco_loss_by_formula(z2, z1, negatives, 0.2)) / 2
+    expected = (moco_loss_by_formula(q1, k2, negatives, 0.2)
+                + moco_loss_by_formula(q2, k1, negatives, 0.2)) / 2
     assert loss == pytest.approx(expected, rel=1e-4)
-    queued = method.queue.keys[:32].numpy()
-    np.testing.assert_allclose(queued, np.stack([unit(v) for v in np.concatenate([z1, z2])]),
-                               atol=1e-5)
+    queued = method.queue.keys[:32].numpy()  # both views' keys, back in the input order
+    np.testing.assert_allclose(queued, np.stack([unit(v) for v in keys.numpy()]), atol=1e-5)
     assert torch.equal(method.queue.keys[32:], torch.from_numpy(negatives[32:]))  # rest untouched
+
+
+# ------------------------------------------------------------------------------ shuffling BN
+def batchnorm_pair(kind: type, channels: int = 3) -> tuple[nn.Module, SplitBatchNorm]:
+    torch.manual_seed(0)
+    plain = kind(channels)
+    with torch.no_grad():
+        for t in (plain.weight, plain.bias, plain.running_mean):
+            t.normal_()
+        plain.running_var.uniform_(0.5, 2.0)
+    return plain, SplitBatchNorm(copy.deepcopy(plain))
+
+
+@pytest.mark.parametrize("kind, shape", [(nn.BatchNorm1d, (12, 3)), (nn.BatchNorm2d, (12, 3, 4, 5))])
+def test_split_batchnorm_normalises_each_sub_batch_like_its_own_batchnorm(kind, shape):
+    plain, split = batchnorm_pair(kind)
+    split.groups = 3
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    expected, means, variances = [], [], []
+    for part in x.chunk(3):  # an independent BatchNorm per sub-batch of 4 consecutive samples
+        own = copy.deepcopy(plain).train()
+        expected.append(own(part))
+        means.append(own.running_mean)
+        variances.append(own.running_var)
+    y = split.train()(x)
+    torch.testing.assert_close(y, torch.cat(expected))
+    assert not torch.allclose(y, copy.deepcopy(plain).train()(x), atol=1e-3)  # ≠ one batch
+    # running statistics: each sub-batch's update, averaged over the sub-batches
+    torch.testing.assert_close(split.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack(variances).mean(0))
+    assert split.num_batches_tracked.item() == 1
+    # evaluation: the running statistics, as the BatchNorm it replaced
+    plain.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split.eval()(x), plain.eval()(x))
+
+
+def test_split_batchnorm_keeps_the_state_dict_and_parameter_order_of_the_network():
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 4),
+                            nn.BatchNorm1d(4))
+    names = list(network.state_dict())
+    params = [id(p) for p in network.parameters()]
+    split_batchnorm(network)
+    assert isinstance(network[1], SplitBatchNorm) and isinstance(network[4], SplitBatchNorm)
+    assert list(network.state_dict()) == names
+    assert [id(p) for p in network.parameters()] == params  # the same tensors, in the same order
+
+
+def test_shuffled_keys_come_back_in_the_order_of_their_inputs():
+    """With BatchNorm on running statistics (evaluation mode) a key no longer depends on the
+    sub-batch it is computed in, so the shuffled computation must equal the plain one row by row."""
+    method = tiny_mocov2(bn_splits=4).eval()
+    views = digit_views("simclr")
+    order = copy.deepcopy(method).key_order(32, torch.device("cpu"))
+    assert not torch.equal(order, torch.arange(32))  # a real shuffle
+    with torch.no_grad():
+        expected = F.normalize(method.key_encoder(torch.cat(views)), dim=1).chunk(2)
+    for got, want in zip(method.global_keys(views), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_each_step_draws_a_new_key_order_and_a_resumed_run_draws_the_same():
+    method = tiny_mocov2()
+    first = method.key_order(32, torch.device("cpu"))
+    restored = tiny_mocov2()
+    restored.load_state_dict(method.state_dict())  # the seed and count travel in the state dict
+    second = method.key_order(32, torch.device("cpu"))
+    assert not torch.equal(first, second)
+    assert torch.equal(restored.key_order(32, torch.device("cpu")), second)
+    assert sorted(second.tolist()) == list(range(32))
+
+
+def test_bad_bn_splits_raise_named_config_errors():
+    with pytest.raises(ConfigError, match="bn_splits"):
+        tiny_mocov2(bn_splits=0)
+    with pytest.raises(ConfigError, match="bn_splits=5"):  # 32 keys do not split into 5
+        tiny_mocov2(bn_splits=5)(digit_views("simclr"))
+    # two processes (a stand-in gather that doubles the batch): 48 keys in 3 sub-batches of 16,
+    # but 3 sub-batches cannot be shared by 2 processes
+    method = tiny_mocov2(bn_splits=3)
+    method.gather = lambda x: torch.cat([x, x])
+    with pytest.raises(ConfigError, match="multiple of the number of processes"):
+        method(digit_views("simclr", count=12))
 
 
 def test_mocov3_loss_is_the_papers_symmetric_ctr_times_two_tau():
@@ -289,3 +397,4 @@ def test_a_whole_tiny_run_logs_finite_losses_and_health(tiny_config, name, extra
     assert any(key.startswith("key_encoder.") for key in state)
     if name == "mocov2":  # 2 epochs × 3 steps × 2 views × 64 keys pushed into 100 slots
         assert state["queue.pointer"].item() == (2 * 3 * 2 * 64) % 100
+        assert state["_extra_state"]["shuffles_done"] == 2 * 3  # one key order per step

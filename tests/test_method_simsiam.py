@@ -1,4 +1,5 @@
-"""SimSiam: the loss against its formula, where the stop-gradient cuts the graph, learning on digits."""
+"""SimSiam: the loss against its formula, where the stop-gradient cuts the graph, the predictor's
+fixed learning rate, learning on digits."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import pytest
 import torch
 
 from selfsup.backbones import build_backbone
+from selfsup.config import OptimConfig
 from selfsup.data import load_split
 from selfsup.errors import DataError
 from selfsup.losses import negative_cosine
 from selfsup.methods.simsiam import SimSiam, SimSiamOptions
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics
+from selfsup.train.optim import build_optimizer, lr_factor
 from selfsup.views import make_views
 from method_helpers import digit_step_losses
 
@@ -114,10 +117,31 @@ def test_loss_falls_over_a_few_steps_on_digits():
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.04
 
 
-def test_a_whole_simsiam_run_logs_finite_losses_and_health(tiny_config):
-    run = Trainer(tiny_config("method.name=simsiam")).fit()
+@pytest.mark.parametrize("fixed", [True, False])
+def test_the_optimiser_puts_exactly_the_predictor_in_the_fixed_rate_groups(fixed):
+    method = tiny_simsiam(fix_predictor_lr=fixed)
+    groups = build_optimizer(method, OptimConfig(name="sgd"), 256).param_groups
+    in_fixed = {id(p) for g in groups if g["fixed_lr"] for p in g["params"]}
+    assert in_fixed == ({id(p) for p in method.predictor.parameters()} if fixed else set())
+
+
+def test_a_whole_simsiam_run_logs_finite_losses_and_health_with_the_predictor_at_a_fixed_rate(
+        tiny_config):
+    trainer = Trainer(tiny_config("method.name=simsiam"))
+    run = trainer.fit()
     records = read_metrics(run / "metrics.jsonl")
     losses = [r["loss"] for r in records if r["kind"] in ("step", "epoch")]
     assert losses and all(isinstance(v, float) and -1.0 <= v <= 1.0 for v in losses)
     watched = {r["embedding"] for r in records if r["kind"] == "health"}
     assert watched == {"encoder", "projector"}
+    # After the last step (6 of 6, with half an epoch of warm-up) the scheduled groups sit at the
+    # cosine's end, the predictor's at its base rate (SimSiam's "fix lr for predictor").
+    factor = lr_factor(trainer.total_steps - 1, trainer.total_steps, trainer.warmup_steps,
+                       trainer.config.optim.min_lr_ratio)
+    assert factor < 0.2
+    predictor = {id(p) for p in trainer.method.predictor.parameters()}
+    for group, base in zip(trainer.optimizer.param_groups, trainer.base_lrs):
+        is_predictor = {id(p) for p in group["params"]} <= predictor
+        assert group["lr"] == pytest.approx(base if is_predictor else base * factor)
+    step_lrs = [r["lr"] for r in records if r["kind"] == "step"]  # the log shows the schedule
+    assert step_lrs[-1] == pytest.approx(trainer.base_lrs[0] * factor)

@@ -1,7 +1,10 @@
 """Optimisation: LAMB and LARS against their formulas, which parameters they adapt and decay,
-gradient accumulation, the fp16 gradient scaler's step, and checkpointed ViT blocks."""
+fixed-rate groups under the schedule, gradient accumulation, the fp16 gradient scaler's step, and
+checkpointed ViT blocks."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -14,7 +17,15 @@ from selfsup.data import load_split
 from selfsup.losses import nt_xent, queue_info_nce
 from selfsup.methods import build_method
 from selfsup.methods.base import StepOutput
-from selfsup.train.optim import LAMB, LARS, build_optimizer, scaled_lr
+from selfsup.train.optim import (
+    LAMB,
+    LARS,
+    build_optimizer,
+    lr_factor,
+    param_groups,
+    scaled_lr,
+    set_learning_rates,
+)
 from selfsup.train.trainer import split_views, train_step
 from selfsup.views import make_views
 
@@ -94,6 +105,64 @@ def test_biases_and_norm_parameters_are_neither_adapted_nor_decayed(name):
         else:  # the first step of plain SGD (momentum buffer = g) or of Adam (update ≈ sign(g))
             expected = w - lr * (g if name == "lars" else g / (g.abs() + 1e-6))
         torch.testing.assert_close(p.detach(), expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# groups whose learning rate the schedule leaves alone
+
+
+class WithFixedHead(nn.Module):
+    """A body on the schedule and a head at a fixed rate (SimSiam's predictor, in small)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+        self.head = nn.Linear(3, 2)
+
+    def fixed_lr_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+
+def ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_fixed_rate_modules_get_their_own_groups_last_and_keep_decay_and_lars_flags():
+    net = WithFixedHead()
+    groups = param_groups(net, weight_decay=0.5)
+    assert [(g["lars"], g["weight_decay"], g["fixed_lr"]) for g in groups] == [
+        (True, 0.5, False), (False, 0.0, False), (True, 0.5, True), (False, 0.0, True)]
+    assert ids(groups[0]["params"]) == {id(net.body[0].weight)}
+    assert ids(groups[1]["params"]) == ids([net.body[0].bias, *net.body[1].parameters()])
+    assert ids(groups[2]["params"]) == {id(net.head.weight)}
+    assert ids(groups[3]["params"]) == {id(net.head.bias)}
+    # a module without the hook: the two scheduled groups only, as before
+    assert [g["fixed_lr"] for g in param_groups(net.body, 0.5)] == [False, False]
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "lamb", "adamw"])
+def test_after_n_scheduled_steps_fixed_groups_sit_at_their_base_rate_and_the_rest_decays(name):
+    net = WithFixedHead()
+    optimizer = build_optimizer(net, OptimConfig(name=name, lr=0.2), global_batch_size=512)
+    base = [g["lr"] for g in optimizer.param_groups]
+    assert base == [pytest.approx(0.2 * 512 / 256)] * 4
+    total, warmup, steps_done = 100, 10, 50
+    for step in range(steps_done):
+        set_learning_rates(optimizer, base, lr_factor(step, total, warmup, 0.0))
+    # the cosine of the last step set, written out: 0.5 · (1 + cos(π · (49 − 10) / 90)) ≈ 0.60
+    cosine = 0.5 * (1 + math.cos(math.pi * (steps_done - 1 - warmup) / (total - warmup)))
+    rates = [g["lr"] for g in optimizer.param_groups]
+    assert rates[:2] == [pytest.approx(0.4 * cosine)] * 2 and cosine < 0.7
+    assert rates[2:] == [0.4, 0.4]  # the fixed groups: exactly their base rate
+    set_learning_rates(optimizer, base, lr_factor(0, total, warmup, 0.0))  # warm-up: 1/10 of it
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.04)] * 2 + [0.4, 0.4]
+
+
+def test_set_learning_rates_rejects_a_base_list_of_another_length():
+    optimizer = build_optimizer(WithFixedHead(), OptimConfig(name="sgd"), 256)
+    with pytest.raises(ValueError):
+        set_learning_rates(optimizer, [0.1, 0.1], 0.5)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_baseline_features_by_alphabet():
     dna = baseline_features(["ACGTACGT"], "dna")
     assert {k: v.shape[1] for k, v in dna.items()} == {"kmer4": 256, "canonical_kmer4": 136}
     with pytest.raises(DataError, match="no baseline"):
-        baseline_features(["x"], "text")
+        baseline_features(["x"], "rna")
 
 
 def test_rc_consistency_worked_example():

@@ -59,3 +59,18 @@ def test_dna_contrastive_rc_invariant_then_evaluate(tmp_path):
     assert set(result["baselines"]) == {"kmer4", "canonical_kmer4", "random_init"}
     assert result["rc_consistency"]["ssl"]["rc_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert result["rc_consistency"]["canonical_kmer4"]["rc_cosine"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow  # learns the BPE vocabulary and encodes 11,293 posts: ~45 s on 2 busy cores
+def test_mlm_on_20newsgroups_saves_its_tokeniser(tmp_path):
+    from selfsup.tokenize import make_tokenizer
+    from selfsup.train.checkpoint import load_encoder
+
+    run_dir, records = run(tmp_path, "method.name=mlm", "data.dataset=20newsgroups",
+                           "data.vocab_size=1024", "data.max_length=64")
+    assert all(r["perplexity"] > 1 for r in records if r["kind"] == "held_out")
+    _, spec = load_encoder(run_dir)
+    assert spec["tokenizer"]["name"] == "text" and spec["backbone"]["vocab_size"] == 1024
+    tokenizer = make_tokenizer(**spec["tokenizer"])  # the run dir's tokenizer.json
+    assert tokenizer.vocab_size == 1024
+    assert tokenizer.config()["sha256"] == spec["tokenizer"]["sha256"]

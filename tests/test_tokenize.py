@@ -51,8 +51,8 @@ def test_make_tokenizer_and_config_round_trip():
     for tok in (ProteinTokenizer(), DnaTokenizer(), KmerDnaTokenizer(4)):
         rebuilt = make_tokenizer(**tok.config())
         assert type(rebuilt) is type(tok) and rebuilt.tokens == tok.tokens
-    with pytest.raises(ConfigError, match="unknown tokeniser 'text'"):
-        make_tokenizer("text")
+    with pytest.raises(ConfigError, match="unknown tokeniser 'rna'"):
+        make_tokenizer("rna")
     with pytest.raises(ConfigError, match="k=3"):
         make_tokenizer("protein", k=3)
     with pytest.raises(ConfigError, match="k-mer size"):

@@ -11,6 +11,7 @@ from typing import Optional
 
 from selfsup.data import digits, fashion_mnist  # noqa: F401  (modules register their data sets)
 from selfsup.data import dna_datasets, protein_datasets  # noqa: F401  (sequence data sets too)
+from selfsup.data import text_datasets  # noqa: F401  (and text: 20newsgroups)
 from selfsup.data.arrays import load_arrays
 from selfsup.data.base import FileImages, ImageSource, TensorImages
 from selfsup.data.folder import load_folder

@@ -8,6 +8,7 @@ Baselines (what a probe on a learned encoder must beat):
   features of subcellular-location predictors, concatenated (``protein_composition``).
 * DNA: the 4-mer frequency profile (256) and its canonical, strand-merged version (136 classes
   {w, rc(w)}), which gives a read and its reverse complement the same profile.
+* text: TF-IDF word features, learnt from the training split (``selfsup.evaluate.text_baselines``).
 
 Frequencies count only windows of unambiguous letters (the 20 standard amino acids; A C G T) and
 divide by the number of such windows, so a sequence's features do not depend on its length.
@@ -25,6 +26,7 @@ from torch import nn
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
+from selfsup.evaluate.text_baselines import TEXT_BASELINES, FittedBaseline
 from selfsup.tokenize import make_tokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS, STANDARD_NUCLEOTIDES
 from selfsup.tokenize.base import Tokenizer
@@ -119,7 +121,10 @@ def canonical_kmer_profile(sequences: Sequence[str], k: int = DNA_K) -> torch.Te
 BASELINES: dict[str, dict[str, Callable[[Sequence[str]], torch.Tensor]]] = {
     "protein": {"composition": protein_composition},
     "dna": {f"kmer{DNA_K}": kmer_profile, f"canonical_kmer{DNA_K}": canonical_kmer_profile},
+    "text": {},
 }
+# baselines learnt from the training split: name → (train sequences → (sequences → features))
+FITTED_BASELINES: dict[str, dict[str, FittedBaseline]] = {"text": TEXT_BASELINES}
 
 
 def baselines_of(alphabet: str) -> dict[str, Callable[[Sequence[str]], torch.Tensor]]:
@@ -228,8 +233,9 @@ def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: Seque
     ``spec`` is the run's ``encoder.json``: its ``backbone`` section, ``tokenizer`` config and
     ``max_length``. Sets: "ssl" (the trained encoder) and, with ``baselines``, the composition or
     k-mer baselines of the alphabet and "random_init" (the same backbone, freshly initialised with
-    ``seed``). For DNA, the extras hold each set's reverse-complement consistency on up to
-    ``RC_CONSISTENCY_READS`` test reads: {"rc_consistency": {name: {"rc_cosine", "random_pair_cosine"}}}.
+    ``seed``); text baselines (TF-IDF) are learnt from ``train``. For DNA, the extras hold each
+    set's reverse-complement consistency on up to ``RC_CONSISTENCY_READS`` test reads:
+    {"rc_consistency": {name: {"rc_cosine", "random_pair_cosine"}}}.
     """
     from selfsup.backbones import build_backbone  # evaluation layer above backbones; no cycle
 
@@ -247,6 +253,9 @@ def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: Seque
     if baselines:
         for name, features in baselines_of(train.alphabet).items():
             makers[name] = lambda source, features=features: features(source.sequences).to(device)
+        for name, fit in FITTED_BASELINES.get(train.alphabet, {}).items():
+            learnt = fit(train.sequences)  # from the training split only
+            makers[name] = lambda source, learnt=learnt: learnt(source.sequences).to(device)
         torch.manual_seed(seed)
         makers["random_init"] = encoded_by(build_backbone(spec["backbone"], 0, 0).to(device))
     sets = {name: (make(train), make(test)) for name, make in makers.items()}

@@ -33,7 +33,9 @@ class Method(nn.Module):
     """Base class of self-supervised methods.
 
     Subclasses set ``view_recipe`` (the default recipe name) and implement ``forward``.
-    ``encoder`` is the backbone evaluation uses; ``embed`` maps inputs to the evaluated features.
+    ``encoder`` is the backbone the optimiser trains; ``export_encoder`` is the one evaluation,
+    health checks and the exported ``encoder.safetensors`` use (the same module, except where a
+    method's paper evaluates another: DINO's EMA teacher); ``embed`` maps inputs to its features.
 
     Under torchrun (see :mod:`selfsup.train.distributed`): a method whose loss compares samples
     across the batch has a ``gather`` attribute (``None`` for one process; the trainer sets it to
@@ -62,9 +64,19 @@ class Method(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (EMA updates, queues, centres). Default: nothing."""
 
+    @property
+    def export_encoder(self) -> nn.Module:
+        """The backbone evaluated and exported: ``encoder`` unless a method says otherwise."""
+        return self.encoder
+
+    def fixed_lr_modules(self) -> list[nn.Module]:
+        """Modules trained at their base learning rate throughout, with no warm-up and no decay
+        (SimSiam's predictor). Default: none."""
+        return []
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder features used by evaluation and the health monitor."""
-        return self.encoder(x)
+        """Features of ``export_encoder``, used by evaluation and the health monitor."""
+        return self.export_encoder(x)
 
     def health_embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named embeddings the health monitor watches: the encoder's, and the projector's when the

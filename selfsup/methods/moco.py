@@ -12,17 +12,28 @@ path (``MomentumTarget``), keys computed under ``no_grad`` (gradients flow only 
 queries), and a loss symmetrised over the two views: each view's query is matched with the other
 view's key.
 
-Shuffling BN: with several GPUs, MoCo shuffles the key batch across processes so that BatchNorm
-statistics cannot reveal which key belongs to the query's batch. This library uses SyncBatchNorm
-instead under data parallelism (its default for both methods, see ``selfsup.train.distributed``):
-every process then normalises with the statistics of the global batch, exactly as one process
-with the whole batch does, so no process-specific statistics can leak into the loss.
+Shuffling BN (MoCo v2): BatchNorm statistics are shared by every sample of a batch, so a query and
+its positive key normalised with the statistics of the same images carry a common batch signature
+that the queue's keys, from other batches, lack; the network can then pick out the positive by
+that signature instead of by the image ("cheating the pretext task", MoCo §3.3). MoCo shuffles the
+key batch across its 8 GPUs, whose BatchNorms are per GPU, so the statistics of a query and of its
+positive key come from different subsets. Here the key encoder's BatchNorm layers normalise
+``bn_splits`` random sub-batches of the keys separately (``SplitBatchNorm``), whatever the number
+of processes: the keys of the global batch (both views) are put in a random order that every
+process draws alike, cut into ``bn_splits`` sub-batches of consecutive keys, each process encodes
+its share of the sub-batches, and the keys are gathered and put back in their order. One process
+thus computes what N processes compute, much as the official single-GPU CIFAR demo simulates 8 GPUs
+with ``--bn-splits 8``. Unlike the demo, the queries are not split: their statistics cover the whole
+batch (SyncBatchNorm under data parallelism), which keeps them and their running statistics the
+same for any number of processes, while each key's statistics come from a random 1/bn_splits of
+it. MoCo v3 needs none of this: its negatives are the other keys of the same batch, which share
+the signature.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +63,11 @@ class MoCoV2Options:
     momentum: 0.99 (the paper's 0.999 makes the key encoder lag ~1000 steps, i.e. many epochs of a
         small data set).
     momentum_schedule: "constant" (MoCo v2) or "cosine" (rising to 1, as in BYOL and MoCo v3).
+    bn_splits: the key encoder's BatchNorm statistics come from this many random sub-batches of the
+        global batch's 2 × batch_size keys (shuffling BN, see the module docstring): 8, the paper's
+        number of GPUs and the official CIFAR demo's default. 1 turns shuffling off (one batch,
+        SyncBatchNorm under data parallelism). It must divide the number of keys into sub-batches of
+        at least 2 and, with several processes, be a multiple of their number.
     """
 
     temperature: float = 0.2
@@ -60,6 +76,7 @@ class MoCoV2Options:
     queue_size: int = 4096
     momentum: float = 0.99
     momentum_schedule: str = "constant"
+    bn_splits: int = 8
 
 
 @dataclass
@@ -118,6 +135,63 @@ class KeyQueue(nn.Module):
         self.pointer.copy_((self.pointer + len(keys)) % size)
 
 
+class SplitBatchNorm(nn.Module):
+    """A BatchNorm layer that in training normalises ``groups`` sub-batches of consecutive samples
+    each with its own statistics; in evaluation it is the BatchNorm it replaces.
+
+    It holds the replaced layer's tensors under the same names (the state dict and the parameter
+    and buffer order are unchanged, so EMA updates and checkpoints see no difference). Its running
+    statistics move as the sub-batches' would, averaged over the sub-batches (the official demo's
+    choice). Not being a ``_BatchNorm``, it is left alone by the SyncBatchNorm conversion: its
+    sub-batches are meant to stay within one process.
+    """
+
+    def __init__(self, batchnorm: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.eps, self.momentum = batchnorm.eps, batchnorm.momentum
+        self.weight, self.bias = batchnorm.weight, batchnorm.bias
+        self.register_buffer("running_mean", batchnorm.running_mean)
+        self.register_buffer("running_var", batchnorm.running_var)
+        self.register_buffer("num_batches_tracked", batchnorm.num_batches_tracked)
+        self.groups = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tracking = self.running_mean is not None
+        if not self.training and tracking:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        groups, channels = self.groups, x.shape[1]
+        factor = self.momentum
+        if tracking and self.training:
+            self.num_batches_tracked.add_(1)
+            if factor is None:  # cumulative moving average, as in torch's BatchNorm
+                factor = 1.0 / float(self.num_batches_tracked)
+        # Sub-batch g's channels become channels g·C … (g + 1)·C − 1 of one batch of N / groups
+        # samples, so one batch_norm call normalises every sub-batch with its own statistics.
+        grouped = x.unflatten(0, (groups, -1)).transpose(0, 1).flatten(1, 2)
+        def repeat(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat(groups)
+
+        running_mean, running_var = repeat(self.running_mean), repeat(self.running_var)
+        y = F.batch_norm(grouped, running_mean, running_var, repeat(self.weight), repeat(self.bias),
+                         True, 0.0 if factor is None else factor, self.eps)
+        if tracking:
+            with torch.no_grad():
+                self.running_mean.copy_(running_mean.view(groups, channels).mean(0))
+                self.running_var.copy_(running_var.view(groups, channels).mean(0))
+        return y.unflatten(1, (groups, channels)).transpose(0, 1).flatten(0, 1)
+
+
+def split_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm layer in ``module`` by a ``SplitBatchNorm`` holding its tensors (in
+    place, keeping the order of the modules); returns the module."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return SplitBatchNorm(module)
+    for name, child in module.named_children():
+        module.add_module(name, split_batchnorm(child))
+    return module
+
+
 class MomentumContrast(Method):
     """What MoCo v2 and v3 share: the projector, the momentum key encoder and its update."""
 
@@ -154,7 +228,10 @@ class MomentumContrast(Method):
 @METHODS.register("mocov2", "MoCo v2: contrastive, momentum key encoder and a FIFO queue of negatives")
 class MoCoV2(MomentumContrast):
     """MoCo v2 with a 2-layer projector and a queue; the loss is symmetrised over the two views,
-    ½[ℓ(q₁, k₂) + ℓ(q₂, k₁)] with ℓ = ``queue_info_nce`` (the paper's loss is one-sided)."""
+    ½[ℓ(q₁, k₂) + ℓ(q₂, k₁)] with ℓ = ``queue_info_nce`` (the paper's loss is one-sided).
+
+    Evaluation uses the query encoder (``encoder``), as the paper does; the key encoder is its EMA.
+    """
 
     Options = MoCoV2Options
     view_recipe = "simclr"
@@ -164,27 +241,91 @@ class MoCoV2(MomentumContrast):
 
     def __init__(self, encoder: nn.Module, options: MoCoV2Options | None = None) -> None:
         options = options or MoCoV2Options()
+        if options.bn_splits < 1:
+            raise ConfigError(f"method.bn_splits must be at least 1 (8: shuffling BN over 8 "
+                              f"sub-batches; 1: off), got {options.bn_splits}")
         super().__init__(encoder, options, proj_layers=2, proj_last_bn=False)
         self.queue = KeyQueue(options.queue_size, options.proj_dim)
+        if options.bn_splits > 1:
+            split_batchnorm(self.key_encoder.net)
+        # The key order of a step is drawn from a generator seeded with (shuffle_seed, number of
+        # shuffles so far): every process draws the same order without communicating, a resumed
+        # run the same orders as one that never stopped (both numbers are in the state dict), and
+        # the global random stream (which differs between processes) is left alone.
+        self.shuffle_seed = int(torch.randint(2**62, ()))
+        self.shuffles_done = 0
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         q1, q2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
-        k1, k2 = self.keys(views[:2])
+        if self.training:
+            # Keys of the global batch (every process's samples, view by view): this process's own
+            # are its slice; the queue takes them all, so every process's queue stays identical
+            # and holds what one process with the whole batch would hold.
+            global_keys = self.global_keys(views[:2])
+            k1, k2 = (k.narrow(0, self.rank * len(q1), len(q1)) for k in global_keys)
+        else:  # an evaluation pass must not change the dictionary, nor talk to other processes
+            k1, k2 = self.keys(views[:2])
         negatives = self.queue.keys  # read before this step's keys are pushed below
         tau = self.options.temperature
         loss = (queue_info_nce(q1, k2, negatives, tau) + queue_info_nce(q2, k1, negatives, tau)) / 2
-        if self.training:  # an evaluation pass must not change the dictionary
-            # Under DDP every process pushes the keys of the global batch, view by view: the
-            # queues stay identical and hold what one process with the whole batch would hold.
-            gather = self.gather or (lambda keys: keys)
-            self.queue.push(torch.cat([gather(k1), gather(k2)]))
+        if self.training:
+            self.queue.push(torch.cat(global_keys))
         return StepOutput(loss=loss, embeddings=q1)
+
+    @torch.no_grad()
+    def global_keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each view's L2-normalised keys for the global batch, in rank order, with the key
+        encoder's BatchNorm over ``bn_splits`` random sub-batches (see the module docstring)."""
+        gather = self.gather or (lambda x: x)
+        splits = self.options.bn_splits
+        if splits == 1:
+            return [gather(k) for k in self.keys(views)]
+        inputs = torch.cat([gather(v) for v in views])
+        processes = len(inputs) // sum(len(v) for v in views)
+        _check_bn_splits(splits, len(inputs), processes)
+        order = self.key_order(len(inputs), inputs.device)
+        share = len(inputs) // processes
+        for layer in self.key_encoder.modules():
+            if isinstance(layer, SplitBatchNorm):
+                layer.groups = splits // processes
+        mine = order.narrow(0, self.rank * share, share)
+        shuffled = gather(F.normalize(self.key_encoder(inputs[mine]).float(), dim=1))
+        keys = torch.empty_like(shuffled).index_copy_(0, order, shuffled)  # keys[order[i]] = i-th
+        return list(keys.chunk(len(views)))
+
+    def key_order(self, count: int, device: torch.device) -> torch.Tensor:
+        """The next random order of ``count`` keys (the same on every process; see ``__init__``)."""
+        generator = torch.Generator(device=device)
+        generator.manual_seed((self.shuffle_seed + self.shuffles_done) % 2**63)
+        self.shuffles_done += 1
+        return torch.randperm(count, generator=generator, device=device)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"shuffle_seed": self.shuffle_seed, "shuffles_done": self.shuffles_done}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.shuffle_seed = int(state["shuffle_seed"])
+        self.shuffles_done = int(state["shuffles_done"])
+
+
+def _check_bn_splits(splits: int, keys: int, processes: int) -> None:
+    """Shuffling BN needs sub-batches of ≥ 2 keys, whole sub-batches on every process."""
+    if keys % splits or keys // splits < 2:
+        raise ConfigError(f"method.bn_splits={splits} must cut the {keys} keys of a forward pass "
+                          f"(2 views × {keys // 2} images over all processes) into equal sub-batches "
+                          f"of at least 2; choose a divisor of {keys} up to {keys // 2}, or 1 to "
+                          "turn shuffling BN off")
+    if splits % processes:
+        raise ConfigError(f"method.bn_splits={splits} must be a multiple of the number of processes "
+                          f"({processes}), so that each encodes whole sub-batches; e.g. "
+                          f"method.bn_splits={processes * max(1, splits // processes)}")
 
 
 @METHODS.register("mocov3", "MoCo v3: contrastive, momentum encoder, predictor, in-batch negatives")
 class MoCoV3(MomentumContrast):
     """MoCo v3: encoder → 3-layer projector → 2-layer predictor on the query side; the loss is
-    ctr(q₁, k₂) + ctr(q₂, k₁) with ctr = InfoNCE over the batch's keys × 2τ (the paper's code)."""
+    ctr(q₁, k₂) + ctr(q₂, k₁) with ctr = InfoNCE over the batch's keys × 2τ (the paper's code).
+    Evaluation uses the query encoder (``encoder``), as the paper does."""
 
     Options = MoCoV3Options
     view_recipe = "byol"  # MoCo v3 uses BYOL's asymmetric augmentations

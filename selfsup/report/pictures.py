@@ -415,8 +415,8 @@ def write_pictures(run_dir: str | Path, dataset: str | None = None, num_images: 
         written.append(vae_samples(method, SAMPLES_PER_IMAGE * count, run_dir / VAE_SAMPLES, generator))
         written.append(vae_interpolations(method, images, partners, INTERPOLATION_STEPS,
                                           run_dir / VAE_INTERPOLATIONS))
-    if isinstance(method.encoder, VisionTransformer):
-        written.append(attention_maps_figure(method.encoder, images, run_dir / ATTENTION_MAPS))
+    if isinstance(method.export_encoder, VisionTransformer):  # DINO: the teacher's, as in the paper
+        written.append(attention_maps_figure(method.export_encoder, images, run_dir / ATTENTION_MAPS))
     return written
 
 

@@ -76,6 +76,9 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
         raise DataError(f"{run_dir} holds no trained encoder (encoder.json + encoder.safetensors); "
                         "run `selfsup pretrain` first, or pass the run dir it wrote")
     spec = json.loads(spec_path.read_text())
+    tokenizer = spec.get("tokenizer") or {}
+    if tokenizer.get("file"):  # a learnt (text) tokeniser, saved in the run dir
+        spec["tokenizer"] = {**tokenizer, "file": str(run_dir / tokenizer["file"])}
     encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"])
     try:
         state = load_file(str(weights_path))

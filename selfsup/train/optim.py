@@ -5,6 +5,8 @@ decay and no layer-wise trust-ratio scaling: decaying BatchNorm scales towards z
 their tiny updates by ||w|| / ||g||, hurts (You et al. 2017; the SimCLR and BYOL recipes exclude
 them). ``param_groups`` puts them in a group with ``weight_decay=0`` and ``lars=False``; LARS and
 LAMB read that flag (``lars`` = layer-wise adaptive rate scaling, the trust ratio, in either).
+Groups flagged ``fixed_lr`` (a method's ``fixed_lr_modules``) keep their base rate while the
+schedule (``lr_factor``, applied by ``set_learning_rates``) warms up and decays the others.
 
 The learning rate of a config is per 256 images and scales linearly with the global batch
 (``scaled_lr``): lr = optim.lr × train.batch_size / 256, where train.batch_size counts the images
@@ -125,15 +127,29 @@ class LAMB(torch.optim.Optimizer):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and biases/norms (neither)."""
-    decayed, plain = [], []
+    """Weights (decayed, LARS-adapted) and biases/norms (neither), each split by ``fixed_lr``.
+
+    Parameters of the modules a method names in ``fixed_lr_modules()`` (SimSiam's predictor) go to
+    groups flagged ``fixed_lr=True``, which ``set_learning_rates`` keeps at their base rate; those
+    groups come last (and only when not empty), so group 0 is always a scheduled one.
+    """
+    fixed_modules = getattr(model, "fixed_lr_modules", list)()
+    fixed_ids = {id(p) for module in fixed_modules for p in module.parameters()}
+    groups = {(kind, fixed): [] for fixed in (False, True) for kind in ("decayed", "plain")}
     for p in model.parameters():
         if p.requires_grad:
-            (decayed if p.ndim > 1 else plain).append(p)
-    return [
-        {"params": decayed, "weight_decay": weight_decay, "lars": True},
-        {"params": plain, "weight_decay": 0.0, "lars": False},
-    ]
+            groups["decayed" if p.ndim > 1 else "plain", id(p) in fixed_ids].append(p)
+    settings = {"decayed": {"weight_decay": weight_decay, "lars": True},
+                "plain": {"weight_decay": 0.0, "lars": False}}
+    return [{"params": params, **settings[kind], "fixed_lr": fixed}
+            for (kind, fixed), params in groups.items() if params or not fixed]
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    """Set each group's rate to its base rate × the schedule's ``factor``, except groups flagged
+    ``fixed_lr``, which stay at their base rate (SimSiam's "fix lr for predictor")."""
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base if group.get("fixed_lr", False) else base * factor
 
 
 def scaled_lr(config: OptimConfig, global_batch_size: int) -> float:

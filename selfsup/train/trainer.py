@@ -50,8 +50,9 @@ from selfsup.train.distributed import (
     training_device,
 )
 from selfsup.train.metrics_log import MetricsLog
-from selfsup.train.optim import build_optimizer, lr_factor
+from selfsup.train.optim import build_optimizer, lr_factor, set_learning_rates
 from selfsup.tokenize import make_tokenizer
+from selfsup.tokenize.base import Tokenizer
 from selfsup.views import make_sequence_views, make_views
 from selfsup.views.image import to_input
 
@@ -167,7 +168,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.train_data = load_split(cfg.data.dataset, "train", cfg.data.data_dir)
         # Sequence data: token ids instead of images, a tokeniser instead of an image shape.
-        self.tokenizer = (make_tokenizer(self.train_data.alphabet, cfg.data.kmer)
+        self.tokenizer = (self._make_tokenizer()
                           if isinstance(self.train_data, SequenceSource) else None)
         if self.tokenizer is None:
             self.in_shape = self.train_data.shape
@@ -224,6 +225,23 @@ class Trainer:
         self.monitor = HealthMonitor()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl") if main else None
 
+    def _make_tokenizer(self) -> Tokenizer:
+        """The tokeniser of the data's alphabet. A text tokeniser is learnt from the training
+        texts and saved in the run dir (a resumed run loads it); training is deterministic, so
+        every process of a distributed run learns the same one."""
+        data = self.config.data
+        if self.train_data.alphabet != "text":
+            return make_tokenizer(self.train_data.alphabet, data.kmer)
+        from selfsup.tokenize.text import TOKENIZER_FILE, TextTokenizer
+
+        path = self.run_dir / TOKENIZER_FILE
+        if self.resume and path.is_file():
+            return TextTokenizer.load(path)
+        tokenizer = TextTokenizer.train(self.train_data.sequences, data.vocab_size)
+        if self.process.is_main:
+            tokenizer.save(path)
+        return tokenizer
+
     def _encoder_spec(self) -> dict[str, Any]:
         """How to rebuild the encoder (``encoder.json``): for token encoders their full options
         (vocabulary, reverse-complement invariance set by the method) and the tokeniser."""
@@ -231,7 +249,7 @@ class Trainer:
         if self.tokenizer is None:
             return {"backbone": dict(cfg.backbone), "in_channels": self.in_shape[0],
                     "image_size": self.in_shape[1], "dataset": cfg.data.dataset}
-        return {"backbone": self.method.encoder.config(), "in_channels": 0, "image_size": 0,
+        return {"backbone": self.method.export_encoder.config(), "in_channels": 0, "image_size": 0,
                 "dataset": cfg.data.dataset, "tokenizer": self.tokenizer.config(),
                 "max_length": cfg.data.max_length}
 
@@ -358,8 +376,7 @@ class Trainer:
             if i >= self.steps_per_epoch:
                 break
             factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio)
-            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-                group["lr"] = base * factor
+            set_learning_rates(self.optimizer, self.base_lrs, factor)
             views = [v.contiguous(memory_format=self.memory_format) for v in self.views(images, view_gen)]
             loss, out = train_step(self.step_fn, split_views(views, self.accumulate_steps),
                                    self.optimizer, self.device, self.precision,
@@ -477,7 +494,7 @@ class Trainer:
 
         if not self.process.is_main:
             return
-        save_encoder(self.run_dir, self.method.encoder, self._encoder_spec())
+        save_encoder(self.run_dir, self.method.export_encoder, self._encoder_spec())
         verdict = self.monitor.verdict()
         (self.run_dir / "health_verdict.json").write_text(json.dumps(verdict, indent=2))
         self._write({"kind": "run", "event": "end", "time": time.time(), "step": step,
