@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -19,21 +19,30 @@ from selfsup.train import Trainer
 from selfsup.views import make_views
 
 
+def step_losses(method: nn.Module, optimizer: torch.optim.Optimizer,
+                next_views: Callable[[], list[torch.Tensor]], steps: int = 15) -> list[float]:
+    """Per-step losses of ``steps`` optimiser steps, each on the views ``next_views()`` returns."""
+    losses = []
+    for _ in range(steps):
+        loss = method(next_views()).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def digit_step_losses(method: nn.Module, pool: torch.Tensor, optimizer: torch.optim.Optimizer,
                       steps: int = 15, batch: int = 32, seed: int = 0) -> list[float]:
     """Per-step losses of ``steps`` optimiser steps on random batches of ``pool`` (uint8 images),
     each with fresh views of the method's own recipe; batches and views share one seeded generator."""
     views = make_views(method.view_recipe, tuple(pool.shape[1:]), {})
     generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(steps):
-        images = pool[torch.randint(len(pool), (batch,), generator=generator)]
-        loss = method(views(images, generator)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
+
+    def next_views() -> list[torch.Tensor]:
+        return views(pool[torch.randint(len(pool), (batch,), generator=generator)], generator)
+
+    return step_losses(method, optimizer, next_views, steps)
 
 
 def assert_ema_step(method: nn.Module, online: Sequence[torch.Tensor], target: Sequence[torch.Tensor],

@@ -26,6 +26,25 @@ from selfsup.errors import ConfigError, DataError
 Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
+def check_batching(name: str, size: int, unit: str, batch_size: int, drop_last: bool,
+                   rank: int, world_size: int) -> None:
+    """The checks every batch stream makes of its batch size and process slot, with named errors.
+
+    ``size`` samples (``unit``: "images", "sequences") of the data set ``name`` are cut into
+    global batches of ``batch_size`` that ``world_size`` processes share.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} must lie in [0, world size {world_size})")
+    if drop_last and batch_size % world_size:
+        raise ConfigError(f"the batch size {batch_size} must be a multiple of the number of "
+                          f"processes ({world_size}) so that each gets an equal share")
+    if drop_last and size < batch_size:
+        raise DataError(f"{name}: {size} {unit} are fewer than one batch of {batch_size}; "
+                        f"use a smaller --batch-size (at most {size})")
+
+
 class BatchStream:
     """Epochs of (images, labels) batches: uint8 (B, C, H, W) and int64 (B,) or None, on ``device``.
 
@@ -55,18 +74,7 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} must lie in [0, world size {world_size})")
-        if drop_last and batch_size % world_size:
-            raise ConfigError(f"the batch size {batch_size} must be a multiple of the number of "
-                              f"processes ({world_size}) so that each gets an equal share")
-        if drop_last and len(source) < batch_size:
-            raise DataError(
-                f"{source.name}: {len(source)} images are fewer than one batch of {batch_size}; "
-                f"use a smaller --batch-size (at most {len(source)})"
-            )
+        check_batching(source.name, len(source), "images", batch_size, drop_last, rank, world_size)
         self.source = source
         self.batch_size = batch_size
         self.device = torch.device(device)

@@ -27,9 +27,9 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from selfsup.data.loader import epoch_seed
+from selfsup.data.loader import check_batching, epoch_seed
 from selfsup.data.sequences import SequenceSource
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import ConfigError
 from selfsup.tokenize.base import TokenBatch, Tokenizer
 
 ORDER_STREAM, BATCH_ORDER_STREAM, CROP_STREAM = 0, 1, 2  # the random streams of an epoch
@@ -84,18 +84,10 @@ class SequenceBatchStream:
                  shuffle: bool = True, drop_last: bool = True,
                  bucket_batches: int = DEFAULT_BUCKET_BATCHES, random_crop: Optional[bool] = None,
                  rank: int = 0, world_size: int = 1) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        check_batching(source.name, len(source), "sequences", batch_size, drop_last, rank,
+                       world_size)
         if bucket_batches < 1:
             raise ConfigError(f"bucket_batches must be at least 1, got {bucket_batches}")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} must lie in [0, world size {world_size})")
-        if drop_last and batch_size % world_size:
-            raise ConfigError(f"the batch size {batch_size} must be a multiple of the number of "
-                              f"processes ({world_size}) so that each gets an equal share")
-        if drop_last and len(source) < batch_size:
-            raise DataError(f"{source.name}: {len(source)} sequences are fewer than one batch of "
-                            f"{batch_size}; use a smaller --batch-size (at most {len(source)})")
         self.room = max_length - tokenizer.num_special_tokens  # content tokens a row can hold
         if self.room < 1:
             raise ConfigError(f"max_length={max_length} leaves no room for a token next to the "

@@ -15,7 +15,7 @@ from selfsup.views.sequence_recipes import is_sequence_recipe, make_sequence_vie
 
 __all__ = [
     "ImageViews", "InputViews", "ViewMaker", "ViewSpec", "augment", "make_views",
-    "normalize", "to_float", "to_input",
+    "normalize", "to_float", "to_input", "is_sequence_recipe", "make_sequence_views",
 ]
 
 
