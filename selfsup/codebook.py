@@ -143,7 +143,7 @@ class PatchCodebook(nn.Module):
         self.initialized = True
 
     def _ema_step(self, flat: torch.Tensor, ids: torch.Tensor) -> None:
-        counts = torch.bincount(ids, minlength=self.num_codes).to(flat.dtype)
+        counts = code_counts(ids, self.num_codes, flat.dtype)
         sums = torch.zeros_like(self.code_sum).index_add_(0, ids, flat)
         self.cluster_size.lerp_(counts, 1.0 - self.decay)
         self.code_sum.lerp_(sums, 1.0 - self.decay)
@@ -163,6 +163,17 @@ class PatchCodebook(nn.Module):
 def code_perplexity(ids: torch.Tensor, num_codes: int) -> torch.Tensor:
     """exp(entropy) of the codes' frequencies in ``ids``: the number of equally used codes that
     would give the same entropy (1 when one code takes everything, ``num_codes`` at a uniform use)."""
-    counts = torch.bincount(ids.reshape(-1), minlength=num_codes).float()
+    counts = code_counts(ids, num_codes, torch.float32)
     p = counts / counts.sum()
     return torch.exp(-torch.special.xlogy(p, p).sum())
+
+
+def code_counts(ids: torch.Tensor, num_codes: int, dtype: torch.dtype) -> torch.Tensor:
+    """How often each of ``num_codes`` codes occurs in ``ids``, as a (num_codes,) tensor.
+
+    A scatter-add rather than ``torch.bincount``, which on CUDA reads the ids' min and max back to
+    the host: a sync in every training step.
+    """
+    flat = ids.reshape(-1)
+    return torch.zeros(num_codes, dtype=dtype, device=ids.device).index_add_(
+        0, flat, torch.ones_like(flat, dtype=dtype))

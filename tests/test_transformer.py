@@ -190,3 +190,11 @@ def test_tied_language_model_head_shares_the_embedding():
     assert untied.decoder.weight is not encoder.token_embedding.weight
     logits = tied(encoder.forward_tokens(PROTEIN.encode_batch(SEQUENCES).ids))
     assert logits.shape == (3, 22, PROTEIN.vocab_size)
+
+
+def test_a_causal_encoder_cannot_pool_its_cls_token():
+    # <cls> comes first, so under a causal mask it would be the same vector for every sequence
+    from selfsup.backbones.transformer import TransformerEncoder, TransformerOptions
+
+    with pytest.raises(ConfigError, match="pool=mean"):
+        TransformerEncoder(TransformerOptions(vocab_size=30, causal=True, pool="cls"))

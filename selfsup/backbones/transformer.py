@@ -336,6 +336,11 @@ def _check_options(o: TransformerOptions) -> None:
         raise ConfigError(f"backbone.positions must be one of {', '.join(POSITIONS)}, got {o.positions!r}")
     if o.pool not in POOLS:
         raise ConfigError(f"backbone.pool must be one of {', '.join(POOLS)}, got {o.pool!r}")
+    if o.causal and o.pool == "cls":
+        # <cls> sits first: under a causal mask it attends only to itself, so every sequence
+        # would get the same features.
+        raise ConfigError("backbone.pool=cls with backbone.causal=true gives every sequence the same "
+                          "features (<cls> comes first and sees only itself); use backbone.pool=mean")
     if not 0.0 <= o.dropout < 1.0:
         raise ConfigError(f"backbone.dropout must be in [0, 1), got {o.dropout}")
     if o.max_positions < 1:

@@ -36,7 +36,7 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, positive_index: torch.Te
         if exclude_index is not None:
             rows = torch.arange(len(queries), device=logits.device)
             logits = logits.index_put((rows, exclude_index),
-                                      torch.tensor(float("-inf"), device=logits.device))
+                                      logits.new_full((), float("-inf")))
         return F.cross_entropy(logits, positive_index)
 
 

@@ -59,7 +59,7 @@ def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: 
     exact global mean.
     """
     logits = teacher_logits.detach().float()
-    sums = torch.cat([logits.sum(0), logits.new_tensor([len(logits)])])[None]  # (1, K + 1)
+    sums = torch.cat([logits.sum(0), logits.new_full((1,), float(len(logits)))])[None]  # (1, K + 1)
     if gather is not None:
         sums = gather(sums)
     sums = sums.sum(0)

@@ -49,15 +49,17 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.vit import INIT_STD, VisionTransformer
 from selfsup.codebook import PatchCodebook, code_perplexity
 from selfsup.errors import ConfigError, DataError
+from selfsup.losses import masked_token_accuracy as token_accuracy
+from selfsup.losses import masked_token_cross_entropy
 from selfsup.masking import normalize_patches, num_kept, patchify, random_masking
 from selfsup.methods.base import Method, StepOutput
 from selfsup.registry import METHODS
+from selfsup.tokenize.base import IGNORE_LABEL
 
 MIN_ASPECT = 0.3  # BEiT's block aspect ratios lie in [0.3, 1/0.3]
 BLOCK_ROUNDS = 10  # block proposals per batch before the random top-up (BEiT gives up after 10 tries)
@@ -134,15 +136,12 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     logits: (B, N, K); targets: (B, N) token ids; mask: (B, N) bool, True where the loss applies.
     The visible positions' logits do not enter the loss at all.
     """
-    per_position = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    weights = mask.to(per_position.dtype)
-    return (per_position * weights).sum() / weights.sum()
+    return masked_token_cross_entropy(logits, targets.masked_fill(~mask, IGNORE_LABEL))
 
 
 def masked_token_accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Share of masked positions whose most likely token is the target."""
-    hits = (logits.argmax(dim=-1) == targets) & mask
-    return hits.sum() / mask.sum()
+    return token_accuracy(logits, targets.masked_fill(~mask, IGNORE_LABEL))
 
 
 # ------------------------------------------------------------------------------------ method

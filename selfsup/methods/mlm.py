@@ -25,10 +25,9 @@ import torch
 from torch import nn
 
 from selfsup.backbones.transformer import LanguageModelHead, as_token_encoder
-from selfsup.losses import masked_token_cross_entropy
+from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
 from selfsup.methods.base import Method, StepOutput
 from selfsup.registry import METHODS
-from selfsup.tokenize.base import IGNORE_LABEL
 from selfsup.views import sequence_recipes  # noqa: F401  (registers the "mlm" recipe)
 
 # The sequence methods' shared starting point (see the module docstring); "next-token" and
@@ -61,10 +60,7 @@ class MaskedLanguageModel(Method):
         tokens = self.encoder.forward_tokens(inputs, attention_mask)
         logits = self.head(tokens)
         loss = masked_token_cross_entropy(logits, labels)
-        chosen = labels != IGNORE_LABEL
-        # sums rather than boolean indexing: no host-device sync inside the step
-        correct = ((logits.argmax(dim=-1) == labels) & chosen).sum()
-        accuracy = correct / chosen.sum().clamp(min=1)
+        accuracy = masked_token_accuracy(logits, labels)
         return StepOutput(
             loss=loss,
             embeddings=self.encoder.pool_tokens(tokens, attention_mask),

@@ -140,10 +140,11 @@ class SplitBatchNorm(nn.Module):
     each with its own statistics; in evaluation it is the BatchNorm it replaces.
 
     It holds the replaced layer's tensors under the same names (the state dict and the parameter
-    and buffer order are unchanged, so EMA updates and checkpoints see no difference). Its running
-    statistics move as the sub-batches' would, averaged over the sub-batches (the official demo's
-    choice). Not being a ``_BatchNorm``, it is left alone by the SyncBatchNorm conversion: its
-    sub-batches are meant to stay within one process.
+    and buffer order are unchanged, so EMA updates and checkpoints see no difference). Training
+    leaves its running statistics alone: the key encoder is a momentum target whose buffers are
+    copied from the query encoder after every step (``MomentumTarget``), so statistics tracked here
+    would be overwritten unread. Not being a ``_BatchNorm``, it is left alone by the SyncBatchNorm
+    conversion: its sub-batches are meant to stay within one process.
     """
 
     def __init__(self, batchnorm: nn.modules.batchnorm._BatchNorm) -> None:
@@ -156,29 +157,19 @@ class SplitBatchNorm(nn.Module):
         self.groups = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tracking = self.running_mean is not None
-        if not self.training and tracking:
+        if not self.training and self.running_mean is not None:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         groups, channels = self.groups, x.shape[1]
-        factor = self.momentum
-        if tracking and self.training:
-            self.num_batches_tracked.add_(1)
-            if factor is None:  # cumulative moving average, as in torch's BatchNorm
-                factor = 1.0 / float(self.num_batches_tracked)
         # Sub-batch g's channels become channels g·C … (g + 1)·C − 1 of one batch of N / groups
         # samples, so one batch_norm call normalises every sub-batch with its own statistics.
         grouped = x.unflatten(0, (groups, -1)).transpose(0, 1).flatten(1, 2)
+
         def repeat(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.repeat(groups)
 
-        running_mean, running_var = repeat(self.running_mean), repeat(self.running_var)
-        y = F.batch_norm(grouped, running_mean, running_var, repeat(self.weight), repeat(self.bias),
-                         True, 0.0 if factor is None else factor, self.eps)
-        if tracking:
-            with torch.no_grad():
-                self.running_mean.copy_(running_mean.view(groups, channels).mean(0))
-                self.running_var.copy_(running_var.view(groups, channels).mean(0))
+        y = F.batch_norm(grouped, None, None, repeat(self.weight), repeat(self.bias), True, 0.0,
+                         self.eps)
         return y.unflatten(1, (groups, channels)).transpose(0, 1).flatten(0, 1)
 
 
@@ -293,6 +284,7 @@ class MoCoV2(MomentumContrast):
         keys = torch.empty_like(shuffled).index_copy_(0, order, shuffled)  # keys[order[i]] = i-th
         return list(keys.chunk(len(views)))
 
+    @torch.compiler.disable  # a Python counter and a fresh generator: compiled, it recompiles every step
     def key_order(self, count: int, device: torch.device) -> torch.Tensor:
         """The next random order of ``count`` keys (the same on every process; see ``__init__``)."""
         generator = torch.Generator(device=device)

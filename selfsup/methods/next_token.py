@@ -23,7 +23,7 @@ from torch import nn
 
 from selfsup.backbones.transformer import LanguageModelHead, as_token_encoder
 from selfsup.errors import ConfigError
-from selfsup.losses import masked_token_cross_entropy
+from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.mlm import SEQUENCE_OPTIM
 from selfsup.registry import METHODS
@@ -64,11 +64,9 @@ class NextToken(Method):
         logits = self.head(tokens[:, :-1])
         targets = next_token_targets(ids, attention_mask)
         loss = masked_token_cross_entropy(logits, targets)
-        scored = targets != IGNORE_LABEL
-        correct = ((logits.argmax(dim=-1) == targets) & scored).sum()
         return StepOutput(
             loss=loss,
             embeddings=self.encoder.pool_tokens(tokens, attention_mask),
-            logs={"next_token_accuracy": (correct / scored.sum().clamp(min=1)).detach(),
+            logs={"next_token_accuracy": masked_token_accuracy(logits, targets).detach(),
                   "perplexity": loss.detach().exp()},
         )
