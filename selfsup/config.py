@@ -30,6 +30,8 @@ class DataConfig:
     kmer: int = 1  # DNA: letters per token (overlapping k-mers when > 1)
     vocab_size: int = 8192  # text: tokens of the BPE vocabulary learnt from the training texts
     bucket_batches: int = 50  # sequences: batches per length-sorted chunk (1: no bucketing)
+    # keyword options of a registered data set, e.g. {reads_per_gene: 2} for 16s-reads
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

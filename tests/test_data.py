@@ -516,3 +516,17 @@ def test_cuda_batches_match_cpu(png_folder):
         batches = collect(stream, 1)
         assert all(images.is_cuda and labels.is_cuda for images, labels in batches)
         assert_same_batches(expected, [(i.cpu(), l.cpu()) for i, l in batches])
+
+
+def test_data_options_reach_the_data_set_and_unknown_ones_are_named():
+    from selfsup.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no option colour; its options: none"):
+        load_split("digits", "train", options={"colour": True})
+    with pytest.raises(ConfigError, match="are for registered data sets"):
+        load_split("/no/such.npy", "train", options={"colour": True})
+    try:  # a real option, through the same path the config's data.options takes
+        two, ten = (load_split("16s-reads", "test", options={"reads_per_gene": n}) for n in (2, 10))
+    except DataError as error:  # microbiomeutil-data is not installed
+        pytest.skip(str(error))
+    assert len(ten) == 5 * len(two)

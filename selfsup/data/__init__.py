@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from selfsup.data import digits, fashion_mnist  # noqa: F401  (modules register their data sets)
 from selfsup.data import dna_datasets, protein_datasets  # noqa: F401  (sequence data sets too)
@@ -16,7 +17,7 @@ from selfsup.data.arrays import load_arrays
 from selfsup.data.base import FileImages, ImageSource, TensorImages
 from selfsup.data.folder import load_folder
 from selfsup.data.loader import BatchStream, iterate_in_order
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.registry import DATASETS
 
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -37,14 +38,26 @@ def dataset_names() -> list[str]:
     return DATASETS.names()
 
 
-def load_split(name: str, split: str, data_dir: Optional[str] = None) -> ImageSource:
+def load_split(name: str, split: str, data_dir: Optional[str] = None,
+               options: Optional[dict[str, Any]] = None) -> ImageSource:
     """The ``split`` ("train", "test"; "all" for folders, arrays and digits) of data set ``name``.
 
     ``name`` is a registered data set, a folder of images or a ``.npy``/``.npz`` file;
-    ``data_dir`` tells registered data sets where their files are.
+    ``data_dir`` tells registered data sets where their files are and ``options`` (config
+    ``data.options``) are their keyword options, e.g. ``{"reads_per_gene": 2}`` for 16s-reads.
     """
+    options = options or {}
     if name in DATASETS:
-        return DATASETS.get(name)(split, data_dir)
+        factory = DATASETS.get(name)
+        known = [p for p in inspect.signature(factory).parameters if p not in ("split", "data_dir")]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"data set {name!r} has no option {', '.join(unknown)}; its options: "
+                              f"{', '.join(known) or 'none'}")
+        return factory(split, data_dir, **options)
+    if options:
+        raise ConfigError(f"data.options {sorted(options)} are for registered data sets; "
+                          f"{name!r} is a path")
     path = Path(name).expanduser()
     if path.is_dir():
         return load_folder(path, split)

@@ -72,8 +72,13 @@ def encoder_fn(encoder: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: Optional[str] = None,
                  device: str = "auto", eval_config: Optional[EvalConfig] = None,
-                 baselines: Optional[bool] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the k-NN and linear-probe protocols on the run's encoder and the baselines."""
+                 baselines: Optional[bool] = None, log: Callable[[str], None] = print,
+                 data_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Run the k-NN and linear-probe protocols on the run's encoder and the baselines.
+
+    ``data_options`` replace the run's ``data.options`` (e.g. fewer reads per gene of 16s-reads);
+    by default a named ``dataset`` other than the run's gets none.
+    """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     cfg = eval_config or config.eval
@@ -82,7 +87,10 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     precision = resolve_precision("auto", dev)
     name = dataset or config.data.dataset
     where = data_dir or config.data.data_dir
-    train, test = load_split(name, "train", where), load_split(name, "test", where)
+    if data_options is None:
+        data_options = config.data.options if name == config.data.dataset else {}
+    train = load_split(name, "train", where, data_options)
+    test = load_split(name, "test", where, data_options)
     if train.labels is None or test.labels is None:
         raise DataError(f"data set {name!r} has no labels; evaluation needs labelled train and test "
                         "splits (class sub-folders for a folder of images, `labels` in an .npz)")

@@ -166,7 +166,8 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.config
         seed_everything(cfg.train.seed)
-        self.train_data = load_split(cfg.data.dataset, "train", cfg.data.data_dir)
+        self.train_data = load_split(cfg.data.dataset, "train", cfg.data.data_dir,
+                                     cfg.data.options)
         # Sequence data: token ids instead of images, a tokeniser instead of an image shape.
         self.tokenizer = (self._make_tokenizer()
                           if isinstance(self.train_data, SequenceSource) else None)
@@ -274,7 +275,8 @@ class Trainer:
                               f"got {cfg.health_samples}")
         try:
             test: Optional[ImageSource] = load_split(self.config.data.dataset, "test",
-                                                     self.config.data.data_dir)
+                                                     self.config.data.data_dir,
+                                                     self.config.data.options)
         except DataError:
             test = None
         # The health batch needs ≥ health_samples images: the test split when it is that large.
