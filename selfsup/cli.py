@@ -72,6 +72,31 @@ def _finetune_parser(sub) -> None:
                         "--set backbone_lr_scale=0.2, --set min_steps=500 (repeatable)")
 
 
+def _bo_parser(sub) -> None:
+    p = sub.add_parser(
+        "bo", help="Bayesian optimisation: choose the next candidates to measure",
+        description="Fit a Gaussian process to the measured candidates and propose the next batch "
+                    "of the pool to measure (qEI, qUCB or Thompson sampling, with BoTorch). Writes "
+                    "a CSV: sequence, predicted_mean, predicted_std, acquisition.")
+    p.add_argument("--pool", required=True, help="candidate sequences: FASTA, or CSV with a "
+                                                 "'sequence' column")
+    p.add_argument("--measured", required=True,
+                   help="CSV with 'sequence' and 'value' columns (higher is better); each sequence "
+                        "must be in the pool")
+    p.add_argument("--featurizer", default="onehot",
+                   help="onehot (default), descriptors, or a run directory whose encoder embeds "
+                        "the candidates")
+    p.add_argument("--sites", metavar="I[,I...]", help="1-based positions to featurise (default: "
+                                                      "where the pool's sequences differ)")
+    p.add_argument("--pooling", default="mean", choices=["mean", "sites"],
+                   help="with a run directory: mean of the residue embeddings over the whole "
+                        "sequence (default) or over the sites")
+    p.add_argument("--q", type=int, default=96, help="batch size: candidates to propose (default 96)")
+    p.add_argument("--acquisition", default="qei", choices=["qei", "qucb", "thompson"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output CSV")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised pretraining with collapse diagnostics and "
@@ -101,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     _finetune_parser(sub)
+    _bo_parser(sub)
 
     p = sub.add_parser("report", help="write plots and report.md for a run",
                        description="Write PNG plots and report.md into the run directory.")
@@ -222,6 +248,16 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_bo(args) -> int:
+    from selfsup.apps.bo import propose_from_files
+
+    sites = None if args.sites is None else _comma_list(args.sites, int, "--sites")
+    proposal = propose_from_files(args.pool, args.measured, args.featurizer, args.q,
+                                  args.acquisition, args.out, args.seed, sites, args.pooling)
+    print(f"wrote {args.out}: {len(proposal.indices)} candidates by {args.acquisition}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from selfsup.report import write_report
 
@@ -235,8 +271,9 @@ def cmd_list(args) -> int:
     for title, registry in (("methods", METHODS), ("backbones", BACKBONES), ("datasets", DATASETS),
                             ("view recipes", VIEW_RECIPES)):
         print(f"{title}:")
+        width = max(map(len, registry.names()), default=0) + 2
         for name in registry.names():
-            print(f"  {name:<16} {registry.help(name)}")
+            print(f"  {name:<{width}}{registry.help(name)}")
     print("  (backbones also: torchvision:NAME, timm:NAME when those libraries are installed;\n"
           "   datasets also: a folder of images, an .npy or .npz file)")
     return 0
@@ -279,7 +316,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-            "embed": cmd_embed, "report": cmd_report, "list": cmd_list, "demo": cmd_demo}
+            "bo": cmd_bo, "embed": cmd_embed, "report": cmd_report, "list": cmd_list,
+            "demo": cmd_demo}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,0 +1,1 @@
+"""Applications of a pretrained encoder: featurising candidates and Bayesian optimisation."""

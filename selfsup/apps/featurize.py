@@ -1,0 +1,237 @@
+"""Featurisers: protein sequences → fixed-length feature vectors for a surrogate model.
+
+A featuriser is any callable ``featurizer(sequences: list[str]) -> np.ndarray`` of shape (N, D)
+with a ``name``. Built in:
+
+- ``OneHot(sites)``: one-hot of the residues at the given 1-based sites (20 columns per site), or
+  of every position when ``sites`` is None (sequences of equal length).
+- ``Descriptors(sites)``: four physico-chemical numbers per site (``DESCRIPTOR_TABLE``).
+- ``RunEmbedding(run_dir, pooling)``: a pretrained sequence encoder's embeddings, mean-pooled over
+  the whole sequence or over the sites, cached as ``.npy`` in the run directory.
+
+``make_featurizer("onehot" | "descriptors" | RUN_DIR, sites)`` builds one from a command-line word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence, Union
+
+import numpy as np
+
+from selfsup.errors import ConfigError, DataError
+from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
+
+# Per-residue descriptors, one row per amino acid: (hydropathy, volume, charge, polarity).
+# hydropathy: Kyte & Doolittle (1982) J Mol Biol 157:105, positive = hydrophobic.
+# volume: side-chain volume in Å^3 (Zamyatnin 1972, Prog Biophys Mol Biol 24:107).
+# charge: net side-chain charge at pH 7 (K, R +1; D, E -1; H counted neutral, pKa ≈ 6).
+# polarity: Grantham (1974) Science 185:862 polarity scale.
+DESCRIPTOR_NAMES = ("hydropathy", "volume", "charge", "polarity")
+DESCRIPTOR_TABLE = {
+    "A": (1.8, 88.6, 0, 8.1),
+    "R": (-4.5, 173.4, 1, 10.5),
+    "N": (-3.5, 114.1, 0, 11.6),
+    "D": (-3.5, 111.1, -1, 13.0),
+    "C": (2.5, 108.5, 0, 5.5),
+    "Q": (-3.5, 143.8, 0, 10.5),
+    "E": (-3.5, 138.4, -1, 12.3),
+    "G": (-0.4, 60.1, 0, 9.0),
+    "H": (-3.2, 153.2, 0, 10.4),
+    "I": (4.5, 166.7, 0, 5.2),
+    "L": (3.8, 166.7, 0, 4.9),
+    "K": (-3.9, 168.6, 1, 11.3),
+    "M": (1.9, 162.9, 0, 5.7),
+    "F": (2.8, 189.9, 0, 5.2),
+    "P": (-1.6, 112.7, 0, 8.0),
+    "S": (-0.8, 89.0, 0, 9.2),
+    "T": (-0.7, 116.1, 0, 8.6),
+    "W": (-0.9, 227.8, 0, 5.4),
+    "Y": (-1.3, 193.6, 0, 6.2),
+    "V": (4.2, 140.0, 0, 5.9),
+}
+POOLINGS = ("mean", "sites")
+ENCODER_FILE = "encoder.safetensors"  # the run directory's encoder weights (DESIGN.md)
+BUILTIN_FEATURIZERS = ("onehot", "descriptors")
+
+
+class Featurizer(Protocol):
+    """Sequences in, one float row per sequence out."""
+
+    name: str
+
+    def __call__(self, sequences: list[str]) -> np.ndarray:  # (N, D)
+        ...
+
+
+def variable_sites(sequences: Sequence[str]) -> list[int]:
+    """The 1-based positions where equal-length ``sequences`` do not all agree."""
+    _check_equal_lengths(sequences, "finding the variable sites")
+    text = "".join(sequences).encode("latin-1", "replace")  # one byte per letter
+    letters = np.frombuffer(text, dtype=np.uint8).reshape(len(sequences), -1)
+    return (np.flatnonzero((letters != letters[0]).any(axis=0)) + 1).tolist()
+
+
+class OneHot:
+    """One-hot of the residue at each site: 20 columns per site, in ``STANDARD_AMINO_ACIDS``
+    order. ``sites``: 1-based positions; None means every position."""
+
+    def __init__(self, sites: Optional[Sequence[int]] = None) -> None:
+        self.sites = None if sites is None else list(sites)
+        self.name = "onehot" if sites is None else f"onehot@{_sites_label(self.sites)}"
+
+    def __call__(self, sequences: list[str]) -> np.ndarray:
+        codes = _residue_codes(sequences, self.sites)  # (N, S) in 0..19
+        features = np.zeros((codes.shape[0], codes.shape[1], len(STANDARD_AMINO_ACIDS)), np.float32)
+        np.put_along_axis(features, codes[..., None], 1.0, axis=-1)
+        return features.reshape(codes.shape[0], -1)
+
+
+class Descriptors:
+    """The four ``DESCRIPTOR_NAMES`` of the residue at each site, each scale standardised over
+    the 20 amino acids (mean 0, std 1) so no unit dominates: 4 columns per site."""
+
+    def __init__(self, sites: Optional[Sequence[int]] = None) -> None:
+        self.sites = None if sites is None else list(sites)
+        self.name = "descriptors" if sites is None else f"descriptors@{_sites_label(self.sites)}"
+        table = np.array([DESCRIPTOR_TABLE[a] for a in STANDARD_AMINO_ACIDS], dtype=np.float64)
+        self.table = ((table - table.mean(0)) / table.std(0)).astype(np.float32)  # (20, 4)
+
+    def __call__(self, sequences: list[str]) -> np.ndarray:
+        codes = _residue_codes(sequences, self.sites)
+        return self.table[codes].reshape(codes.shape[0], -1)
+
+
+ResidueEncoder = Callable[[list[str]], list[np.ndarray]]
+
+
+class RunEmbedding:
+    """Embeddings from the sequence encoder of a ``selfsup`` run, pooled to one vector each.
+
+    pooling: "mean" averages the per-residue embeddings over the whole sequence; "sites" over the
+    given 1-based ``sites`` only (the mutated positions). ``encode`` maps sequences to per-residue
+    embeddings, one (L_i, D) array per sequence aligned with its residues (special tokens already
+    removed); by default it is read from the run directory. Results are cached in
+    ``RUN/bo-embeddings/<pooling>-<hash>.npy``, keyed by a hash of the sequences, the pooling, the
+    sites and the encoder file's size and time, so a 149k-candidate pool is embedded once.
+    """
+
+    def __init__(self, run_dir: Union[str, Path], pooling: str = "mean",
+                 sites: Optional[Sequence[int]] = None,
+                 encode: Optional[ResidueEncoder] = None) -> None:
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise ConfigError(f"run directory {self.run_dir} does not exist")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+        if pooling == "sites" and not sites:
+            raise ConfigError("pooling 'sites' needs the sites to pool over (1-based positions)")
+        self.pooling = pooling
+        self.sites = list(sites) if sites else None
+        self.encode = encode or _run_encoder(self.run_dir)
+        self.name = f"{self.run_dir.name}:{pooling}"
+
+    def cache_path(self, sequences: list[str]) -> Path:
+        digest = hashlib.sha256()
+        digest.update(f"{self.pooling}|{self.sites}|".encode())
+        encoder = self.run_dir / ENCODER_FILE
+        if encoder.is_file():  # a retrained encoder must not reuse old embeddings
+            digest.update(f"{encoder.stat().st_size}|{encoder.stat().st_mtime_ns}|".encode())
+        digest.update("\n".join(sequences).encode())
+        return self.run_dir / "bo-embeddings" / f"{self.pooling}-{digest.hexdigest()[:16]}.npy"
+
+    def __call__(self, sequences: list[str]) -> np.ndarray:
+        path = self.cache_path(sequences)
+        if path.is_file():
+            return np.load(path)
+        features = np.stack([self._pool(e, s) for e, s in zip(self.encode(sequences), sequences)])
+        features = features.astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npy")  # a crash never leaves a half-written cache
+        np.save(partial, features)
+        partial.replace(path)
+        return features
+
+    def _pool(self, residues: np.ndarray, sequence: str) -> np.ndarray:
+        if residues.shape[0] != len(sequence):
+            raise DataError(
+                f"{self.run_dir}: the encoder gave {residues.shape[0]} residue embeddings for a "
+                f"sequence of {len(sequence)} residues; the encoder must drop its special tokens"
+            )
+        if self.pooling == "mean":
+            return residues.mean(0)
+        if max(self.sites) > len(sequence):
+            raise DataError(f"site {max(self.sites)} is beyond a sequence of {len(sequence)} "
+                            "residues")
+        return residues[[s - 1 for s in self.sites]].mean(0)
+
+
+def make_featurizer(spec: str, sites: Optional[Sequence[int]] = None,
+                    pooling: str = "mean") -> Featurizer:
+    """``onehot`` or ``descriptors`` at ``sites`` (None: every position), or a run directory's
+    encoder with ``pooling``."""
+    if spec == "onehot":
+        return OneHot(sites)
+    if spec == "descriptors":
+        return Descriptors(sites)
+    if Path(spec).is_dir():
+        return RunEmbedding(spec, pooling, sites)
+    raise ConfigError(
+        f"featurizer {spec!r}: use {' or '.join(BUILTIN_FEATURIZERS)}, or the path of a run "
+        "directory whose sequence encoder should embed the candidates"
+    )
+
+
+def _run_encoder(run_dir: Path) -> ResidueEncoder:
+    """The per-residue encoder of a sequence run. Sequence pretraining (issue 5) does not write
+    such runs yet, so every run directory is refused with a clear message for now."""
+    raise ConfigError(
+        f"{run_dir}: embedding candidates with a run's encoder needs a protein sequence run "
+        "(masked-language-model pretraining), which this version cannot load yet; use "
+        "--featurizer onehot or descriptors"
+    )
+
+
+def _residue_codes(sequences: Sequence[str], sites: Optional[list[int]]) -> np.ndarray:
+    """(N, S) int64 indices into ``STANDARD_AMINO_ACIDS`` of the residues at ``sites``."""
+    if len(sequences) == 0:
+        raise DataError("no sequences to featurise")
+    if sites is None:
+        _check_equal_lengths(sequences, "featurising every position")
+        positions = list(range(len(sequences[0])))
+    else:
+        if not sites or min(sites) < 1:
+            raise ConfigError(f"sites {sites}: give 1-based positions, at least one")
+        positions = [s - 1 for s in sites]
+    lookup = np.full(256, -1, dtype=np.int64)
+    for code, letter in enumerate(STANDARD_AMINO_ACIDS):
+        lookup[ord(letter)] = code
+    last = max(positions)
+    codes = np.empty((len(sequences), len(positions)), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        if len(sequence) <= last:
+            raise DataError(f"sequence {row + 1} has {len(sequence)} residues, fewer than site "
+                            f"{last + 1}")
+        letters = np.frombuffer(sequence.encode("latin-1", "replace"), dtype=np.uint8)[positions]
+        codes[row] = lookup[letters]
+        if (codes[row] < 0).any():
+            bad = positions[int(np.argmax(codes[row] < 0))]
+            raise DataError(
+                f"sequence {row + 1}, position {bad + 1}: {sequence[bad]!r} is not one of the 20 "
+                "standard amino acids"
+            )
+    return codes
+
+
+def _check_equal_lengths(sequences: Sequence[str], why: str) -> None:
+    lengths = {len(s) for s in sequences}
+    if len(lengths) > 1:
+        raise DataError(
+            f"{why} needs sequences of equal length (aligned variants), got lengths "
+            f"{sorted(lengths)[:5]}; give --sites or use a run directory's encoder"
+        )
+
+
+def _sites_label(sites: list[int]) -> str:
+    return ",".join(map(str, sites))

@@ -1,0 +1,294 @@
+"""Featurisers, the GP surrogate, batch proposals, input files and `selfsup bo`."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.apps.featurize import (DESCRIPTOR_TABLE, Descriptors, OneHot, RunEmbedding,
+                                    make_featurizer, variable_sites)
+from selfsup.errors import ConfigError, DataError
+from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS as AA
+
+botorch = pytest.importorskip("botorch", reason="BoTorch is needed: pip install botorch")
+
+from selfsup.apps.bo import (OUTPUT_COLUMNS, fit_gp, posterior_mean_std, prepare_features,
+                             propose, read_measurements, read_pool)
+from selfsup.cli import main
+
+# ----------------------------------------------------------------------------------------------
+# featurisers
+
+
+def test_onehot_of_sites_on_a_worked_example():
+    features = OneHot(sites=[2, 3])(["ACD", "AWE"])
+    assert features.shape == (2, 2 * 20)
+    expected = np.zeros((2, 40), np.float32)
+    expected[0, AA.index("C")] = expected[0, 20 + AA.index("D")] = 1
+    expected[1, AA.index("W")] = expected[1, 20 + AA.index("E")] = 1
+    np.testing.assert_array_equal(features, expected)
+
+
+def test_onehot_of_every_position_has_one_hit_per_residue():
+    features = OneHot()(["ACD", "AWE"])
+    assert features.shape == (2, 60) and features.sum(1).tolist() == [3, 3]
+    assert features[1, 20 + AA.index("W")] == 1
+
+
+def test_unknown_residue_is_named_with_its_position():
+    with pytest.raises(DataError, match=r"sequence 2, position 3: 'X'"):
+        OneHot(sites=[1, 3])(["ACD", "ACX"])
+
+
+def test_unequal_lengths_need_sites():
+    with pytest.raises(DataError, match="equal length"):
+        OneHot()(["ACD", "AC"])
+
+
+def test_descriptors_are_the_standardised_scales():
+    hydropathy = np.array([DESCRIPTOR_TABLE[a][0] for a in AA])
+    features = Descriptors(sites=[1])(["I", "R"])
+    expected_i = (4.5 - hydropathy.mean()) / hydropathy.std()  # Kyte-Doolittle: I = 4.5
+    assert features.shape == (2, 4)
+    assert features[0, 0] == pytest.approx(expected_i, rel=1e-5)
+    table = Descriptors().table
+    np.testing.assert_allclose(table.mean(0), 0, atol=1e-6)
+    np.testing.assert_allclose(table.std(0), 1, atol=1e-5)
+    assert features[1, 2] > features[0, 2]  # charge: arginine +1, isoleucine 0
+
+
+def test_variable_sites_are_one_based():
+    assert variable_sites(["AAAA", "ACAA", "AAAT"]) == [2, 4]
+
+
+class CountingEncoder:
+    """Per-residue embeddings: row i of a sequence is [i, ord(residue)]."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, sequences):
+        self.calls += 1
+        return [np.array([[i, ord(r)] for i, r in enumerate(s)], float) for s in sequences]
+
+
+def test_run_embedding_pools_and_caches(tmp_path):
+    encoder = CountingEncoder()
+    mean = RunEmbedding(tmp_path, "mean", encode=encoder)
+    np.testing.assert_allclose(mean(["AC", "WWW"]), [[0.5, (65 + 67) / 2], [1.0, ord("W")]])
+    sites = RunEmbedding(tmp_path, "sites", sites=[1, 3], encode=encoder)
+    np.testing.assert_allclose(sites(["ACD"]), [[1.0, (65 + 68) / 2]])
+    assert encoder.calls == 2
+    mean(["AC", "WWW"])  # cached: the encoder is not called again
+    assert encoder.calls == 2
+    assert mean.cache_path(["AC", "WWW"]).parent == tmp_path / "bo-embeddings"
+    assert mean.cache_path(["AC", "WWW"]) != mean.cache_path(["AC", "WWY"])
+    before = mean.cache_path(["AC", "WWW"])
+    (tmp_path / "encoder.safetensors").write_bytes(b"retrained")
+    assert mean.cache_path(["AC", "WWW"]) != before  # a new encoder does not reuse old embeddings
+
+
+def test_run_embedding_needs_residue_aligned_output(tmp_path):
+    def with_special_tokens(sequences):
+        return [np.zeros((len(s) + 2, 3)) for s in sequences]
+
+    with pytest.raises(DataError, match="special tokens"):
+        RunEmbedding(tmp_path, encode=with_special_tokens)(["ACD"])
+
+
+def test_run_dirs_without_a_sequence_encoder_are_refused_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="onehot or descriptors"):
+        make_featurizer(str(tmp_path))
+    with pytest.raises(ConfigError, match="pooling"):
+        RunEmbedding(tmp_path, "max", encode=CountingEncoder())
+    with pytest.raises(ConfigError, match="featurizer 'nope'"):
+        make_featurizer("nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# surrogate and proposals
+
+
+# A fixed noise keeps the tiny fits fast: learning the noise of a noiseless toy function takes
+# the optimiser ~200 steps, a fixed one ~30. The file-level tests below learn it.
+NOISE = 1e-3
+
+
+def small_pool(seed=0, size=60):
+    """A pool of 3-site variants over 5 residues and a smooth fitness of their descriptors."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("AILKD"))
+    variants = sorted({"".join(rng.choice(letters, 3)) for _ in range(400)})[:size]
+    features = Descriptors()(variants)
+    fitness = np.sin(features[:, 0]) + 0.5 * features[:, 4] - 0.3 * features[:, 9] ** 2
+    return variants, features, fitness
+
+
+def test_gp_posterior_mean_interpolates_noiseless_points():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 2, generator=generator, dtype=torch.float64)
+    y = torch.sin(3 * x[:, 0]) + x[:, 1] ** 2
+    model = fit_gp(x, y, noise_variance=1e-6)
+    mean, std = posterior_mean_std(model, x, chunk_size=5)
+    np.testing.assert_allclose(mean.numpy(), y.numpy(), atol=2e-3)
+    assert std.max() < 0.01 * y.std()
+
+
+@pytest.mark.parametrize("acquisition", ["qei", "qucb", "thompson"])
+def test_proposals_are_new_distinct_and_seeded(acquisition):
+    _, features, fitness = small_pool()
+    measured = np.arange(0, 60, 6)
+    first = propose(features, measured, fitness[measured], 8, acquisition, seed=3,
+                    noise_variance=NOISE)
+    assert len(first.indices) == len(set(first.indices.tolist())) == 8
+    assert not set(first.indices.tolist()) & set(measured.tolist())
+    assert first.indices.min() >= 0 and first.indices.max() < 60
+    assert (first.std >= 0).all()
+    again = propose(features, measured, fitness[measured], 8, acquisition, seed=3,
+                    noise_variance=NOISE)
+    np.testing.assert_array_equal(first.indices, again.indices)
+    np.testing.assert_array_equal(first.acquisition, again.acquisition)
+
+
+@pytest.mark.parametrize("acquisition", ["qucb", "thompson"])
+def test_the_best_measured_candidates_are_not_proposed_again(acquisition):
+    # measured = the 10 fittest: pure exploitation (UCB with beta = 0) would pick them first
+    _, features, fitness = small_pool()
+    measured = np.argsort(-fitness)[:10]
+    proposal = propose(features, measured, fitness[measured], 10, acquisition, seed=0, beta=0.0,
+                       noise_variance=NOISE)
+    assert not set(proposal.indices.tolist()) & set(measured.tolist())
+
+
+def test_ucb_and_ei_values_follow_their_formulas():
+    _, features, fitness = small_pool()
+    measured = np.arange(0, 60, 5)
+    ucb = propose(features, measured, fitness[measured], 5, "qucb", seed=0, beta=2.25,
+                  noise_variance=NOISE)
+    np.testing.assert_allclose(ucb.acquisition, ucb.mean + 1.5 * ucb.std, rtol=1e-6)
+    ei = propose(features, measured, fitness[measured], 5, "qei", seed=0, noise_variance=NOISE)
+    z = (ei.mean - fitness[measured].max()) / ei.std
+    phi = np.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
+    big_phi = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+    np.testing.assert_allclose(ei.acquisition, ei.std * (z * big_phi + phi), rtol=1e-4)
+
+
+@pytest.mark.parametrize("acquisition", ["qei", "thompson"])
+def test_chunked_scoring_gives_the_same_batch(acquisition):
+    _, features, fitness = small_pool()
+    measured = np.arange(0, 60, 4)
+    whole = propose(features, measured, fitness[measured], 6, acquisition, seed=1,
+                    noise_variance=NOISE)
+    chunked = propose(features, measured, fitness[measured], 6, acquisition, seed=1,
+                      noise_variance=NOISE, chunk_size=7)
+    np.testing.assert_array_equal(whole.indices, chunked.indices)
+
+
+def test_shortlist_still_gives_a_full_batch():
+    _, features, fitness = small_pool()
+    measured = np.arange(0, 60, 4)
+    proposal = propose(features, measured, fitness[measured], 6, "qucb", seed=0, shortlist=2,
+                       noise_variance=NOISE)
+    assert len(set(proposal.indices.tolist())) == 6
+
+
+def test_bad_propose_arguments_are_named():
+    _, features, fitness = small_pool()
+    measured = np.arange(0, 60, 2)
+    with pytest.raises(ConfigError, match="acquisition 'ei'"):
+        propose(features, measured, fitness[measured], 4, "ei")
+    with pytest.raises(ConfigError, match="q = 31"):
+        propose(features, measured, fitness[measured], 31, "qei")
+    with pytest.raises(DataError, match="measured twice"):
+        propose(features, [1, 1, 2], [0.0, 1.0, 2.0], 2, "qei")
+
+
+def test_features_are_scaled_to_the_unit_cube_and_wide_ones_reduced():
+    rng = np.random.default_rng(0)
+    scaled = prepare_features(rng.normal(size=(50, 6)) * 100 + 7).numpy()
+    np.testing.assert_allclose(scaled.min(0), 0, atol=1e-12)
+    np.testing.assert_allclose(scaled.max(0), 1)
+    assert prepare_features(rng.normal(size=(50, 100)), max_dims=8).shape == (50, 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# files and the command line
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_pool_from_csv_and_fasta(tmp_path):
+    assert read_pool(write(tmp_path / "p.csv", "id,Sequence\na,acd\nb,ACE\n")) == ["ACD", "ACE"]
+    assert read_pool(write(tmp_path / "p.fasta", ">a\nAC\nD\n>b\nACE\n")) == ["ACD", "ACE"]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("unknown.csv", "sequence\nACD\nAZD\n", r"unknown.csv, line 3: 'Z' at position 2"),
+    ("dup.csv", "sequence\nACD\nACE\nACD\n",
+     r"dup.csv: sequence 'ACD' appears twice, on line 2 and line 4"),
+    ("nohead.csv", "ACD\nACE\n", r"nohead.csv, line 1: .* lacks column\(s\) sequence"),
+    ("empty.csv", "sequence\n\n", r"empty.csv: the pool holds no sequences"),
+    ("bad.fasta", ">a\nACD\n>b\nAC*\n", r"bad.fasta.*line 4"),
+    ("dup.fasta", ">a\nACD\n>b\nACD\n",
+     r"dup.fasta: sequence 'ACD' appears twice, on record 'a' and record 'b'"),
+])
+def test_bad_pool_files_get_named_errors(tmp_path, name, text, message):
+    with pytest.raises(DataError, match=message):
+        read_pool(write(tmp_path / name, text))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("sequence,value\nACD,1.0\nACE,\n", r"m.csv, line 3: missing value"),
+    ("sequence,value\nACD,1.0\nACE,high\n", r"m.csv, line 3: value 'high' is not a finite number"),
+    ("sequence,value\nACD,1.0\nACE,nan\n", r"m.csv, line 3: value 'nan'"),
+    ("sequence,value\nACD,1.0\nACD,2.0\n",
+     r"m.csv: sequence 'ACD' appears twice, on line 2 and line 3"),
+    ("sequence,value\nACD,1.0\nAXE,2.0\n", r"m.csv, line 3: 'X' at position 2"),
+    ("sequence,value\nACD,1.0\nWWW,2.0\n",
+     r"m.csv, line 3: sequence 'WWW' is not in the candidate pool"),
+    ("sequence,fitness\nACD,1.0\n", r"lacks column\(s\) value"),
+])
+def test_bad_measurement_files_get_named_errors(tmp_path, text, message):
+    with pytest.raises(DataError, match=message):
+        read_measurements(write(tmp_path / "m.csv", text), ["ACD", "ACE"])
+
+
+def test_measurements_map_to_pool_rows(tmp_path):
+    path = write(tmp_path / "m.csv", "Sequence,Value\nace,2.5\n\nACD,-1\n")
+    indices, values = read_measurements(path, ["ACD", "ACE"])
+    assert indices.tolist() == [1, 0] and values.tolist() == [2.5, -1.0]
+
+
+def test_cli_bo_writes_the_next_batch(tmp_path, capsys):
+    variants, _, fitness = small_pool()
+    pool = ["MK" + v + "GS" for v in variants]  # sites 3-5 vary: found automatically
+    write(tmp_path / "pool.csv", "sequence\n" + "\n".join(pool) + "\n")
+    measured = list(range(0, 60, 6))
+    write(tmp_path / "measured.csv", "sequence,value\n"
+          + "".join(f"{pool[i]},{fitness[i]:.6f}\n" for i in measured))
+    out = tmp_path / "next.csv"
+    code = main(["bo", "--pool", str(tmp_path / "pool.csv"), "--measured",
+                 str(tmp_path / "measured.csv"), "--featurizer", "onehot", "--q", "4",
+                 "--acquisition", "qucb", "--out", str(out), "--seed", "2"])
+    assert code == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == OUTPUT_COLUMNS and len(rows) == 5
+    proposed = [r[0] for r in rows[1:]]
+    assert len(set(proposed)) == 4 and set(proposed) <= set(pool)
+    assert not set(proposed) & {pool[i] for i in measured}
+    assert all(float(r[2]) >= 0 for r in rows[1:])
+
+
+def test_cli_bo_reports_bad_input_as_one_line(tmp_path, capsys):
+    write(tmp_path / "pool.csv", "sequence\nACD\nACE\nACF\n")
+    write(tmp_path / "measured.csv", "sequence,value\nACD,1\nACE,\n")
+    code = main(["bo", "--pool", str(tmp_path / "pool.csv"), "--measured",
+                 str(tmp_path / "measured.csv"), "--q", "1", "--out", str(tmp_path / "o.csv")])
+    assert code == 2
+    assert "measured.csv, line 3: missing value" in capsys.readouterr().err
