@@ -17,7 +17,7 @@ One thread on CPU (what a laptop user has; and the machine it was run on was sha
         --arms random,onehot:thompson,descriptors:thompson
 then, added to the same results (qEI's greedy batch costs more: a shorter shortlist, 5 seeds):
     OMP_NUM_THREADS=1 python bench/bo_gb1.py --seeds 5 --resume --shortlist 256 \
-        --arms random,onehot:thompson,descriptors:thompson,onehot:qei
+        --arms random,onehot:thompson,descriptors:thompson,onehot:qei,descriptors:qei
 """
 
 from __future__ import annotations
