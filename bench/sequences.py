@@ -33,15 +33,15 @@ unigram perplexity is in the JSON too). An MLM below the reference has used the 
 
 The 16s-reads data set has 10 reads per gene (40,590 train, 10,160 test reads); encoding them all
 for the encoder, the random-init encoder and the RC checks takes minutes on a CPU.
-``--dna-eval-reads-per-gene N`` evaluates on N reads per gene instead (a data set registered here
-as ``16s-reads-Npg``: the same genes and gene split, its reads drawn afresh with the same seed, so
-not a subset of the 10-per-gene reads), while pretraining always reads the registered 16s-reads. Evaluation of protein and text reads every sequence.
+``--dna-eval-reads-per-gene N`` evaluates on N reads per gene instead (the data set's
+``reads_per_gene`` option: the same genes and gene split, its reads drawn afresh with the same
+seed, so not a subset of the 10-per-gene reads), while pretraining reads the default 16s-reads.
+Evaluation of protein and text reads every sequence.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import statistics
@@ -54,9 +54,8 @@ import numpy as np
 
 from selfsup.config import build_options, load_config
 from selfsup.data import load_split
-from selfsup.data.dna_datasets import READS_NAME, sixteen_s_reads
+from selfsup.data.dna_datasets import READS_NAME
 from selfsup.evaluate.run import evaluate_run
-from selfsup.registry import DATASETS
 from selfsup.tokenize import make_tokenizer
 from selfsup.tokenize.base import Tokenizer
 from selfsup.train import pretrain
@@ -86,17 +85,6 @@ TASKS = {
                    ("method.rc_invariant=true",)),
     "text": Task("mlm", "20newsgroups", "newsgroup"),
 }
-
-
-def reads_dataset(reads_per_gene: int) -> str:
-    """The name of 16s-reads with ``reads_per_gene`` reads per gene, registered on first use."""
-    if reads_per_gene == DEFAULT_READS_PER_GENE:
-        return READS_NAME
-    name = f"{READS_NAME}-{reads_per_gene}pg"
-    if name not in DATASETS:
-        DATASETS.register(name, f"{READS_NAME} with {reads_per_gene} reads per gene (bench)")(
-            functools.partial(sixteen_s_reads, reads_per_gene=reads_per_gene))
-    return name
 
 
 def token_counts(tokenizer: Tokenizer, sequences: Sequence[str], max_length: int) -> np.ndarray:
@@ -183,17 +171,17 @@ def run_task(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, An
     started = time.perf_counter()
     pretrain(load_config(None, overrides))
     train_seconds = time.perf_counter() - started
-    eval_dataset = (reads_dataset(args.dna_eval_reads_per_gene) if task.dataset == READS_NAME
-                    else task.dataset)
+    eval_options = ({"reads_per_gene": args.dna_eval_reads_per_gene}
+                    if task.dataset == READS_NAME else None)  # None: the run's own data options
     started = time.perf_counter()
-    result = evaluate_run(run_dir, dataset=eval_dataset, device=args.device, baselines=True,
+    result = evaluate_run(run_dir, device=args.device, baselines=True, data_options=eval_options,
                           log=lambda message: print(f"  {message}", flush=True))
     eval_seconds = time.perf_counter() - started
     records = read_metrics(run_dir / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
     row: dict[str, Any] = {
         "task": name, "method": task.method, "dataset": task.dataset, "target": task.target,
-        "eval_dataset": eval_dataset, "num_train": result["num_train"],
+        "eval_options": eval_options, "num_train": result["num_train"],
         "num_test": result["num_test"], "run_dir": str(run_dir),
         "sets": {"ssl": _accuracies(result), **result["baselines"]},
         "rc_consistency": result.get("rc_consistency", {}),
@@ -207,6 +195,10 @@ def run_task(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, An
     if task.method == "mlm":
         row["mlm"] = mlm_extras(run_dir, records, task.dataset)
     return row
+
+
+def _options_text(options: dict | None) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
 
 
 def _accuracies(result: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +231,7 @@ def print_table(rows: list[dict], fractions: list[float]) -> None:
             print(f"{row['task']}: {budget['backbone']}, {row['steps']} steps × batch "
                   f"{budget['batch_size']}, max length {budget['max_length']}, "
                   f"{row['sequences_per_s']:,.0f} sequences/s; test: {row['num_test']:,} of "
-                  f"{row['eval_dataset']}" + (f"; {' '.join(budget['set'])}" if budget["set"] else ""))
+                  f"{row['dataset']}{_options_text(row.get('eval_options'))}" + (f"; {' '.join(budget['set'])}" if budget["set"] else ""))
 
 
 def merged_with(earlier: list[dict], rows: list[dict]) -> list[dict]:

@@ -94,3 +94,11 @@ def interrupt_then_resume(config: Config, stop_after_epoch: int, monkeypatch) ->
     assert not (Path(config.out) / "encoder.safetensors").exists()
     monkeypatch.setattr(Trainer, "_end_of_epoch", original)
     return Trainer(config, resume=True).fit()
+
+
+def assert_health_watches_the_encoder_only(method: nn.Module, x: torch.Tensor) -> None:
+    """Methods without a projector (MAE, BEiT): the health monitor sees the encoder's features of
+    the whole, unmasked input and nothing else."""
+    watched = method.health_embeddings(x)
+    assert list(watched) == ["encoder"]
+    torch.testing.assert_close(watched["encoder"], method.encoder(x))

@@ -63,7 +63,7 @@ from selfsup.train.distributed import (
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer, scaled_lr
 from selfsup.train.trainer import split_views, train_step
-from selfsup.views import make_views
+from selfsup.views import is_sequence_recipe, make_views
 
 from conftest import TINY
 
@@ -245,10 +245,6 @@ def draws_at_random(method: nn.Module) -> bool:
 
 
 def makes_token_views(name: str) -> bool:
-    try:
-        from selfsup.views.sequence_recipes import is_sequence_recipe
-    except ImportError:  # a checkout without the sequence methods: every method is an image one
-        return False
     return is_sequence_recipe(METHODS.get(name).view_recipe)
 
 

@@ -9,7 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from method_helpers import assert_loss_falls, digit_step_losses, interrupt_then_resume
+from method_helpers import (
+    assert_health_watches_the_encoder_only,
+    assert_loss_falls,
+    digit_step_losses,
+    interrupt_then_resume,
+)
 
 from selfsup.backbones import build_backbone
 from selfsup.codebook import PatchCodebook, code_perplexity
@@ -365,11 +370,7 @@ def test_a_cnn_encoder_and_bad_options_are_config_errors():
 
 
 def test_health_watches_unmasked_encoder_features_only():
-    method = tiny_beit()
-    x = digits(4)
-    watched = method.health_embeddings(x)
-    assert list(watched) == ["encoder"]
-    torch.testing.assert_close(watched["encoder"], method.encoder(x))
+    assert_health_watches_the_encoder_only(tiny_beit(), digits(4))
 
 
 def test_checkpoints_hold_the_codebook_and_the_encoder_export_does_not_hold_the_mask_token():

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from method_helpers import digit_step_losses
+from method_helpers import assert_health_watches_the_encoder_only, digit_step_losses
 
 from selfsup.backbones import build_backbone
 from selfsup.data import load_split
@@ -214,11 +214,7 @@ def test_a_cnn_encoder_is_a_config_error_naming_the_backbone_option():
 
 
 def test_health_watches_unmasked_encoder_features_only():
-    method = tiny_mae()
-    x = digits(4)
-    watched = method.health_embeddings(x)
-    assert list(watched) == ["encoder"]
-    torch.testing.assert_close(watched["encoder"], method.encoder(x))
+    assert_health_watches_the_encoder_only(tiny_mae(), digits(4))
 
 
 def test_reconstruction_keeps_visible_pixels_and_marks_the_masked_ones():

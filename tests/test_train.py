@@ -173,3 +173,14 @@ def test_online_probe_works_with_default_sizes_on_a_small_data_set(tiny_config):
     run = Trainer(tiny_config("train.probe_train_samples=10000", "train.probe_test_samples=10000",
                               out="run2")).fit()
     assert any(r["kind"] == "probe" for r in read_metrics(run / "metrics.jsonl"))
+
+
+def test_importing_the_trainer_leaves_out_slow_optional_imports():
+    # torch._dynamo (~1 s) and scikit-learn (~1 s) load on first use, not on every `import selfsup`
+    import subprocess
+    import sys
+
+    code = ("import sys, selfsup.train, selfsup.methods, selfsup.data; "
+            "print(sorted(m for m in ('torch._dynamo', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -82,12 +82,11 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
-    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The class token's attention weights over all N keys, (B, heads, N), computed explicitly
-        because the fused kernel does not return them."""
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Every query's attention weights over all N keys, (B, heads, N, N), computed explicitly
+        because the fused kernel does not return them (for visualisation, not training)."""
         q, k, _ = self._queries_keys_values(x)
-        scores = q[:, :, :1] @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
-        return scores.softmax(dim=-1).squeeze(2)
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
 
 class Block(nn.Module):
@@ -225,6 +224,19 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool_tokens(self.forward_tokens(x))
 
+    def attention_weights(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """The full softmax attention of block ``layer``, (B, heads, 1 + n, 1 + n): query i's
+        weights over every key, the class token first and the patches in row-major grid order."""
+        depth = len(self.blocks)
+        if not -depth <= layer < depth:
+            raise ConfigError(f"attention layer {layer} does not exist; use -{depth} … {depth - 1}")
+        index = layer % depth
+        tokens = self.embed(x)
+        for block in self.blocks[:index]:
+            tokens = block(tokens)
+        block = self.blocks[index]
+        return block.attn.attention_weights(block.norm1(tokens))
+
     def attention_maps(self, x: torch.Tensor, layer: int = -1, include_cls: bool = False) -> torch.Tensor:
         """The class token's attention weights in block ``layer``, for visualisation.
 
@@ -234,15 +246,7 @@ class VisionTransformer(nn.Module):
         the class token gives itself. ``include_cls=True`` returns the full softmax rows,
         (B, heads, 1 + n), which sum to 1.
         """
-        depth = len(self.blocks)
-        if not -depth <= layer < depth:
-            raise ConfigError(f"attention layer {layer} does not exist; use -{depth} … {depth - 1}")
-        index = layer % depth
-        tokens = self.embed(x)
-        for block in self.blocks[:index]:
-            tokens = block(tokens)
-        block = self.blocks[index]
-        weights = block.attn.cls_attention(block.norm1(tokens))
+        weights = self.attention_weights(x, layer)[:, :, 0]
         return weights if include_cls else weights[..., 1:]
 
 

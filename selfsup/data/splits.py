@@ -11,7 +11,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from selfsup.errors import DataError
 
@@ -53,6 +52,9 @@ def holdout_indices(
         class_counts = class_counts[class_counts > 0]
         if class_counts.min() >= 2 and len(class_counts) <= min(test_size, count - test_size):
             stratify = labels.numpy()
+    # imported here, not at the top: scikit-learn costs ~1 s on every `import selfsup.data`
+    from sklearn.model_selection import train_test_split
+
     train, test = train_test_split(
         np.arange(count), test_size=test_size, random_state=seed, stratify=stratify
     )

@@ -6,8 +6,6 @@ from typing import Union
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from selfsup.errors import ConfigError, DataError
 
@@ -63,6 +61,10 @@ def tsne_embedding(
     if len(x) < 3:
         raise DataError(f"t-SNE needs at least 3 feature rows, got {len(x)}")
     components = min(PCA_DIMS, x.shape[0], x.shape[1])
+    # imported here: scikit-learn costs ~1 s, and the trainer imports this package for its k-NN
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
     x = PCA(n_components=components, random_state=seed).fit_transform(x)
     # Barnes-Hut t-SNE looks at 3 × perplexity neighbours of each point: keep them in the sample.
     perplexity = min(MAX_PERPLEXITY, (len(x) - 1) / 3)

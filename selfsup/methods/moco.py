@@ -245,6 +245,12 @@ class MoCoV2(MomentumContrast):
         # the global random stream (which differs between processes) is left alone.
         self.shuffle_seed = int(torch.randint(2**62, ()))
         self.shuffles_done = 0
+        if options.bn_splits > 1 and MoCoV2.key_order is MoCoV2._key_order:
+            # A Python counter and a fresh generator: compiled, key_order would recompile every
+            # step. Disabled on the class (so copies of the module stay separate) when the first
+            # MoCo v2 is built, not by a decorator, which would import torch._dynamo (~1 s) on
+            # every `import selfsup`.
+            MoCoV2.key_order = torch.compiler.disable(MoCoV2._key_order)
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         q1, q2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
@@ -284,13 +290,14 @@ class MoCoV2(MomentumContrast):
         keys = torch.empty_like(shuffled).index_copy_(0, order, shuffled)  # keys[order[i]] = i-th
         return list(keys.chunk(len(views)))
 
-    @torch.compiler.disable  # a Python counter and a fresh generator: compiled, it recompiles every step
-    def key_order(self, count: int, device: torch.device) -> torch.Tensor:
+    def _key_order(self, count: int, device: torch.device) -> torch.Tensor:
         """The next random order of ``count`` keys (the same on every process; see ``__init__``)."""
         generator = torch.Generator(device=device)
         generator.manual_seed((self.shuffle_seed + self.shuffles_done) % 2**63)
         self.shuffles_done += 1
         return torch.randperm(count, generator=generator, device=device)
+
+    key_order = _key_order  # run outside torch.compile (see __init__)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"shuffle_seed": self.shuffle_seed, "shuffles_done": self.shuffles_done}

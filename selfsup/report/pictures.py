@@ -219,7 +219,7 @@ def attention_maps(encoder: VisionTransformer, images: torch.Tensor) -> Attentio
     """
     with _evaluating(encoder):
         x = _as_input(images, _device(encoder))
-        weights = _last_block_attention(encoder, x)  # (B, heads, 1 + n, 1 + n)
+        weights = encoder.attention_weights(x)  # the last block's, (B, heads, 1 + n, 1 + n)
     if encoder.pool == "cls":
         rows, query = weights[:, :, 0], "class token"
     else:
@@ -229,25 +229,6 @@ def attention_maps(encoder: VisionTransformer, images: torch.Tensor) -> Attentio
     p = encoder.patch_size
     grid = (x.shape[-2] // p, x.shape[-1] // p)
     return AttentionMaps(over_patches.reshape(*over_patches.shape[:2], *grid).float().cpu(), query)
-
-
-def _last_block_attention(encoder: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """The full softmax attention matrix of the last block, (B, heads, 1 + n, 1 + n).
-
-    The fused attention kernel does not return its weights, so the block's input is caught with a
-    hook and the weights recomputed from its queries and keys.
-    """
-    block = encoder.blocks[-1]
-    caught: list[torch.Tensor] = []
-    hook = block.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
-    try:
-        encoder.forward_tokens(x)
-    finally:
-        hook.remove()
-    # SelfAttention exposes only the class token's row (cls_attention); the mean-pooled case needs
-    # every query, hence its internal q/k split.
-    q, k, _ = block.attn._queries_keys_values(block.norm1(caught[0]))
-    return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
 
 def upsample_maps(maps: torch.Tensor, patch_size: int) -> torch.Tensor:

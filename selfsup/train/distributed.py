@@ -267,10 +267,12 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def sync_batchnorm_default(method: nn.Module) -> bool:
     """SyncBatchNorm by default for methods whose loss couples the samples of a batch.
 
-    Those are exactly the methods with a ``gather`` hook (SimCLR, MoCo v2/v3, DINO, Barlow Twins,
-    VICReg, equivariance): their loss compares each sample with the others (negatives) or with
-    statistics of the batch, so BatchNorm statistics that differ between processes would leak into
-    it. Per-sample losses (BYOL, SimSiam, MAE, autoencoders, pretext tasks) do not need it.
+    Read off the ``gather`` hook, which such methods have (SimCLR, MoCo v2/v3, DINO, Barlow Twins,
+    VICReg, equivariance, dna-contrastive): their loss compares each sample with the others
+    (negatives) or with statistics of the batch, so BatchNorm statistics that differ between
+    processes would leak into it. Per-sample losses (BYOL, SimSiam, MAE, autoencoders, pretext
+    tasks) do not need it. BEiT has the hook for its codebook only; its ViT has no BatchNorm, so
+    the default changes nothing there.
     """
     return hasattr(method, "gather")
 

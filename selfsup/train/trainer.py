@@ -108,7 +108,7 @@ def split_views(views: list[torch.Tensor], parts: int) -> list[list[torch.Tensor
 class HealthData:
     """The fixed held-out batch the health monitor and the online k-NN probe look at every time."""
 
-    images: torch.Tensor  # uint8 on the device
+    images: torch.Tensor  # on the device: uint8 images, or int64 token ids for sequences
     query_images: Optional[torch.Tensor]  # held-out labelled queries of the k-NN probe
     query_labels: Optional[torch.Tensor]
     bank_images: Optional[torch.Tensor]  # labelled training images for the k-NN probe
@@ -128,7 +128,8 @@ class Trainer:
         self.precision = resolve_precision(config.train.precision, self.device)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
-            # Shapes are fixed for a whole run, so cuDNN's autotuner pays for itself in a few steps;
+            # Image shapes are fixed for a whole run, so cuDNN's autotuner pays for itself in a few
+            # steps (length-bucketed sequences vary, but run no convolutions);
             # TF32 covers the float32 matmuls that autocast leaves (the loss, the LARS norms).
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
