@@ -3,9 +3,16 @@
 The protocol of published active-learning studies on GB1 (Wu et al. 2016 data, 149,361 measured
 variants of sites 39/40/41/54): measure 96 random variants, then 4 rounds of 96 proposals, 480
 measurements in all; repeat over seeds. Each arm of a seed starts from the same 96 variants.
-Arms: ``random`` (random search), and ``FEATURIZER:ACQUISITION`` (``onehot``, ``descriptors``;
-``thompson``, ``qei``, ``qucb``) running ``selfsup.apps.bo.propose`` on the whole pool. The
-surrogate sees the measured fitness on its linear scale (relative to the wild type).
+Arms: ``random`` (random search), and ``FEATURIZER:ACQUISITION`` running
+``selfsup.apps.bo.propose`` on the whole pool, ACQUISITION one of ``thompson``, ``qei``, ``qucb``.
+FEATURIZER is ``onehot`` or ``descriptors`` of the four mutated sites, or ``RUN_DIR@POOLING``:
+the per-residue states of a ``selfsup`` protein run's encoder, averaged over the whole sequence
+(``@mean``, the default) or over the four mutated sites (``@sites``). Such an arm is named after
+the run directory in the results, e.g. ``runs/uniprot-mlm@sites:thompson`` → ``uniprot-mlm:sites:
+thompson``, so results of several encoders can share one file (their directories need distinct
+names). The pool's embeddings are computed once, before the first seed, and cached in
+``RUN_DIR/bo-embeddings``. The surrogate sees the measured fitness on its linear scale (relative
+to the wild type).
 
 Reported per arm, mean ± s.e.m. over seeds: the best normalised fitness found (fitness / the
 landscape's maximum) after 96, 192, …, 480 measurements; the fraction of the top-1% variants
@@ -18,6 +25,10 @@ One thread on CPU (what a laptop user has; and the machine it was run on was sha
 then, added to the same results (qEI's greedy batch costs more: a shorter shortlist, 5 seeds):
     OMP_NUM_THREADS=1 python bench/bo_gb1.py --seeds 5 --resume --shortlist 256 \
         --arms random,onehot:thompson,descriptors:thompson,onehot:qei,descriptors:qei
+and a pretrained protein encoder against them (RUN from ``selfsup pretrain --method mlm --dataset
+swissprot-loc --backbone transformer-tiny --out runs/uniprot-mlm``):
+    OMP_NUM_THREADS=1 python bench/bo_gb1.py --seeds 10 --resume --arms \
+        random,onehot:thompson,runs/uniprot-mlm@mean:thompson,runs/uniprot-mlm@sites:thompson
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,11 +44,80 @@ import numpy as np
 import torch
 
 from selfsup.apps.bo import ACQUISITIONS, SHORTLIST, propose
-from selfsup.apps.featurize import Descriptors, OneHot
+from selfsup.apps.featurize import BUILTIN_FEATURIZERS, POOLINGS, make_featurizer
 from selfsup.data.gb1 import MUTATED_SITES, load_gb1, normalised_fitness, top_variants
+from selfsup.errors import SelfsupError
 
-FEATURIZERS = {"onehot": OneHot, "descriptors": Descriptors}
 DEFAULT_ARMS = "random,onehot:thompson,descriptors:thompson"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison. ``label`` names it in the results and the table; ``features``
+    names its feature set (shared by arms that differ only in the acquisition), built by
+    ``make_featurizer(source, MUTATED_SITES, pooling)``; random search has neither."""
+
+    label: str
+    acquisition: Optional[str] = None  # None: random search
+    features: Optional[str] = None
+    source: Optional[str] = None  # "onehot", "descriptors" or a run directory
+    pooling: str = "mean"
+
+
+def parse_arm(text: str) -> Arm:
+    """``random``, or ``FEATURIZER:ACQUISITION`` (see the module docstring)."""
+    if text == "random":
+        return Arm("random")
+    featurizer, _, acquisition = text.rpartition(":")  # a run directory's path may hold a colon
+    if acquisition not in ACQUISITIONS:
+        raise SystemExit(f"arm {text!r}: the acquisition after the last ':' must be one of "
+                         f"{', '.join(ACQUISITIONS)}; see --help")
+    if featurizer in BUILTIN_FEATURIZERS:
+        return Arm(text, acquisition, featurizer, featurizer)
+    run_dir, at, pooling = featurizer.rpartition("@")
+    if not at:  # no pooling named: the mean over the sequence
+        run_dir, pooling = featurizer, "mean"
+    if not Path(run_dir).is_dir():
+        raise SystemExit(f"arm {text!r}: {run_dir!r} is neither "
+                         f"{' nor '.join(BUILTIN_FEATURIZERS)} nor a run directory "
+                         "(RUN_DIR@POOLING); see --help")
+    if pooling not in POOLINGS:
+        raise SystemExit(f"arm {text!r}: pooling {pooling!r} must be one of {', '.join(POOLINGS)}")
+    features = f"{Path(run_dir).resolve().name}:{pooling}"
+    return Arm(f"{features}:{acquisition}", acquisition, features, run_dir, pooling)
+
+
+def parse_arms(text: str) -> list[Arm]:
+    """The comma-separated arms; run directories whose names would give two feature sets one
+    label are refused."""
+    arms = [parse_arm(a.strip()) for a in text.split(",") if a.strip()]
+    sources: dict[str, str] = {}
+    for arm in arms:
+        if arm.features is None:
+            continue
+        source = str(Path(arm.source).resolve())
+        if sources.setdefault(arm.features, source) != source:
+            raise SystemExit(f"run directories {sources[arm.features]} and {source} would both be "
+                             f"named {arm.features.split(':')[0]!r} in the results; rename one")
+    return arms
+
+
+def pool_features(arms: list[Arm], sequences: list[str]) -> dict[str, np.ndarray]:
+    """Each feature set the arms use, of the whole pool, computed once (run directories cache
+    their embeddings)."""
+    features: dict[str, np.ndarray] = {}
+    for arm in arms:
+        if arm.features is None or arm.features in features:
+            continue
+        started = time.perf_counter()
+        try:
+            featurizer = make_featurizer(arm.source, MUTATED_SITES, arm.pooling)
+            features[arm.features] = featurizer(sequences)
+        except SelfsupError as error:
+            raise SystemExit(f"arm {arm.label}: {error}") from None
+        print(f"features {arm.features}: {features[arm.features].shape[1]} columns in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+    return features
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -47,8 +128,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=96, help="proposals per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--arms", default=DEFAULT_ARMS,
-                   help="comma-separated: random, or FEATURIZER:ACQUISITION with FEATURIZER in "
-                        f"{sorted(FEATURIZERS)} and ACQUISITION in {list(ACQUISITIONS)}")
+                   help="comma-separated: random, or FEATURIZER:ACQUISITION with FEATURIZER one of "
+                        f"{', '.join(BUILTIN_FEATURIZERS)} or RUN_DIR@POOLING (a protein run's "
+                        f"encoder; POOLING {' or '.join(POOLINGS)}) and ACQUISITION one of "
+                        f"{', '.join(ACQUISITIONS)} (default {DEFAULT_ARMS})")
     p.add_argument("--shortlist", type=int, default=SHORTLIST,
                    help="qei/qucb: candidates (best single-point acquisition) that the greedy "
                         f"batch selection considers (default {SHORTLIST}); cost grows linearly")
@@ -59,19 +142,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_arm(arm: str, features: Optional[np.ndarray], fitness: np.ndarray, initial: np.ndarray,
-            batch: int, rounds: int, seed: int, shortlist: int) -> dict:
-    """One arm from one initial set: the measured pool rows in order and per-round timings."""
+def run_arm(acquisition: Optional[str], features: Optional[np.ndarray], fitness: np.ndarray,
+            initial: np.ndarray, batch: int, rounds: int, seed: int, shortlist: int) -> dict:
+    """One arm from one initial set: the measured pool rows in order and per-round timings.
+    ``acquisition`` None is random search (``features`` unused)."""
     measured = list(initial)
     round_seconds = []
     rng = np.random.default_rng([seed, 1])  # random search's own stream
     for round_index in range(rounds):
         started = time.perf_counter()
-        if arm == "random":
+        if acquisition is None:
             unmeasured = np.setdiff1d(np.arange(len(fitness)), measured)
             chosen = rng.choice(unmeasured, batch, replace=False)
         else:
-            acquisition = arm.split(":")[1]
             chosen = propose(features, measured, fitness[measured], batch, acquisition,
                              seed=seed * 100 + round_index, shortlist=shortlist).indices
         round_seconds.append(time.perf_counter() - started)
@@ -144,11 +227,8 @@ def plot(results: dict, arms: list[str], stages: list[int], path: Path) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    for arm in arms:
-        featurizer, _, acquisition = arm.partition(":")
-        if arm != "random" and (featurizer not in FEATURIZERS or acquisition not in ACQUISITIONS):
-            raise SystemExit(f"unknown arm {arm!r}; see --help")
+    arms = parse_arms(args.arms)
+    labels = [arm.label for arm in arms]
     sequences, _, fitness = load_gb1()
     top = top_variants(fitness)
     stages = list(range(args.initial, args.initial + args.batch * args.rounds + 1, args.batch))
@@ -160,28 +240,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                "runs": []}
     if args.resume and out.is_file():
         results["runs"] = json.loads(out.read_text())["runs"]
-    features = {name: FEATURIZERS[name](MUTATED_SITES)(sequences)
-                for name in {a.split(":")[0] for a in arms if a != "random"}}
+    features = pool_features(arms, sequences)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         initial = np.random.default_rng(seed).choice(len(sequences), args.initial, replace=False)
         for arm in arms:
-            if any(r["arm"] == arm and r["seed"] == seed for r in results["runs"]):
+            if any(r["arm"] == arm.label and r["seed"] == seed for r in results["runs"]):
                 continue
-            run = run_arm(arm, features.get(arm.split(":")[0]), fitness, initial, args.batch,
-                          args.rounds, seed, args.shortlist)
+            run = run_arm(arm.acquisition, features.get(arm.features), fitness, initial,
+                          args.batch, args.rounds, seed, args.shortlist)
             best, found = curves(run["measured"], fitness, top, args.initial, args.batch)
-            results["runs"].append({"arm": arm, "seed": seed, "best": best, "top_found": found,
-                                    "round_seconds": run["round_seconds"],
+            results["runs"].append({"arm": arm.label, "seed": seed, "best": best,
+                                    "top_found": found, "round_seconds": run["round_seconds"],
                                     "shortlist": args.shortlist,
                                     "measured": run["measured"]})
-            print(f"seed {seed} {arm:<22} best {' '.join(f'{b:.3f}' for b in best)}  top-1% "
+            print(f"seed {seed} {arm.label:<22} best {' '.join(f'{b:.3f}' for b in best)}  top-1% "
                   f"{found[-1]:.3f}  {np.mean(run['round_seconds']):.1f} s/round", flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results))
-    table = summarise(results, arms, stages)
+    table = summarise(results, labels, stages)
     results["table"] = table
     out.write_text(json.dumps(results))
-    plot(results, arms, stages, Path(args.plot))
+    plot(results, labels, stages, Path(args.plot))
     print(table)
     print(f"wrote {out} and {args.plot}")
     return 0

@@ -84,8 +84,9 @@ def _bo_parser(sub) -> None:
                    help="CSV with 'sequence' and 'value' columns (higher is better); each sequence "
                         "must be in the pool")
     p.add_argument("--featurizer", default="onehot",
-                   help="onehot (default), descriptors, or a run directory whose encoder embeds "
-                        "the candidates")
+                   help="onehot (default), descriptors, or a protein run directory (selfsup "
+                        "pretrain --method mlm ...) whose encoder embeds the candidates; its "
+                        "embeddings are cached in RUN/bo-embeddings")
     p.add_argument("--sites", metavar="I[,I...]", help="1-based positions to featurise (default: "
                                                       "where the pool's sequences differ)")
     p.add_argument("--pooling", default="mean", choices=["mean", "sites"],

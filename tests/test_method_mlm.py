@@ -39,7 +39,7 @@ def test_mlm_recipe_masks_by_the_bert_rule():
 
 
 def test_loss_is_cross_entropy_over_chosen_positions_only():
-    method = tiny_mlm()
+    method = tiny_mlm(score_chosen_only=False)  # full (B, L, V) logits, to see every position
     inputs, labels = masked_views()
     captured = {}
     method.head.register_forward_hook(lambda module, args, out: captured.update(logits=out))
@@ -61,7 +61,7 @@ def test_loss_is_cross_entropy_over_chosen_positions_only():
 
 
 def test_logs_masked_accuracy_and_perplexity():
-    method = tiny_mlm()
+    method = tiny_mlm(score_chosen_only=False)
     inputs, labels = masked_views()
     captured = {}
     method.head.register_forward_hook(lambda module, args, out: captured.update(logits=out))
@@ -71,6 +71,30 @@ def test_logs_masked_accuracy_and_perplexity():
     torch.testing.assert_close(out.logs["masked_accuracy"], expected_accuracy)
     torch.testing.assert_close(out.logs["perplexity"], out.loss.detach().exp())
     assert out.embeddings.shape == (len(SEQUENCES), 32)
+
+
+def test_scoring_only_the_chosen_positions_gives_the_same_loss_and_gradients():
+    inputs, labels = masked_views()
+    results = []
+    for chosen_only in (False, True):
+        method = tiny_mlm(score_chosen_only=chosen_only)
+        out = method([inputs, labels])
+        out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in method.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), out.logs["masked_accuracy"], grads))
+    (full_loss, full_acc, full_grads), (picked_loss, picked_acc, picked_grads) = results
+    torch.testing.assert_close(picked_loss, full_loss)
+    torch.testing.assert_close(picked_acc, full_acc)
+    assert full_grads.keys() == picked_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(picked_grads[name], full_grads[name], msg=name)
+
+
+def test_chosen_only_scoring_is_on_by_default_when_the_vocabulary_is_wider_than_the_model():
+    assert not tiny_mlm().scores_chosen_only  # 30 protein tokens < 32 dims
+    narrow = build_backbone({"name": "transformer-tiny", "vocab_size": PROTEIN.vocab_size,
+                             "dim": 16, "depth": 1, "ffn_dim": 32, "num_heads": 2}, 0, 0)
+    assert build_method({"name": "mlm"}, narrow).scores_chosen_only
 
 
 def test_tied_head_shares_the_embedding_and_untied_does_not():

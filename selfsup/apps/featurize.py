@@ -6,8 +6,12 @@ with a ``name``. Built in:
 - ``OneHot(sites)``: one-hot of the residues at the given 1-based sites (20 columns per site), or
   of every position when ``sites`` is None (sequences of equal length).
 - ``Descriptors(sites)``: four physico-chemical numbers per site (``DESCRIPTOR_TABLE``).
-- ``RunEmbedding(run_dir, pooling)``: a pretrained sequence encoder's embeddings, mean-pooled over
-  the whole sequence or over the sites, cached as ``.npy`` in the run directory.
+- ``RunEmbedding(run_dir, pooling)``: the per-residue states of a ``selfsup`` run's protein
+  sequence encoder (e.g. ``selfsup pretrain --method mlm --dataset swissprot-loc --backbone
+  transformer-tiny``), mean-pooled over the whole sequence or over the sites, cached as ``.npy``
+  in the run directory. ``run_residue_encoder(run_dir)`` is its sequences → per-residue states
+  step: the run's Transformer with its protein tokeniser, in batches of similar length, on CUDA
+  when there is one.
 
 ``make_featurizer("onehot" | "descriptors" | RUN_DIR, sites)`` builds one from a command-line word.
 """
@@ -15,10 +19,12 @@ with a ``name``. Built in:
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence, Union
 
 import numpy as np
+import torch
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
@@ -53,7 +59,15 @@ DESCRIPTOR_TABLE = {
 }
 POOLINGS = ("mean", "sites")
 ENCODER_FILE = "encoder.safetensors"  # the run directory's encoder weights (DESIGN.md)
+ENCODER_SPEC_FILE = "encoder.json"  # how to rebuild the encoder, and its tokeniser
 BUILTIN_FEATURIZERS = ("onehot", "descriptors")
+EMBED_BATCH = 512  # sequences per forward pass of a run's encoder
+# RunEmbedding asks its encoder for this many residues at a time: the per-residue states of a
+# whole 149k-variant pool (8.4M residues × 64 floats) would take over 2 GB at once.
+RESIDUES_PER_CALL = 1_000_000
+PROTEIN_RUN_HINT = ("pretrain a protein encoder (selfsup pretrain --method mlm --dataset "
+                    "swissprot-loc --backbone transformer-tiny) or use --featurizer onehot or "
+                    "descriptors")
 
 
 class Featurizer(Protocol):
@@ -112,9 +126,11 @@ class RunEmbedding:
     pooling: "mean" averages the per-residue embeddings over the whole sequence; "sites" over the
     given 1-based ``sites`` only (the mutated positions). ``encode`` maps sequences to per-residue
     embeddings, one (L_i, D) array per sequence aligned with its residues (special tokens already
-    removed); by default it is read from the run directory. Results are cached in
-    ``RUN/bo-embeddings/<pooling>-<hash>.npy``, keyed by a hash of the sequences, the pooling, the
-    sites and the encoder file's size and time, so a 149k-candidate pool is embedded once.
+    removed); by default ``run_residue_encoder(run_dir)``. It is called on consecutive slices of
+    about ``RESIDUES_PER_CALL`` residues, so memory holds one slice's states at a time. Results
+    are cached in ``RUN/bo-embeddings/<pooling>-<hash>.npy``, keyed by a hash of the sequences,
+    the pooling, the sites ("sites" pooling) and the encoder file's size and time, so a
+    149k-candidate pool is embedded once.
     """
 
     def __init__(self, run_dir: Union[str, Path], pooling: str = "mean",
@@ -128,9 +144,10 @@ class RunEmbedding:
         if pooling == "sites" and not sites:
             raise ConfigError("pooling 'sites' needs the sites to pool over (1-based positions)")
         self.pooling = pooling
-        self.sites = list(sites) if sites else None
-        self.encode = encode or _run_encoder(self.run_dir)
-        self.name = f"{self.run_dir.name}:{pooling}"
+        # mean pooling ignores the sites, so they must not split its cache either
+        self.sites = list(sites) if pooling == "sites" else None
+        self.encode = encode or run_residue_encoder(self.run_dir)
+        self.name = f"{self.run_dir.resolve().name}:{pooling}"
 
     def cache_path(self, sequences: list[str]) -> Path:
         digest = hashlib.sha256()
@@ -142,10 +159,14 @@ class RunEmbedding:
         return self.run_dir / "bo-embeddings" / f"{self.pooling}-{digest.hexdigest()[:16]}.npy"
 
     def __call__(self, sequences: list[str]) -> np.ndarray:
+        if len(sequences) == 0:
+            raise DataError("no sequences to featurise")
         path = self.cache_path(sequences)
         if path.is_file():
             return np.load(path)
-        features = np.stack([self._pool(e, s) for e, s in zip(self.encode(sequences), sequences)])
+        features = np.stack([self._pool(residues, sequence)
+                             for part in _residue_slices(sequences, RESIDUES_PER_CALL)
+                             for residues, sequence in zip(self.encode(part), part, strict=True)])
         features = features.astype(np.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npy")  # a crash never leaves a half-written cache
@@ -183,14 +204,91 @@ def make_featurizer(spec: str, sites: Optional[Sequence[int]] = None,
     )
 
 
-def _run_encoder(run_dir: Path) -> ResidueEncoder:
-    """The per-residue encoder of a sequence run. Sequence pretraining (issue 5) does not write
-    such runs yet, so every run directory is refused with a clear message for now."""
-    raise ConfigError(
-        f"{run_dir}: embedding candidates with a run's encoder needs a protein sequence run "
-        "(masked-language-model pretraining), which this version cannot load yet; use "
-        "--featurizer onehot or descriptors"
-    )
+def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH,
+                        device: str = "auto") -> ResidueEncoder:
+    """The per-residue encoder of a protein sequence run: ``encode(sequences)`` → one float32
+    (L_i, D) array per sequence, the encoder's final states at its residues (``<cls>``, ``<eos>``
+    and padding dropped), in the order given.
+
+    The run's Transformer and protein tokeniser come from its ``encoder.json`` and
+    ``encoder.safetensors``. ``encode`` sorts the sequences by length into batches of
+    ``batch_size`` (little padding; a key mask keeps padding out of every real token's state) and
+    runs in fp32 under ``torch.inference_mode`` on ``device`` ("auto": CUDA when available, else
+    CPU, where the same input always gives the same output).
+
+    Raises ConfigError for a run dir without a trained encoder or whose encoder is not a protein
+    token encoder (image, DNA, text runs); ``encode`` raises DataError for a sequence longer than
+    the encoder's maximum length (never truncated silently) and passes on the tokeniser's error
+    for a letter outside the protein alphabet.
+    """
+    # Imported here: the training stack costs import time that only run directories need.
+    from selfsup.backbones.transformer import as_token_encoder
+    from selfsup.data.sequence_loader import SequenceBatchStream
+    from selfsup.data.sequences import SequenceSource
+    from selfsup.tokenize import make_tokenizer
+    from selfsup.train.checkpoint import load_encoder
+    from selfsup.train.device import resolve_device
+
+    run_dir, device = Path(run_dir), resolve_device(device)
+    if not (run_dir / ENCODER_SPEC_FILE).is_file() or not (run_dir / ENCODER_FILE).is_file():
+        raise ConfigError(f"{run_dir} holds no trained encoder ({ENCODER_SPEC_FILE} and "
+                          f"{ENCODER_FILE}); {PROTEIN_RUN_HINT}")
+    module, spec = load_encoder(run_dir, device)
+    tokenizer_config = spec.get("tokenizer")
+    if not tokenizer_config:
+        raise ConfigError(f"{run_dir}: its encoder ({spec['backbone'].get('name')}) reads images, "
+                          f"not protein sequences; {PROTEIN_RUN_HINT}")
+    if tokenizer_config.get("name") != "protein":
+        raise ConfigError(f"{run_dir}: its encoder reads {tokenizer_config.get('name')} tokens "
+                          f"({tokenizer_config}), not protein sequences; {PROTEIN_RUN_HINT}")
+    encoder = as_token_encoder(module, "embedding candidates")
+    encoder.eval()
+    tokenizer = make_tokenizer(**tokenizer_config)
+    max_tokens = int(spec.get("max_length", 1024))  # its pretraining rows, specials included
+    if encoder.position_embedding is not None:
+        max_tokens = min(max_tokens, encoder.options.max_positions)
+    max_residues = max_tokens - tokenizer.num_special_tokens
+    lead = int(tokenizer.add_cls)
+
+    @torch.inference_mode()
+    def encode(sequences: list[str]) -> list[np.ndarray]:
+        for number, sequence in enumerate(sequences, start=1):
+            if len(sequence) > max_residues:
+                raise DataError(
+                    f"sequence {number} has {len(sequence)} residues, more than the {max_residues} "
+                    f"that the encoder of {run_dir} takes ({max_tokens} tokens with "
+                    f"{tokenizer.num_special_tokens} specials, its pretraining length); shorten "
+                    "the candidates, or pretrain with a larger data.max_length"
+                )
+        source = SequenceSource([f"sequence {n}" for n in range(1, len(sequences) + 1)],
+                                list(sequences), "protein", name="candidates")
+        # One length-sorted bucket over all sequences; served in that order, not shuffled.
+        stream = SequenceBatchStream(source, tokenizer, batch_size, device, seed=0,
+                                     max_length=max_tokens, shuffle=False, drop_last=False,
+                                     bucket_batches=math.ceil(len(source) / batch_size))
+        residues: list = [None] * len(sequences)
+        for indices, (tokens, _) in zip(stream.batches(0), stream.epoch(0), strict=True):
+            states = encoder.forward_tokens(tokens.ids, tokens.attention_mask).float().cpu().numpy()
+            for row, index in enumerate(indices):
+                length = len(sequences[index])
+                residues[index] = states[row, lead:lead + length].copy()
+        return residues  # complete: every index is in exactly one batch
+
+    return encode
+
+
+def _residue_slices(sequences: list[str], residues: int) -> list[list[str]]:
+    """``sequences`` cut into consecutive slices of at most ``residues`` residues in all (a longer
+    sequence alone makes a slice)."""
+    slices: list[list[str]] = [[]]
+    total = 0
+    for sequence in sequences:
+        if slices[-1] and total + len(sequence) > residues:
+            slices.append([])
+            total = 0
+        slices[-1].append(sequence)
+        total += len(sequence)
+    return slices
 
 
 def _residue_codes(sequences: Sequence[str], sites: Optional[list[int]]) -> np.ndarray:

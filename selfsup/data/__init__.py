@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from selfsup.data import digits, fashion_mnist  # noqa: F401  (modules register their data sets)
 from selfsup.data import dna_datasets, protein_datasets  # noqa: F401  (sequence data sets too)
+from selfsup.data import rrna_corpus, uniprot_go  # noqa: F401  (the pretraining corpora)
 from selfsup.data import text_datasets  # noqa: F401  (and text: 20newsgroups)
 from selfsup.data.arrays import load_arrays
 from selfsup.data.base import FileImages, ImageSource, TensorImages

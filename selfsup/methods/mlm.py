@@ -11,7 +11,8 @@ per-token perplexity over chosen positions (what ESM reports).
 
 Options: ``tie_embeddings`` (default true) shares the LM head's output matrix with the token
 embedding, as BERT and ESM do; with ~30 tokens it saves little but ties the input and output
-meaning of a token. Optimiser defaults follow ESM-2 / RoBERTa in kind — AdamW, betas (0.9, 0.98),
+meaning of a token. ``score_chosen_only`` runs the LM head at the chosen positions alone (default:
+when the vocabulary is wider than the model, as with text; see ``scores_chosen_only``). Optimiser defaults follow ESM-2 / RoBERTa in kind — AdamW, betas (0.9, 0.98),
 weight decay 0.01, gradient clipping at 1 — with a base lr of 1e-3 per 256 sequences and one epoch
 of warm-up for the small models and short runs here (ESM-2 used 4e-4 at ~2M tokens per batch and
 2,000 warm-up steps); not yet tuned.
@@ -20,6 +21,7 @@ of warm-up for the small models and short runs here (ESM-2 used 4e-4 at ~2M toke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -28,6 +30,7 @@ from selfsup.backbones.transformer import LanguageModelHead, as_token_encoder
 from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
 from selfsup.methods.base import Method, StepOutput
 from selfsup.registry import METHODS
+from selfsup.tokenize.base import IGNORE_LABEL
 from selfsup.views import sequence_recipes  # noqa: F401  (registers the "mlm" recipe)
 
 # The sequence methods' shared starting point (see the module docstring); "next-token" and
@@ -39,6 +42,9 @@ SEQUENCE_OPTIM = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "betas": [0
 @dataclass
 class MLMOptions:
     tie_embeddings: bool = True  # LM head output matrix = the token embedding (BERT, ESM)
+    # run the LM head at the chosen positions only (None: when the vocabulary is wider than the
+    # model, see ``MaskedLanguageModel.scores_chosen_only``)
+    score_chosen_only: Optional[bool] = None
 
 
 @METHODS.register("mlm", "masked language modelling (BERT/ESM): predict 15% masked tokens")
@@ -54,11 +60,29 @@ class MaskedLanguageModel(Method):
         self.options = options or MLMOptions()
         self.head = LanguageModelHead(as_token_encoder(encoder, "mlm"), self.options.tie_embeddings)
 
+    @property
+    def scores_chosen_only(self) -> bool:
+        """Whether the LM head runs at the chosen (~15 %) positions only.
+
+        Only chosen positions enter the loss, so the logits elsewhere are wasted work; but picking
+        the chosen positions out of the batch makes the host wait for the device once a step
+        (their number is data-dependent). With a text vocabulary (8,192 tokens and more) the
+        (B, L, V) logits dominate time and memory and picking pays; with ~30 amino-acid or
+        nucleotide tokens the full logits cost less than one layer and the wait is not worth it.
+        The default picks when the vocabulary is larger than the model width.
+        """
+        choice = self.options.score_chosen_only
+        return self.encoder.vocab_size > self.encoder.out_dim if choice is None else choice
+
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         inputs, labels = views[0], views[1]
         attention_mask = inputs != self.encoder.pad_id
         tokens = self.encoder.forward_tokens(inputs, attention_mask)
-        logits = self.head(tokens)
+        if self.scores_chosen_only:
+            chosen = labels != IGNORE_LABEL
+            logits, labels = self.head(tokens[chosen]), labels[chosen]
+        else:
+            logits = self.head(tokens)
         loss = masked_token_cross_entropy(logits, labels)
         accuracy = masked_token_accuracy(logits, labels)
         return StepOutput(
