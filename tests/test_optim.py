@@ -287,3 +287,17 @@ def test_checkpointed_vit_blocks_give_the_same_loss_and_gradients_in_a_method():
         if a.requires_grad:
             assert a.grad is not None and b.grad is not None, name
             torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+def test_vit_tokens_and_position_table_are_not_decayed_in_pretraining():
+    from selfsup.backbones import build_backbone
+    from selfsup.methods import build_method
+
+    encoder = build_backbone({"name": "vit-tiny", "img_size": 8, "patch_size": 4}, 1, 8)
+    method = build_method({"name": "mae"}, encoder)
+    decayed, plain = param_groups(method, 0.05)
+    plain_ids = {id(p) for p in plain["params"]}
+    for token in (encoder.cls_token, encoder.pos_embed, method.mask_token):
+        assert token.ndim == 3 and id(token) in plain_ids
+    assert id(encoder.patch_embed.weight) in {id(p) for p in decayed["params"]}
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0

@@ -63,7 +63,7 @@ from selfsup.evaluate.protocol import balanced_subset, fraction_key
 from selfsup.evaluate.run import extract_features, load_run_config
 from selfsup.train.checkpoint import atomic_write, load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
-from selfsup.train.optim import lr_factor
+from selfsup.train.optim import decays, lr_factor
 from selfsup.views import make_views
 from selfsup.views.image import to_input
 
@@ -71,10 +71,9 @@ MODES = ("full", "frozen")
 INITS = ("pretrained", "scratch")
 RESULTS_FILE = "finetune.json"
 
-# ViT parameters that belong to the input embedding (layer 0 of layer-wise LR decay) and those of
-# them that get no weight decay (MAE and BEiT exclude the class token and position embeddings).
+# ViT parameters that belong to the input embedding (layer 0 of layer-wise LR decay); which get no
+# weight decay is ``selfsup.train.optim.decays``'s rule, shared with pretraining.
 VIT_EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
-NO_DECAY_NAMES = ("cls_token", "pos_embed")
 
 DEEP_VIT_DEPTH = 12  # ViTs with at least this many blocks get MAE's ViT-B layer decay
 DEEP_VIT_LAYER_DECAY = 0.65
@@ -233,11 +232,6 @@ def backbone_lr_scales(backbone: nn.Module, backbone_lr_scale: float = 0.1,
             for name, _ in backbone.named_parameters()}
 
 
-def _decays(name: str, param: torch.Tensor) -> bool:
-    """Weight decay for weight matrices and kernels; not for biases, norms or ViT tokens."""
-    return param.ndim >= 2 and name.split(".")[-1] not in NO_DECAY_NAMES
-
-
 def build_optimizer(model: Classifier, lr: float, weight_decay: float,
                     backbone_scales: dict[str, float]) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, one group per (LR scale, decayed or not).
@@ -250,7 +244,7 @@ def build_optimizer(model: Classifier, lr: float, weight_decay: float,
     named += [(f"head.{n}", p, 1.0) for n, p in model.head.named_parameters()]
     for name, param, scale in named:
         if param.requires_grad:
-            groups.setdefault((scale, _decays(name, param)), []).append(param)
+            groups.setdefault((scale, decays(name, param)), []).append(param)
     param_groups = [{"params": params, "lr": lr * scale, "lr_scale": scale,
                      "weight_decay": weight_decay if decayed else 0.0}
                     for (scale, decayed), params in groups.items()]

@@ -1,7 +1,8 @@
 """Optimisers: SGD with momentum, LARS, LAMB and AdamW, with biases and norm parameters excluded.
 
-Biases and normalisation parameters (every parameter with fewer than 2 dimensions) get no weight
-decay and no layer-wise trust-ratio scaling: decaying BatchNorm scales towards zero, or rescaling
+Biases and normalisation parameters (every parameter with fewer than 2 dimensions) and the learnt
+ViT tokens (``NO_DECAY_NAMES``: class token, position table, mask token) get no weight decay and
+no layer-wise trust-ratio scaling: decaying BatchNorm scales towards zero, or rescaling
 their tiny updates by ||w|| / ||g||, hurts (You et al. 2017; the SimCLR and BYOL recipes exclude
 them). ``param_groups`` puts them in a group with ``weight_decay=0`` and ``lars=False``; LARS and
 LAMB read that flag (``lars`` = layer-wise adaptive rate scaling, the trust ratio, in either).
@@ -22,6 +23,9 @@ from torch import nn
 
 from selfsup.config import OptimConfig
 from selfsup.errors import ConfigError
+
+# learnt input tokens and position tables (ViT, MAE, BEiT): no weight decay (see ``decays``)
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token")
 
 
 class LARS(torch.optim.Optimizer):
@@ -126,6 +130,14 @@ class LAMB(torch.optim.Optimizer):
         return loss
 
 
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether the parameter called ``name`` gets weight decay (and LARS/LAMB's trust ratio):
+    weight matrices and kernels do; biases, norms and the learnt tokens and position tables of
+    ``NO_DECAY_NAMES`` do not (they are inputs, not weights: decaying them pulls every token
+    towards zero, which the ViT, MAE and BEiT recipes avoid)."""
+    return param.ndim >= 2 and name.split(".")[-1] not in NO_DECAY_NAMES
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weights (decayed, LARS-adapted) and biases/norms (neither), each split by ``fixed_lr``.
 
@@ -136,9 +148,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     fixed_modules = getattr(model, "fixed_lr_modules", list)()
     fixed_ids = {id(p) for module in fixed_modules for p in module.parameters()}
     groups = {(kind, fixed): [] for fixed in (False, True) for kind in ("decayed", "plain")}
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            groups["decayed" if p.ndim > 1 else "plain", id(p) in fixed_ids].append(p)
+            groups["decayed" if decays(name, p) else "plain", id(p) in fixed_ids].append(p)
     settings = {"decayed": {"weight_decay": weight_decay, "lars": True},
                 "plain": {"weight_decay": 0.0, "lars": False}}
     return [{"params": params, **settings[kind], "fixed_lr": fixed}
