@@ -16,6 +16,16 @@ after_step on 2 processes × b images give the same parameters as one process wi
   MAE, ...): one process runs the two halves separately, as the two processes do, and averages
   their losses. Only parameters are compared: each process keeps its own BatchNorm statistics.
 
+A method whose model has no BatchNorm (the token Transformers) gets the global reference alone: its
+BatchNorm choice changes nothing, and the masked-token loss, normalised by the global number of
+chosen tokens, is not the average of per-shard losses that the split reference computes.
+
+Inputs: digits images for image methods; for token methods short random protein sequences (DNA
+reads for dna-contrastive) of varied lengths, each step's global batch padded to one width so the
+reference can concatenate the shards. Views are drawn outside the forward pass with a generator
+seeded per step and rank (``local_views``), the same for both runs. The token shards hold different
+numbers of chosen tokens (checked), so a per-process mean would fail the comparison.
+
 Random draws inside a forward pass (masks, noise, rotations) come from each process's global
 generator. The split reference draws them per half with the same seeds; a method whose loss also
 couples samples (equivariance) cannot be split, so its group elements are pinned to the sample's
@@ -27,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -49,8 +60,11 @@ from selfsup.data import load_split
 from selfsup.data.base import ImageSource, TensorImages
 from selfsup.data.loader import BatchStream
 from selfsup.errors import ConfigError
+from selfsup.losses import masked_token_cross_entropy
 from selfsup.methods import build_method
+from selfsup.methods.next_token import next_token_targets
 from selfsup.registry import METHODS
+from selfsup.tokenize import IGNORE_LABEL, Tokenizer, make_tokenizer
 from selfsup.train import Trainer
 from selfsup.train.distributed import (
     CPUSyncBatchNorm,
@@ -63,7 +77,7 @@ from selfsup.train.distributed import (
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer, scaled_lr
 from selfsup.train.trainer import split_views, train_step
-from selfsup.views import is_sequence_recipe, make_views
+from selfsup.views import is_sequence_recipe, make_sequence_views, make_views
 
 from conftest import TINY
 
@@ -74,6 +88,10 @@ IN_SHAPE = (1, 8, 8)
 CPU = torch.device("cpu")
 SMALL_CNN = {"name": "small-cnn", "widths": [8, 16]}
 TINY_VIT = {"name": "vit-tiny", "depth": 1, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 1, "num_heads": 2,
+                    "ffn_dim": 32}
+# The tokeniser of each token view recipe's inputs: reverse complements need DNA reads.
+RECIPE_TOKENIZER = {"mlm": "protein", "tokens": "protein", "dna-contrastive": "dna"}
 # Smaller heads than the defaults: the test is about the arithmetic, not the capacity.
 SMALL_OPTIONS = {
     "dino": {"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 64},
@@ -82,6 +100,7 @@ SMALL_OPTIONS = {
     "mocov2": {"queue_size": 64},
     "byol": {"proj_dim": 16},
     "simsiam": {"proj_dim": 16},
+    "dna-contrastive": {"proj_dim": 16},
 }
 # Exact equality is not expected: sums run in another order. The rounding error grows with the
 # gradients, so the tolerance is relative to each tensor's change over the steps; a 1/world_size
@@ -111,11 +130,31 @@ def build(case: Case) -> nn.Module:
 
 
 def local_views(method: nn.Module, step: int, rank: int) -> list[torch.Tensor]:
-    """Rank ``rank``'s views at ``step``: its b images of the step's global batch, fixed views."""
+    """Rank ``rank``'s views at ``step``: its b samples of the step's global batch, fixed views."""
+    generator = torch.Generator().manual_seed(1000 * step + rank)
+    if is_sequence_recipe(method.view_recipe):
+        tokenizer = make_tokenizer(**method.encoder.options.tokenizer)
+        maker = make_sequence_views(method.view_recipe, tokenizer, {})
+        return maker(local_token_ids(tokenizer, step, rank), generator)
     start = (step * WORLD + rank) * LOCAL_BATCH
     images = load_split("digits", "train").get(torch.arange(start, start + LOCAL_BATCH))
-    maker = make_views(method.view_recipe, IN_SHAPE, {})
-    return maker(images, torch.Generator().manual_seed(1000 * step + rank))
+    return make_views(method.view_recipe, IN_SHAPE, {})(images, generator)
+
+
+def local_token_ids(tokenizer: Tokenizer, step: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s b sequences at ``step``, padded to the width of the step's global batch."""
+    global_batch = WORLD * LOCAL_BATCH
+    sequences = random_sequences(tokenizer.name)[step * global_batch:(step + 1) * global_batch]
+    return tokenizer.encode_batch(sequences).ids[rank * LOCAL_BATCH:(rank + 1) * LOCAL_BATCH]
+
+
+def random_sequences(tokenizer_name: str) -> list[str]:
+    """STEPS global batches of random sequences of varied lengths: proteins, or DNA reads."""
+    letters, shortest, longest = (("ACGT", 12, 40) if tokenizer_name == "dna"
+                                  else ("ACDEFGHIKLMNPQRSTVWY", 6, 24))
+    draw = random.Random(tokenizer_name)
+    return ["".join(draw.choices(letters, k=draw.randint(shortest, longest)))
+            for _ in range(STEPS * WORLD * LOCAL_BATCH)]
 
 
 def forward_seed(step: int, rank: int) -> int:
@@ -204,24 +243,45 @@ def reference_run(case: Case, lr_scale: float = 1.0) -> dict[str, Any]:
 
 def method_cases(name: str, accumulate: int = 1, **options) -> list[Case]:
     """The default SyncBatchNorm choice of a method, plus SyncBatchNorm on where the default is off
-    and the method draws nothing at random in its forward pass."""
+    and the method draws nothing at random in its forward pass; one global case for a model
+    without BatchNorm that draws nothing at random (both choices are the same model)."""
     section = {"name": name, **SMALL_OPTIONS.get(name, {}), **options}
     group = case_group(name, accumulate, **options)
-    backbone = SMALL_CNN
+    backbone = token_backbone(name) if makes_token_views(name) else SMALL_CNN
     try:
         method = build(Case(group, group, section, backbone, False, "global"))
     except ConfigError:  # e.g. MAE needs a ViT
+        if makes_token_views(name):
+            raise
         backbone = TINY_VIT
         method = build(Case(group, group, section, backbone, False, "global"))
     random_forward = draws_at_random(method)
     if sync_batchnorm_default(method):
         return [Case(f"{group}-sync-bn", group, section, backbone, True, "global",
                      pin_randint=random_forward, accumulate=accumulate)]
+    if not random_forward and not has_batchnorm(method):  # own or synced BatchNorm: the same model
+        return [Case(f"{group}-no-bn", group, section, backbone, False, "global",
+                     accumulate=accumulate)]
     cases = [Case(f"{group}-own-bn", group, section, backbone, False, "split", accumulate=accumulate)]
     if not random_forward:
         cases.append(Case(f"{group}-sync-bn", group, section, backbone, True, "global",
                           accumulate=accumulate))
     return cases
+
+
+def token_backbone(name: str) -> dict[str, Any]:
+    """A tiny Transformer for the token method ``name``, with the backbone settings its config
+    defaults demand (next-token: causal) and its recipe's tokeniser."""
+    method = METHODS.get(name)
+    tokenizer = make_tokenizer(RECIPE_TOKENIZER[method.view_recipe])
+    demanded = {key: value for key, value in method.config_defaults.get("backbone", {}).items()
+                if key != "name"}
+    return {**TINY_TRANSFORMER, **demanded, "vocab_size": tokenizer.vocab_size,
+            "pad_id": tokenizer.pad_id, "tokenizer": tokenizer.config()}
+
+
+def has_batchnorm(method: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in method.modules())
 
 
 def case_group(name: str, accumulate: int = 1, **options) -> str:
@@ -230,8 +290,12 @@ def case_group(name: str, accumulate: int = 1, **options) -> str:
 
 
 # Beyond each method's defaults: DINO's frozen prototypes get no gradient in the first step (DDP
-# must be told to look for them), and gradient accumulation (DDP's no_sync) with a gathered loss.
-EXTRA_GROUPS = [("dino", 1, {"freeze_last_layer_steps": 1}), ("simclr", 2, {})]
+# must be told to look for them), gradient accumulation (DDP's no_sync) with a gathered loss and
+# with the masked-token loss (each micro-batch normalised by its own global count, as in one
+# process with the same micro-batches), the latter scoring the full logits (the tiny model's
+# default scores the chosen positions alone: its 16 dimensions are fewer than the 30 tokens).
+EXTRA_GROUPS = [("dino", 1, {"freeze_last_layer_steps": 1}), ("simclr", 2, {}),
+                ("mlm", 2, {"score_chosen_only": False})]
 
 
 def draws_at_random(method: nn.Module) -> bool:
@@ -249,8 +313,7 @@ def makes_token_views(name: str) -> bool:
 
 
 def all_cases() -> list[Case]:
-    image_methods = [name for name in METHODS.names() if not makes_token_views(name)]
-    cases = [case for name in image_methods for case in method_cases(name)]
+    cases = [case for name in METHODS.names() for case in method_cases(name)]
     return cases + [case for name, accumulate, options in EXTRA_GROUPS
                     for case in method_cases(name, accumulate, **options)]
 
@@ -282,9 +345,44 @@ def _worker(rank: int, port: int, cases: list[Case], runs: dict[str, Any], out: 
             results[case.name] = distributed_run(case, info)
         except Exception as error:  # noqa: BLE001
             results[case.name] = f"{type(error).__name__}: {error}"
+    results["token_loss"] = {name: token_loss_run(chosen, info.rank)
+                             for name, chosen in TOKEN_LOSS_SHARDS.items()}
     results["trainer"] = trainer_runs(runs)
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
+
+
+# The masked-token loss on its own: how many of a shard's POSITIONS are chosen, per rank.
+TOKEN_LOSS_SHARDS = {"uneven": (5, 1), "a shard without chosen tokens": (4, 0),
+                     "none chosen": (0, 0)}
+POSITIONS, VOCAB, WIDTH = 6, 5, 3
+
+
+def token_loss_shard(chosen: tuple[int, ...], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s (features, labels): random, with the first ``chosen[rank]`` labels chosen."""
+    generator = torch.Generator().manual_seed(rank)
+    features = torch.randn(POSITIONS, WIDTH, generator=generator)
+    labels = torch.randint(VOCAB, (POSITIONS,), generator=generator)
+    labels[chosen[rank]:] = IGNORE_LABEL
+    return features, labels
+
+
+def token_loss_weight() -> torch.Tensor:
+    """The logits' weight, a parameter shared by every process: logits = features @ weightᵀ."""
+    return torch.randn(VOCAB, WIDTH, generator=torch.Generator().manual_seed(99)).requires_grad_()
+
+
+def token_loss_run(chosen: tuple[int, ...], rank: int) -> dict[str, Any]:
+    """This process's masked-token loss, its gradient for the shared weight, and its loss without
+    a graph (which must stay local: an evaluation on rank 0 alone must not wait for the others)."""
+    features, labels = token_loss_shard(chosen, rank)
+    weight = token_loss_weight()
+    loss = masked_token_cross_entropy(features @ weight.T, labels)
+    loss.backward()
+    with torch.no_grad():
+        evaluation = masked_token_cross_entropy(features @ weight.T, labels)
+    return {"loss": loss.detach(), "attached": loss.requires_grad, "grad": weight.grad,
+            "evaluation": evaluation}
 
 
 def trainer_runs(runs: dict[str, Any]) -> dict[str, Any]:
@@ -345,8 +443,6 @@ def groups() -> list:
 
 @pytest.mark.parametrize("group", groups())
 def test_two_processes_match_one_process_on_the_global_batch(spawned, group):
-    if group in METHODS and makes_token_views(group):
-        pytest.skip("a method on token sequences: these cases build image inputs only")
     cases = [case for case in spawned["cases"].values() if case.group == group]
     assert cases, f"no case for {group}"
     for case in cases:
@@ -394,6 +490,45 @@ def test_the_comparison_catches_a_gradient_off_by_one_over_world_size(spawned):
             except AssertionError:
                 mismatches += 1
         assert mismatches > 0, name
+
+
+@pytest.mark.parametrize("name", list(TOKEN_LOSS_SHARDS))
+def test_masked_token_loss_averaged_by_ddp_is_the_global_mean(spawned, name):
+    """DDP's average of the processes' gradients is the gradient of one mean over the chosen tokens
+    of both shards, every process's loss value is that mean, and without a graph each process
+    keeps its own shard's mean (no collective)."""
+    chosen = TOKEN_LOSS_SHARDS[name]
+    shards = [token_loss_shard(chosen, rank) for rank in range(WORLD)]
+    weight = token_loss_weight()
+    features, labels = (torch.cat(parts) for parts in zip(*shards))
+    logits = (features @ weight.T).double()
+    picked = labels != IGNORE_LABEL
+    # independent formula: −log softmax at the label, averaged over the chosen positions
+    terms = torch.logsumexp(logits[picked], 1) - logits[picked, labels[picked]]
+    expected = terms.mean() if picked.any() else logits.sum() * 0
+    expected.backward()
+    runs = [results["token_loss"][name] for results in spawned["ranks"]]
+    for rank, run in enumerate(runs):
+        assert run["attached"], f"rank {rank}: the loss must stay in the graph"
+        torch.testing.assert_close(run["loss"].double(), expected.detach(), msg=f"rank {rank}")
+        own_shard = masked_token_cross_entropy(shards[rank][0] @ weight.detach().T, shards[rank][1])
+        torch.testing.assert_close(run["evaluation"], own_shard, msg=f"rank {rank}")
+    mean_grad = torch.stack([run["grad"] for run in runs]).mean(0).double()
+    torch.testing.assert_close(mean_grad, weight.grad.double(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["mlm", "next-token"])
+def test_token_shards_hold_different_numbers_of_chosen_tokens(name):
+    """The premise of the token cases: with equal counts, a per-process mean would pass too."""
+    method = build(Case(name, name, {"name": name}, token_backbone(name), False, "global"))
+    for step in range(STEPS):
+        counts = []
+        for rank in range(WORLD):
+            views = local_views(method, step, rank)
+            targets = (views[1] if name == "mlm"
+                       else next_token_targets(views[0], views[0] != method.encoder.pad_id))
+            counts.append(int((targets != IGNORE_LABEL).sum()))
+        assert len(set(counts)) == WORLD, f"step {step}: {counts}"
 
 
 def test_sync_batchnorm_is_the_default_exactly_for_losses_that_couple_samples():
