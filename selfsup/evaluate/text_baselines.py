@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from selfsup.errors import DataError
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 MAX_FEATURES = 10_000
 MIN_DOCUMENTS = 2
@@ -40,6 +42,9 @@ class TfidfFeatures:
 
     def __init__(self, train_texts: Sequence[str], max_features: int = MAX_FEATURES,
                  min_documents: int = MIN_DOCUMENTS) -> None:
+        # scikit-learn is imported on use: `selfsup evaluate` of an image run never needs it
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         if len(train_texts) == 0:
             raise DataError("TF-IDF features need training texts; got 0")
         self.vectorizer = TfidfVectorizer(sublinear_tf=True, max_features=max_features,
@@ -82,6 +87,8 @@ def tfidf_logistic_regression(train_texts: Sequence[str], train_labels: torch.Te
                               max_features: int | None = MAX_FEATURES) -> float:
     """Test accuracy of the classic reference: scikit-learn's logistic regression (C = 10) on
     sparse TF-IDF features learnt from the training texts (``max_features=None``: every word)."""
+    from sklearn.linear_model import LogisticRegression
+
     features = TfidfFeatures(train_texts, max_features)
     classifier = LogisticRegression(C=REFERENCE_C, max_iter=1000)
     classifier.fit(features.sparse(train_texts), train_labels.cpu().numpy())
