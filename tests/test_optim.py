@@ -301,3 +301,35 @@ def test_vit_tokens_and_position_table_are_not_decayed_in_pretraining():
         assert token.ndim == 3 and id(token) in plain_ids
     assert id(encoder.patch_embed.weight) in {id(p) for p in decayed["params"]}
     assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("method_name", ["mlm", "next-token"])
+def test_accumulating_token_losses_weights_micro_batches_by_their_tokens(method_name):
+    """MLM's and next-token's losses are means over a data-dependent number of tokens; micro-batches
+    with different numbers must still add up to the step of the whole batch."""
+    from selfsup.tokenize import ProteinTokenizer
+    from selfsup.views.sequence_recipes import make_sequence_views
+
+    tokenizer = ProteinTokenizer()
+    sequences = ["MKVLAAGIVGLLLAVSAPEPTIDE", "PEP", "ACDEFGHIKLMNPQRSTVWYACDEFG", "MST"]
+    ids = tokenizer.encode_batch(sequences).ids
+    recipe = "mlm" if method_name == "mlm" else "tokens"
+    views = make_sequence_views(recipe, tokenizer, {"rate": 0.3} if recipe == "mlm" else {})(
+        ids, torch.Generator().manual_seed(0))
+
+    def tiny():
+        torch.manual_seed(0)
+        encoder = build_backbone({"name": "transformer-tiny", "vocab_size": tokenizer.vocab_size,
+                                  "dim": 16, "depth": 1, "ffn_dim": 32, "num_heads": 2,
+                                  "causal": method_name == "next-token"}, 0, 0)
+        return build_method({"name": method_name}, encoder)
+
+    accumulated, whole = tiny(), tiny()
+    micro = split_views(views, 2)
+    counts = [int(accumulated.loss_weight(m)) for m in micro]
+    assert counts[0] != counts[1]  # the premise: an equal-weight mean would be wrong here
+    accumulated_loss = step_with(accumulated, micro)
+    whole_loss = step_with(whole, [views])
+    assert accumulated_loss == pytest.approx(whole_loss, rel=1e-5)
+    for (name, a), b in zip(accumulated.named_parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b, msg=name)

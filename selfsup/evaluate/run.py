@@ -115,7 +115,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
             random_encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(dev)
             sets["random_init"] = features(encoder_fn(random_encoder))
     train_labels, test_labels = train.labels.to(dev), test.labels.to(dev)
-    log("running k-NN and linear probes" + (" (SSL, raw pixels, random init)" if use_baselines else ""))
+    log(f"running k-NN and linear probes on: {', '.join(sets)}")
     results = evaluate_feature_sets(sets, train_labels, test_labels, num_classes=num_classes,
                                     fractions=tuple(cfg.label_fractions), seeds=cfg.seeds,
                                     knn_k=cfg.knn_k, knn_temperature=cfg.knn_temperature)

@@ -26,13 +26,11 @@ def masked_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> to
     process logs the global loss (and perplexity). Without a graph (rank 0's held-out evaluation,
     which the others do not join) it is the process's own mean and never communicates.
 
-    Gradient accumulation (k micro-batches a step, with or without processes) is not exact: each
-    micro-batch is normalised by its own count (global over the processes) and the trainer
-    averages the k losses, which weights tokens differently from one mean over the step's batch
-    when micro-batches hold different numbers of chosen tokens. N processes × k micro-batches
-    equal one process whose micro-batch i joins the processes' micro-batches i. Exactness would
-    need the step's total count before the first micro-batch's backward pass, which only the
-    trainer could supply (counting every micro-batch's targets first).
+    Gradient accumulation (k micro-batches a step, with or without processes): each micro-batch's
+    loss is its own mean (global over the processes); the trainer weights micro-batch i by its
+    share of the step's chosen tokens (``Method.loss_weight``,
+    ``selfsup.train.trainer.micro_batch_weights``), which makes the step exactly one mean over
+    all of them.
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(

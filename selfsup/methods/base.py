@@ -8,7 +8,7 @@ teacher centres need run in ``after_step``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -68,6 +68,15 @@ class Method(nn.Module):
     def export_encoder(self) -> nn.Module:
         """The backbone evaluated and exported: ``encoder`` unless a method says otherwise."""
         return self.encoder
+
+    def loss_weight(self, views: list[torch.Tensor]) -> Optional[torch.Tensor]:
+        """How much a micro-batch's loss counts when a step accumulates several, for losses that
+        are means over a data-dependent number of terms (the masked tokens of MLM): a 0-dim
+        tensor, e.g. the number of terms in ``views``. The trainer then weights micro-batch i by
+        its share of the step's terms (summed over processes), which makes the step's loss the
+        mean over all its terms, as one big batch gives. None (default): micro-batches of equal
+        size count equally, exact for the per-sample means of the image methods."""
+        return None
 
     def fixed_lr_modules(self) -> list[nn.Module]:
         """Modules trained at their base learning rate throughout, with no warm-up and no decay

@@ -74,6 +74,10 @@ class MaskedLanguageModel(Method):
         choice = self.options.score_chosen_only
         return self.encoder.vocab_size > self.encoder.out_dim if choice is None else choice
 
+    def loss_weight(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """The micro-batch's number of chosen tokens: the loss is their mean."""
+        return (views[1] != IGNORE_LABEL).sum()
+
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         inputs, labels = views[0], views[1]
         attention_mask = inputs != self.encoder.pad_id

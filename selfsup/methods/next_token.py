@@ -57,6 +57,10 @@ class NextToken(Method):
                               "way it was trained: set backbone.causal=true")
         self.head = LanguageModelHead(encoder, self.options.tie_embeddings)
 
+    def loss_weight(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """The micro-batch's number of predicted tokens (every real token after the first)."""
+        return (views[0][:, 1:] != self.encoder.pad_id).sum()
+
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         ids = views[0]
         attention_mask = ids != self.encoder.pad_id

@@ -72,19 +72,22 @@ def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
     a ``StepOutput``. Under DDP the gradients are all-reduced once, in the backward pass of the
     last micro-batch. With a ``scaler`` (fp16) the loss is scaled for the backward pass, the
     gradients are unscaled before clipping, and a step whose gradients overflowed is skipped (the
-    scaler then lowers its scale). Returns the mean loss (detached, on the device: no host sync)
-    and the last micro-batch's output.
+    scaler then lowers its scale). Micro-batches count equally, or by ``micro_batch_weights``
+    where the method weighs them (MLM: by masked tokens). Returns the step's loss (detached, on
+    the device: no host sync) and the last micro-batch's output.
     """
     count = len(micro_batches)
+    weights = micro_batch_weights(step_fn, micro_batches, device)
     total = torch.zeros((), device=device)
     for i, views in enumerate(micro_batches):
         with no_sync(step_fn) if i + 1 < count else contextlib.nullcontext():
             with autocast(device, precision):
                 out = step_fn(views)
             loss = out.loss.float()
-            share = loss / count  # the mean over micro-batches, one backward pass at a time
+            # the (weighted) mean over micro-batches, one backward pass at a time
+            share = loss / count if weights is None else loss * weights[i]
             (share if scaler is None else scaler.scale(share)).backward()
-        total += loss.detach()
+        total += share.detach()
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_grad > 0:
@@ -96,7 +99,32 @@ def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return total / count, out
+    return total, out
+
+
+def micro_batch_weights(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
+                        device: torch.device) -> Optional[torch.Tensor]:
+    """(k,) shares of the step's loss for ``k`` micro-batches, summing to 1, from the method's
+    ``loss_weight`` (e.g. masked tokens) summed over the processes; None when there is one
+    micro-batch or the method weighs them equally.
+
+    With micro-batch losses that are means over their own terms (under DDP: over every process's
+    terms of that micro-batch), weighting micro-batch i by its share of the step's terms makes the
+    accumulated gradient that of the mean over all the step's terms: exactly one big batch.
+    """
+    if len(micro_batches) == 1:
+        return None
+    method = step_fn
+    while not isinstance(method, Method):  # through torch.compile's and DDP's wrappers
+        method = getattr(method, "_orig_mod", None) or getattr(method, "module", None)
+        if method is None:
+            return None
+    raw = [method.loss_weight(views) for views in micro_batches]
+    if any(weight is None for weight in raw):
+        return None
+    weights = torch.stack([torch.as_tensor(w, device=device) for w in raw]).float()
+    all_reduce_sum_(weights)  # micro-batch i of every process is one part of the global batch
+    return weights / weights.sum().clamp(min=1)
 
 
 def split_views(views: list[torch.Tensor], parts: int) -> list[list[torch.Tensor]]:
