@@ -41,12 +41,15 @@ def _add_run_dir(p) -> None:
 def _finetune_parser(sub) -> None:
     p = sub.add_parser(
         "finetune", help="fine-tune the encoder with a fraction of the labels (vs from scratch)",
-        description="Fine-tune a run's encoder with a new linear head on a class-balanced fraction "
-                    "of the training labels and report test top-1 over seeds; with --compare-scratch "
+        description="Fine-tune a run's encoder (image or sequence) with a new linear head on a "
+                    "class-balanced fraction of the training labels and report test top-1 over "
+                    "seeds; with --compare-scratch "
                     "also the same backbone from a random init (the baseline). Results are merged "
                     "into RUN/finetune.json; `selfsup report RUN` draws the label-efficiency plot.")
     _add_run_dir(p)
-    p.add_argument("--dataset", help="fine-tune on another labelled dataset than the pretraining one")
+    p.add_argument("--dataset", help="fine-tune on another labelled dataset than the pretraining "
+                                     "one; needed after an unlabelled corpus (uniprot-go: "
+                                     "swissprot-loc; 16s-rrna: 16s-reads)")
     p.add_argument("--data-dir")
     p.add_argument("--labels-fraction", metavar="F[,F...]",
                    help="fraction(s) of the training labels, each in (0, 1], e.g. 0.01,0.1,1.0 "

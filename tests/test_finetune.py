@@ -9,12 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from selfsup.backbones import build_backbone
 from selfsup.backbones.small_cnn import SmallCNN
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import load_split
+from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
+from selfsup.evaluate import finetune
 from selfsup.evaluate.finetune import (
     Classifier,
     FinetuneSettings,
@@ -29,9 +32,11 @@ from selfsup.evaluate.finetune import (
     read_results,
     settings_from,
 )
+from selfsup.evaluate.sequence_finetune import SequenceInputs
 from selfsup.report.finetune_report import finetune_section, format_finetune_table
+from selfsup.tokenize import make_tokenizer
 from selfsup.train import Trainer
-from selfsup.train.checkpoint import load_encoder
+from selfsup.train.checkpoint import load_encoder, save_encoder
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")
@@ -361,3 +366,170 @@ def test_cli_finetune_help_names_the_study_flags(capsys):
 
 def test_report_section_without_results_says_how_to_make_them(tmp_path):
     assert "selfsup finetune" in " ".join(finetune_section(tmp_path))
+
+
+# --- sequences ---------------------------------------------------------------------------------
+
+TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 2, "num_heads": 2, "ffn_dim": 32}
+SEQUENCE_MAX_LENGTH = 32
+QUICK_SEQUENCES = dict(epochs=1, min_steps=4, batch_size=64, seeds=1)
+MOTIF_FREE = "ACDEFGHIKLMNPQRSTVY"  # the 20 amino acids but W
+
+
+def motif_proteins(count: int, seed: int, name: str = "motif") -> SequenceSource:
+    """Random W-free proteins of 8 to 24 residues, every second one (label 1) with one W.
+
+    A linear head on a random encoder's mean-pooled features sees the W only diluted among the other
+    residues; an encoder that trains can make the W token stand out. Mixed lengths make the batches
+    length-bucketed, so a prediction that lands on another sequence's row would show.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sequences = []
+    for index in range(count):
+        length = int(torch.randint(8, 25, (1,), generator=generator))
+        letters = [MOTIF_FREE[i] for i in torch.randint(len(MOTIF_FREE), (length,), generator=generator)]
+        if index % 2:
+            letters[int(torch.randint(length, (1,), generator=generator))] = "W"
+        sequences.append("".join(letters))
+    return SequenceSource([f"{name}{i}" for i in range(count)], sequences, "protein",
+                          labels=[i % 2 for i in range(count)], classes=["no W", "W"], name=name)
+
+
+def token_encoder(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_backbone(TINY_TRANSFORMER, 0, 0, make_tokenizer("protein"))
+
+
+def save_protein_run(run_dir, dataset: str = "swissprot-loc"):
+    """A run dir as `selfsup pretrain` writes it for a protein MLM: config.yaml and the encoder."""
+    tokenizer = make_tokenizer("protein")
+    encoder = token_encoder()
+    run_dir.mkdir(parents=True)
+    load_config(None, ["method.name=mlm", "backbone.name=transformer-tiny", f"data.dataset={dataset}",
+                       f"data.max_length={SEQUENCE_MAX_LENGTH}", "eval.batch_size=512",
+                       f"out={run_dir}"]).save(run_dir / "config.yaml")
+    save_encoder(run_dir, encoder, {
+        "backbone": encoder.config(), "in_channels": 0, "image_size": 0, "dataset": dataset,
+        "tokenizer": tokenizer.config(), "max_length": SEQUENCE_MAX_LENGTH,
+    })
+    return run_dir
+
+
+def finetune_motif(mode: str, epochs: int = 8):
+    """A random token encoder fine-tuned on 256 motif proteins; (model, encoder before, outcome)."""
+    encoder = token_encoder()
+    before = state_copy(encoder)
+    model = Classifier(encoder, num_classes=2, freeze_backbone=mode == "frozen")
+    settings = FinetuneSettings(epochs=epochs, min_steps=0, batch_size=32, seeds=1)
+    outcome = finetune_model(model, motif_proteins(256, seed=0), motif_proteins(200, seed=1), settings,
+                             seed=0, device=CPU, backbone_scales=backbone_lr_scales(encoder, 1.0),
+                             eval_batch_size=64,
+                             inputs=SequenceInputs(make_tokenizer("protein"), SEQUENCE_MAX_LENGTH))
+    return model, before, outcome
+
+
+def test_full_finetuning_learns_a_residue_motif_that_frozen_random_features_miss():
+    *_, full = finetune_motif("full")
+    *_, frozen = finetune_motif("frozen")
+    # the same init, data order and head: only the backbone's training differs
+    assert full.steps == frozen.steps == 8 * (256 // 32)
+    assert full.test_accuracy >= 0.9  # chance is 0.5; labels and rows must line up to get here
+    assert frozen.test_accuracy <= full.test_accuracy - 0.15
+
+
+def test_frozen_mode_leaves_a_token_encoder_bit_identical():
+    model, before, _ = finetune_motif("frozen", epochs=1)
+    after = model.backbone.state_dict()
+    assert set(after) == set(before)
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+    full_model, full_before, _ = finetune_motif("full", epochs=1)
+    assert not torch.equal(full_model.backbone.token_embedding.weight,
+                           full_before["token_embedding.weight"])  # full mode does train it
+
+
+def test_token_transformer_trains_at_one_backbone_rate():
+    encoder = token_encoder()
+    assert set(backbone_lr_scales(encoder, 0.1).values()) == {0.1}  # no ViT layer decay
+
+
+@pytest.fixture(scope="module")
+def swissprot():
+    try:
+        return load_split("swissprot-loc", "train"), load_split("swissprot-loc", "test")
+    except DataError as error:
+        pytest.skip(str(error))
+
+
+def test_sequence_results_have_the_image_shape_and_the_report_renders(run_dir, swissprot, tmp_path):
+    image = finetune_run(run_dir, [0.1], settings=FinetuneSettings(**QUICK), device="cpu",
+                         out=tmp_path / "image.json", log=lambda _: None)
+    image_entry = image["datasets"]["digits"]["full"]["pretrained"]["0.1"]
+    protein_run = save_protein_run(tmp_path / "protein")
+    results = finetune_run(protein_run, [0.01], modes=["full", "frozen"], inits=["pretrained", "scratch"],
+                           settings=FinetuneSettings(**QUICK_SEQUENCES), device="cpu",
+                           log=lambda _: None)
+    train, test = swissprot
+    per_class = sum(max(1, round(0.01 * int(n))) for n in torch.bincount(train.labels))
+    by_mode = results["datasets"]["swissprot-loc"]
+    assert set(by_mode) == {"full", "frozen"} and set(by_mode["full"]) == {"pretrained", "scratch"}
+    for mode, init in [("full", "pretrained"), ("full", "scratch"), ("frozen", "pretrained")]:
+        entry = by_mode[mode][init]["0.01"]
+        assert set(entry) == set(image_entry)
+        assert set(entry["settings"]) == set(image_entry["settings"]) - {"crop_scale", "flip_prob"} | {
+            "max_length"}
+        assert entry["settings"]["max_length"] == SEQUENCE_MAX_LENGTH
+        assert entry["settings"]["layer_decay"] is None
+        assert entry["train_examples"] == [per_class] and entry["num_test"] == len(test)
+        assert 0.0 <= entry["accuracy"][0] <= 1.0 and entry["mean"] == entry["accuracy"][0]
+    assert by_mode["full"]["pretrained"]["0.01"]["settings"]["backbone_lr_scale"] == 0.1
+    assert by_mode["full"]["scratch"]["0.01"]["settings"]["backbone_lr_scale"] == 1.0
+
+    section = finetune_section(protein_run)
+    assert section[0] == "## Fine-tuning"
+    table = [[cell.strip() for cell in line.split("|")[1:-1]]
+             for line in "\n".join(section).splitlines() if line.startswith("|")]
+    assert table[0] == ["swissprot-loc: test top-1", "1% labels"]
+    assert {row[0] for row in table[2:]} == {"pretrained, fine-tuned", "scratch, trained",
+                                             "pretrained, frozen + head", "random init, frozen + head",
+                                             "gain over scratch (full)", "gain over scratch (frozen)"}
+    with Image.open(protein_run / "finetune_label_efficiency.png") as picture:
+        assert picture.width > 200
+
+
+@pytest.fixture
+def fake_corpora(monkeypatch):
+    """Tiny stand-ins for data sets too slow to load in a test (uniprot-go takes ~30 s)."""
+    dna = motif_proteins(8, seed=0, name="dna-reads")
+    sets = {
+        "uniprot-go": SequenceSource(["a", "b"], ["MKV", "MKVL"], "protein", name="uniprot-go"),
+        "dna-reads": SequenceSource(dna.ids, ["ACGT" * 3] * 8, "dna", dna.labels, name="dna-reads"),
+        "motif": motif_proteins(64, seed=0),
+    }
+    real = finetune.load_split
+    monkeypatch.setattr(finetune, "load_split", lambda name, split, *args: (
+        sets[name] if name in sets else real(name, split, *args)))
+
+
+@pytest.mark.parametrize("dataset, settings, error, message", [
+    ("uniprot-go", {}, DataError, r"'uniprot-go' has no labels.*pass --dataset with a labelled protein "
+                                  r"data set \(swissprot-loc\)"),
+    ("dna-reads", {}, DataError, "holds dna sequences but the encoder of .* reads protein tokens"),
+    ("digits", {}, DataError, "holds images but .* holds a token encoder"),
+    ("motif", {"flip_prob": 0.0}, ConfigError, "finetune flip_prob applies to images only"),
+    ("motif", {"crop_scale": (0.5, 1.0), "layer_decay": 0.75}, ConfigError,
+     "finetune crop_scale, layer_decay apply to images only"),
+])
+def test_sequence_runs_refuse_mismatched_data_and_image_settings(tmp_path, fake_corpora, dataset,
+                                                                 settings, error, message):
+    protein_run = save_protein_run(tmp_path / "protein")
+    with pytest.raises(error, match=message):
+        finetune_run(protein_run, [1.0], settings=FinetuneSettings(**QUICK_SEQUENCES, **settings),
+                     dataset=dataset, device="cpu",
+                     log=lambda line: pytest.fail(f"trained despite bad input: {line}"))
+
+
+def test_image_run_refuses_sequences(run_dir, fake_corpora):
+    with pytest.raises(DataError, match="'motif' holds protein sequences but .* holds an image encoder"):
+        finetune_run(run_dir, [1.0], dataset="motif", device="cpu",
+                     log=lambda line: pytest.fail(f"trained despite bad input: {line}"))

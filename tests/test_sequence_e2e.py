@@ -74,11 +74,3 @@ def test_mlm_on_20newsgroups_saves_its_tokeniser(tmp_path):
     tokenizer = make_tokenizer(**spec["tokenizer"])  # the run dir's tokenizer.json
     assert tokenizer.vocab_size == 1024
     assert tokenizer.config()["sha256"] == spec["tokenizer"]["sha256"]
-
-
-def test_finetune_of_a_sequence_run_is_a_named_error(tmp_path):
-    from selfsup.evaluate.finetune import finetune_run
-
-    run_dir, _ = run(tmp_path, "method.name=mlm", "data.dataset=swissprot-loc")
-    with pytest.raises(DataError, match="image encoders only"):
-        finetune_run(run_dir, fractions=[1.0])

@@ -1,11 +1,17 @@
 """Fine-tuning: the transfer path of a run's encoder, and its label-efficiency study against scratch.
 
+Image encoders and token encoders (proteins, DNA, text) share one protocol; what differs is how data
+reaches the model, an *inputs* object: :class:`ImageInputs` here (device-side crop + flip),
+:class:`~selfsup.evaluate.sequence_finetune.SequenceInputs` for sequences (length-bucketed batches,
+long sequences cropped to random windows of the run's pretraining ``max_length``).
+
 A new linear head goes on top of the encoder and the pair trains on a class-balanced fraction of the
 training labels, in one of two modes:
 
 * ``full``: backbone and head train; the backbone at a smaller learning rate than the new head, so
   the first large, noisy gradients of a random head do not wash out the pretrained features. For a
-  ViT the rate also falls layer by layer towards the input (layer-wise LR decay, BEiT/MAE);
+  ViT the rate also falls layer by layer towards the input (layer-wise LR decay, BEiT/MAE); CNNs and
+  token Transformers train at one backbone rate throughout;
 * ``frozen``: only the head trains. The backbone runs in eval mode without gradients, so its
   parameters and its BatchNorm statistics stay exactly as they were.
 
@@ -24,12 +30,13 @@ pretrained features, and a random init has none to protect, so a smaller rate wo
 baseline and flatter the pretraining. ``frozen`` from scratch is the random-features baseline.
 
 Protocol (a run chooses nothing on the test split): a fixed schedule, AdamW with linear warm-up and cosine
-decay, label smoothing, light crop + flip augmentation on the device (the ``crop-flip`` view recipe),
-bf16 autocast on CUDA; the reported number is the test accuracy after the last step. Every label
-fraction is run with ``seeds`` seeds; seed s trains on its own class-balanced subset (seed s of
-:func:`~selfsup.evaluate.protocol.balanced_subset`), head init, data order and augmentations. At a
-fraction of 1 the subsets coincide and only the training randomness differs. Small subsets train for
-more epochs, so that every run takes at least ``min_steps`` optimiser steps.
+decay, label smoothing, light crop + flip augmentation on the device (the ``crop-flip`` view recipe;
+for sequences, random windows of long sequences), bf16 autocast on CUDA; the reported number is the
+test accuracy after the last step. Every label fraction is run with ``seeds`` seeds; seed s trains on
+its own class-balanced subset (seed s of :func:`~selfsup.evaluate.protocol.balanced_subset`), head
+init, data order and augmentations. At a fraction of 1 the subsets coincide and only the training
+randomness differs. Small subsets train for more epochs, so that every run takes at least
+``min_steps`` optimiser steps.
 
 Results are merged into ``RUN/finetune.json``: ``{"datasets": {dataset: {mode: {init: {fraction:
 entry}}}}}`` where an entry holds the per-seed test accuracies, their mean and population std (as the
@@ -47,7 +54,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +65,11 @@ from selfsup.config import from_dict, set_key
 from selfsup.data import load_split
 from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream
+from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.protocol import balanced_subset, fraction_key
 from selfsup.evaluate.run import extract_features, load_run_config
+from selfsup.evaluate.sequence_finetune import sequence_inputs
 from selfsup.train.checkpoint import atomic_write, load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
 from selfsup.train.optim import decays, lr_factor
@@ -127,6 +136,16 @@ class FinetuneSettings:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    def changed_from_default(self, names: Sequence[str]) -> list[str]:
+        """Those of the fields ``names`` whose value differs from the default (a list and a tuple
+        of the same numbers are equal)."""
+        ours, defaults = self.to_dict(), FinetuneSettings().to_dict()
+        return [name for name in names if _as_list(ours[name]) != _as_list(defaults[name])]
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
 
 def settings_from(flags: dict[str, Any], overrides: Sequence[str] = ()) -> FinetuneSettings:
     """Settings from command-line flags (``None`` = not given) and ``key=value`` overrides."""
@@ -169,19 +188,24 @@ class Classifier(nn.Module):
             self.backbone.eval()  # keep BatchNorm statistics (and dropout) as they were
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of the backbone's inputs: images (B, C, H, W), or token ids and attention mask."""
         if self.freeze_backbone:
             with torch.no_grad():
-                features = self.backbone(x)
+                features = self.backbone(*inputs)
         else:
-            features = self.backbone(x)
+            features = self.backbone(*inputs)
         return self.head(features)
 
 
 def vit_depth(backbone: nn.Module) -> Optional[int]:
-    """The number of Transformer blocks of a ViT-like backbone (a ``blocks`` ModuleList), else None."""
+    """The number of Transformer blocks of a ViT-like backbone (a ``patch_embed`` and a ``blocks``
+    ModuleList), else None. Token Transformers have blocks but no patch embedding: their layers get
+    no decay (layer-wise decay is an image-path setting, see ``sequence_finetune``)."""
     blocks = getattr(backbone, "blocks", None)
-    return len(blocks) if isinstance(blocks, nn.ModuleList) else None
+    if not hasattr(backbone, "patch_embed") or not isinstance(blocks, nn.ModuleList):
+        return None
+    return len(blocks)
 
 
 def default_layer_decay(depth: int) -> float:
@@ -278,18 +302,101 @@ def schedule(num_examples: int, settings: FinetuneSettings) -> tuple[int, int, i
     return batch_size, steps_per_epoch, epochs
 
 
-def finetune_model(model: Classifier, train: ImageSource, test: ImageSource, settings: FinetuneSettings,
-                   seed: int, device: torch.device, backbone_scales: dict[str, float],
-                   eval_batch_size: int = 1024) -> FinetuneOutcome:
-    """Train ``model`` on the labelled ``train`` images in place; return its accuracy on ``test``.
+Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (the model's inputs, labels)
+
+
+class Inputs(Protocol):
+    """How one kind of data reaches the classifier; everything else in fine-tuning is shared."""
+
+    noun: str  # what one example is called in messages: "images", "sequences"
+
+    def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """``model`` on ``device``, in the memory layout its inputs come in."""
+
+    def training_epochs(self, train: Any, batch_size: int, seed: int,
+                        device: torch.device) -> Callable[[int], Iterator[Batch]]:
+        """epoch → the full, shuffled, augmented batches of ``train``, fixed by (seed, epoch)."""
+
+    def logits(self, model: nn.Module, test: Any, device: torch.device, batch_size: int,
+               precision: str) -> torch.Tensor:
+        """float32 (N, classes) of ``model`` in eval mode on every test example, in order."""
+
+    def recorded(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings as this kind of data uses them, for the results file."""
+
+
+@dataclass
+class ImageInputs:
+    """Images for fine-tuning: NHWC, with the ``crop-flip`` recipe on the device when ``augment``."""
+
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    flip_prob: float = 0.5
+    noun: str = "images"
+
+    @classmethod
+    def from_settings(cls, settings: FinetuneSettings) -> "ImageInputs":
+        return cls(settings.augment, tuple(settings.crop_scale), settings.flip_prob)
+
+    def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model.to(device=device, memory_format=torch.channels_last)
+
+    def training_epochs(self, train: ImageSource, batch_size: int, seed: int,
+                        device: torch.device) -> Callable[[int], Iterator[Batch]]:
+        views = make_views("crop-flip", train.shape, {"crop_scale": list(self.crop_scale),
+                                                      "flip_prob": self.flip_prob})
+        stream = BatchStream(train, batch_size, device, seed, shuffle=True, drop_last=True)
+        view_generator = torch.Generator(device=device).manual_seed(seed)
+
+        def epoch(index: int) -> Iterator[Batch]:
+            for images, labels in stream.epoch(index):
+                x = views(images, view_generator)[0] if self.augment else to_input(images)
+                yield (x.contiguous(memory_format=torch.channels_last),), labels
+
+        return epoch
+
+    def logits(self, model: nn.Module, test: ImageSource, device: torch.device, batch_size: int,
+               precision: str) -> torch.Tensor:
+        return extract_features(model, test, device, batch_size, precision)
+
+    def recorded(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return settings
+
+
+def image_inputs(dataset: str, train: ImageSource, spec: dict[str, Any], settings: FinetuneSettings,
+                 run_dir: str | Path) -> ImageInputs:
+    """The inputs of an image fine-tuning run, after the checks that need no training: the run's
+    encoder is an image encoder taking the images' channels, and the training split is labelled."""
+    if "tokenizer" in spec:
+        raise DataError(f"data set {dataset!r} holds images but {run_dir} holds a token encoder "
+                        f"({spec['tokenizer'].get('name')} sequences); pass --dataset with a "
+                        "labelled sequence data set of its alphabet")
+    if train.labels is None:
+        raise DataError(f"data set {dataset!r} has no labels; fine-tuning needs labelled train and test "
+                        "splits (class sub-folders for a folder of images, `labels` in an .npz)")
+    if train.shape[0] != spec["in_channels"]:
+        raise DataError(f"data set {dataset!r} has {train.shape[0]}-channel images but the encoder of "
+                        f"{run_dir} takes {spec['in_channels']} channels; fine-tune on data like the "
+                        "pretraining data")
+    return ImageInputs.from_settings(settings)
+
+
+def finetune_model(model: Classifier, train: ImageSource | SequenceSource,
+                   test: ImageSource | SequenceSource, settings: FinetuneSettings, seed: int,
+                   device: torch.device, backbone_scales: dict[str, float],
+                   eval_batch_size: int = 1024, inputs: Optional[Inputs] = None) -> FinetuneOutcome:
+    """Train ``model`` on the labelled ``train`` examples in place; return its accuracy on ``test``.
 
     ``backbone_scales`` (from :func:`backbone_lr_scales`) sets each backbone parameter's learning
-    rate relative to the head's ``settings.lr``. Data order and augmentations follow ``seed``.
+    rate relative to the head's ``settings.lr``. ``inputs`` turns the data into the model's inputs
+    (default: images, :class:`ImageInputs` of ``settings``). Data order and augmentations follow
+    ``seed``.
     """
+    inputs = inputs or ImageInputs.from_settings(settings)
     if train.labels is None or test.labels is None:
-        raise DataError(f"{train.name}: fine-tuning needs labelled train and test images")
+        raise DataError(f"{train.name}: fine-tuning needs labelled train and test {inputs.noun}")
     if len(train) < 2:
-        raise DataError(f"{train.name}: {len(train)} labelled image is too few to fine-tune on "
+        raise DataError(f"{train.name}: {len(train)} labelled example is too few to fine-tune on "
                         "(the head's BatchNorm needs batches of 2 or more); use a larger label fraction")
     # fp16 (GPUs without bf16) would need a gradient scaler here; fine-tuning is short enough to
     # run in fp32 on those GPUs instead.
@@ -298,25 +405,21 @@ def finetune_model(model: Classifier, train: ImageSource, test: ImageSource, set
     batch_size, steps_per_epoch, epochs = schedule(len(train), settings)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(round(settings.warmup_fraction * total_steps), total_steps - 1)
-    model = model.to(device=device, memory_format=torch.channels_last)
+    model = inputs.prepare(model, device)
     optimizer = build_optimizer(model, settings.lr, settings.weight_decay, backbone_scales)
-    views = make_views("crop-flip", train.shape, {"crop_scale": list(settings.crop_scale),
-                                                  "flip_prob": settings.flip_prob})
-    stream = BatchStream(train, batch_size, device, seed, shuffle=True, drop_last=True)
-    view_generator = torch.Generator(device=device).manual_seed(seed)
+    training_epoch = inputs.training_epochs(train, batch_size, seed, device)
     started = time.perf_counter()
     history, step = [], 0
     model.train()
     for epoch in range(epochs):
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        for images, labels in stream.epoch(epoch):
+        for x, labels in training_epoch(epoch):
             factor = lr_factor(step, total_steps, warmup_steps, 0.0)
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * group["lr_scale"] * factor
-            x = views(images, view_generator)[0] if settings.augment else to_input(images)
             with autocast(device, precision):
-                logits = model(x.contiguous(memory_format=torch.channels_last))
+                logits = model(*x)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
             loss.backward()
             optimizer.step()
@@ -327,7 +430,7 @@ def finetune_model(model: Classifier, train: ImageSource, test: ImageSource, set
         history.append({"epoch": epoch + 1, "loss": (loss_sum / steps_per_epoch).item(),
                         "train_accuracy": (correct / (steps_per_epoch * batch_size)).item()})
     model.eval()
-    logits = extract_features(model, test, device, eval_batch_size, precision)
+    logits = inputs.logits(model, test, device, eval_batch_size, precision)
     accuracy = (logits.argmax(1).cpu() == test.labels).float().mean().item()
     return FinetuneOutcome(accuracy, epochs, step, batch_size, time.perf_counter() - started, history)
 
@@ -353,7 +456,8 @@ def initial_backbone(pretrained: nn.Module, spec: dict[str, Any], init: str, see
     raise ConfigError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}")
 
 
-def _subset(source: ImageSource, indices: torch.Tensor) -> ImageSource:
+def _subset(source: ImageSource | SequenceSource,
+            indices: torch.Tensor) -> ImageSource | SequenceSource:
     if hasattr(source, "subset"):
         return source.subset(indices)
     if hasattr(source, "paths"):  # FileImages: keep decoding lazily
@@ -392,13 +496,18 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
                  modes: Sequence[str] = ("full",), inits: Sequence[str] = ("pretrained",),
                  settings: Optional[FinetuneSettings] = None, dataset: Optional[str] = None,
                  data_dir: Optional[str] = None, device: str = "auto",
-                 out: Optional[str | Path] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 out: Optional[str | Path] = None, log: Callable[[str], None] = print,
+                 data_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Fine-tune the run's encoder (``inits`` "pretrained") and/or the same backbone from a random
     init ("scratch") in each mode at each label fraction, ``settings.seeds`` times each.
 
-    ``fractions`` defaults to the run's ``eval.label_fractions``. Each finished (mode, init,
-    fraction) is merged into ``out`` (default ``RUN/finetune.json``) at once, so an interrupted study
-    keeps what it finished; returns the whole merged file.
+    The run's encoder and the data set (``dataset``, default the run's) must be of one kind: images,
+    or sequences of the encoder's alphabet (a corpus pretrained on without labels needs a labelled
+    ``dataset``). ``fractions`` defaults to the run's ``eval.label_fractions``. ``data_options``
+    replace the data set's options (default: the run's ``data.options`` on the run's data set, none
+    on another). Each finished (mode, init, fraction) is merged into ``out`` (default
+    ``RUN/finetune.json``) at once, so an interrupted study keeps what it finished; returns the whole
+    merged file.
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -410,20 +519,17 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
     encoder, spec = load_encoder(run_dir, dev)
     name = dataset or config.data.dataset
     where = data_dir or config.data.data_dir
-    train, test = load_split(name, "train", where), load_split(name, "test", where)
-    if not isinstance(train, ImageSource):
-        raise DataError(f"data set {name!r} holds sequences: `selfsup finetune` fine-tunes image "
-                        "encoders only so far; for a sequence run use `selfsup evaluate` (k-NN and "
-                        "linear probes on frozen features)")
-    if train.labels is None or test.labels is None:
-        raise DataError(f"data set {name!r} has no labels; fine-tuning needs labelled train and test "
-                        "splits (class sub-folders for a folder of images, `labels` in an .npz)")
-    if train.shape[0] != spec["in_channels"]:
-        raise DataError(f"data set {name!r} has {train.shape[0]}-channel images but the encoder of "
-                        f"{run_dir} takes {spec['in_channels']} channels; fine-tune on data like the "
-                        "pretraining data")
+    if data_options is None:
+        data_options = config.data.options if name == config.data.dataset else {}
+    train = load_split(name, "train", where, data_options)
+    make_inputs = sequence_inputs if isinstance(train, SequenceSource) else image_inputs
+    inputs = make_inputs(name, train, spec, settings, run_dir)  # checks before the test split loads
+    test = load_split(name, "test", where, data_options)
+    if test.labels is None:
+        raise DataError(f"data set {name!r} has a labelled train split but an unlabelled test split; "
+                        "fine-tuning reports test accuracy, so both need labels")
     study = _Study(encoder, spec, train, test, max(train.num_classes, test.num_classes), settings, dev,
-                   config.eval.batch_size, log)
+                   config.eval.batch_size, log, inputs)
     out = Path(out) if out is not None else run_dir / RESULTS_FILE
     merged = read_results(out)  # a damaged file fails now, not after the first hour
     for mode, init, fraction in itertools.product(modes, inits, fractions):
@@ -438,13 +544,14 @@ class _Study:
 
     encoder: nn.Module
     spec: dict[str, Any]
-    train: ImageSource
-    test: ImageSource
+    train: ImageSource | SequenceSource
+    test: ImageSource | SequenceSource
     num_classes: int
     settings: FinetuneSettings
     device: torch.device
     eval_batch_size: int
     log: Callable[[str], None]
+    inputs: Inputs
 
     def entry(self, mode: str, init: str, fraction: float) -> dict[str, Any]:
         """Fine-tune once per seed at one (mode, init, fraction); the finetune.json entry."""
@@ -456,12 +563,13 @@ class _Study:
             scales = backbone_lr_scales(backbone, used["backbone_lr_scale"], used["layer_decay"])
             model = Classifier(backbone, self.num_classes, freeze_backbone=mode == "frozen")
             outcome = finetune_model(model, _subset(self.train, indices), self.test, self.settings,
-                                     seed, self.device, scales, self.eval_batch_size)
-            self.log(f"fine-tune {mode}, {init}, {100 * fraction:g}% labels ({len(indices)} images), "
+                                     seed, self.device, scales, self.eval_batch_size, self.inputs)
+            self.log(f"fine-tune {mode}, {init}, {100 * fraction:g}% labels "
+                     f"({len(indices)} {self.inputs.noun}), "
                      f"seed {seed}: test top-1 {100 * outcome.test_accuracy:.1f}% after "
                      f"{outcome.epochs} epochs ({outcome.steps} steps, {outcome.seconds:.1f} s)")
             runs.append((len(indices), outcome))
-        return results_entry(runs, used, self.device, len(self.test))
+        return results_entry(runs, self.inputs.recorded(used), self.device, len(self.test))
 
 
 def results_entry(runs: Sequence[tuple[int, FinetuneOutcome]], settings: dict[str, Any],

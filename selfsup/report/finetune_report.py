@@ -140,6 +140,9 @@ def _settings_line(results: dict[str, Any]) -> Optional[str]:
 
 
 def _augmentation(settings: dict[str, Any]) -> str:
+    if "max_length" in settings:  # a sequence run: the only augmentation is where long ones are cut
+        window = "a random" if settings.get("augment") else "the first"
+        return f"sequences longer than {settings['max_length']} tokens cut to {window} window"
     if not settings.get("augment"):
         return "no augmentation"
     low, high = settings.get("crop_scale") or ("?", "?")
