@@ -25,10 +25,11 @@ One thread on CPU (what a laptop user has; and the machine it was run on was sha
 then, added to the same results (qEI's greedy batch costs more: a shorter shortlist, 5 seeds):
     OMP_NUM_THREADS=1 python bench/bo_gb1.py --seeds 5 --resume --shortlist 256 \
         --arms random,onehot:thompson,descriptors:thompson,onehot:qei,descriptors:qei
-and a pretrained protein encoder against them (RUN from ``selfsup pretrain --method mlm --dataset
-swissprot-loc --backbone transformer-tiny --out runs/uniprot-mlm``):
+and a pretrained protein encoder against them, with its random-init control (RUN from
+``selfsup pretrain --method mlm --dataset uniprot-go --backbone transformer-tiny --out
+runs/mlm-uniprot-tiny``; docs/benchmarks.md has the full commands):
     OMP_NUM_THREADS=1 python bench/bo_gb1.py --seeds 10 --resume --arms \
-        random,onehot:thompson,runs/uniprot-mlm@mean:thompson,runs/uniprot-mlm@sites:thompson
+        random,onehot:thompson,runs/mlm-uniprot-tiny@mean:thompson,runs/mlm-uniprot-tiny@sites:thompson
 """
 
 from __future__ import annotations
