@@ -1,7 +1,8 @@
-"""Image data: named built-in data sets, folders of images and NumPy arrays, and batching.
+"""Data: named built-in data sets, folders of images, NumPy arrays, sequence files, and batching.
 
 ``load_split(name, split)`` is the one entry point: ``name`` is a registered data set
-(``fashion-mnist``, ``digits``, …) or a path to a folder of images or a ``.npy``/``.npz`` file.
+(``fashion-mnist``, ``digits``, ``swissprot-loc``, …) or a path to a folder of images, a
+``.npy``/``.npz`` file or a FASTA/FASTQ file of sequences (unlabelled).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from selfsup.data.arrays import load_arrays
 from selfsup.data.base import FileImages, ImageSource, TensorImages
 from selfsup.data.folder import load_folder
 from selfsup.data.loader import BatchStream, iterate_in_order
+from selfsup.data.sequence_files import SEQUENCE_SUFFIXES, is_sequence_file, load_sequence_file
+from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
 from selfsup.registry import DATASETS
 
@@ -40,10 +43,11 @@ def dataset_names() -> list[str]:
 
 
 def load_split(name: str, split: str, data_dir: Optional[str] = None,
-               options: Optional[dict[str, Any]] = None) -> ImageSource:
+               options: Optional[dict[str, Any]] = None) -> ImageSource | SequenceSource:
     """The ``split`` ("train", "test"; "all" for folders, arrays and digits) of data set ``name``.
 
-    ``name`` is a registered data set, a folder of images or a ``.npy``/``.npz`` file;
+    ``name`` is a registered data set, a folder of images, a ``.npy``/``.npz`` file or a
+    FASTA/FASTQ file (``selfsup.data.sequence_files``; its one option is ``alphabet``);
     ``data_dir`` tells registered data sets where their files are and ``options`` (config
     ``data.options``) are their keyword options, e.g. ``{"reads_per_gene": 2}`` for 16s-reads.
     """
@@ -56,15 +60,22 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None,
             raise ConfigError(f"data set {name!r} has no option {', '.join(unknown)}; its options: "
                               f"{', '.join(known) or 'none'}")
         return factory(split, data_dir, **options)
-    if options:
-        raise ConfigError(f"data.options {sorted(options)} are for registered data sets; "
-                          f"{name!r} is a path")
     path = Path(name).expanduser()
+    if is_sequence_file(path):
+        unknown = sorted(set(options) - {"alphabet"})
+        if unknown:
+            raise ConfigError(f"a sequence file takes the data option alphabet only, not "
+                              f"{', '.join(unknown)}")
+        return load_sequence_file(path, split, **options)
+    if options:
+        raise ConfigError(f"data.options {sorted(options)} are for registered data sets and "
+                          f"sequence files; {name!r} is a path")
     if path.is_dir():
         return load_folder(path, split)
     if path.suffix.lower() in ARRAY_SUFFIXES:
         return load_arrays(path, split)
     raise DataError(
         f"unknown data set {name!r}: not a registered data set ({', '.join(dataset_names())}) "
-        f"and not a path to a folder of images or a {'/'.join(ARRAY_SUFFIXES)} file"
+        f"and not a path to a folder of images, a {'/'.join(ARRAY_SUFFIXES)} file or a "
+        f"FASTA/FASTQ file ({'/'.join(SEQUENCE_SUFFIXES)}, optionally .gz)"
     )
