@@ -14,8 +14,8 @@ percentile 81-905), longest 35,213. It is unlabelled (the GO terms are not used)
 amino acids plus 9,419 ambiguous or rare ones (X, B, Z, U, O).
 
 Train/test: 1 % of the sequences (4,351), drawn by a hash of the accession (``split_indices``),
-are held out for the held-out perplexity that MLM and next-token runs log. Homologues are not grouped
-(no clustering is shipped), so that perplexity is optimistic for truly new families.
+are held out for the held-out perplexity that MLM and next-token runs log. Homologues are not
+grouped (no clustering is shipped), so that perplexity is optimistic for truly new families.
 
 Proteins of the evaluation set ``swissprot-loc`` occur here too: pretraining on unlabelled
 sequences that include the evaluation proteins is the usual practice (ESM's UniRef also holds
