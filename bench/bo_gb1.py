@@ -44,7 +44,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from selfsup.apps.bo import ACQUISITIONS, SHORTLIST, propose
+from selfsup.apps.bo import ACQUISITIONS, SHORTLIST, prepare_features, propose
 from selfsup.apps.featurize import BUILTIN_FEATURIZERS, POOLINGS, make_featurizer
 from selfsup.data.gb1 import MUTATED_SITES, load_gb1, normalised_fitness, top_variants
 from selfsup.errors import SelfsupError
@@ -104,8 +104,8 @@ def parse_arms(text: str) -> list[Arm]:
 
 
 def pool_features(arms: list[Arm], sequences: list[str]) -> dict[str, np.ndarray]:
-    """Each feature set the arms use, of the whole pool, computed once (run directories cache
-    their embeddings)."""
+    """Each feature set the arms use, of the whole pool, computed and prepared for the surrogate
+    once (run directories cache their embeddings)."""
     features: dict[str, np.ndarray] = {}
     for arm in arms:
         if arm.features is None or arm.features in features:
@@ -113,7 +113,10 @@ def pool_features(arms: list[Arm], sequences: list[str]) -> dict[str, np.ndarray
         started = time.perf_counter()
         try:
             featurizer = make_featurizer(arm.source, MUTATED_SITES, arm.pooling)
-            features[arm.features] = featurizer(sequences)
+            # prepared once (unit cube, PCA where the featuriser asks): propose then only
+            # checks them, round after round
+            features[arm.features] = prepare_features(featurizer(sequences),
+                                                      featurizer.max_dims).numpy()
         except SelfsupError as error:
             raise SystemExit(f"arm {arm.label}: {error}") from None
         print(f"features {arm.features}: {features[arm.features].shape[1]} columns in "

@@ -179,11 +179,13 @@ def test_ucb_and_ei_values_follow_their_formulas():
 def test_chunked_scoring_gives_the_same_batch(acquisition):
     _, features, fitness = small_pool()
     measured = np.arange(0, 60, 4)
+    # a shortlist smaller than the pool, so qEI's batch depends on the chunked scores
     whole = propose(features, measured, fitness[measured], 6, acquisition, seed=1,
-                    noise_variance=NOISE)
+                    noise_variance=NOISE, shortlist=8)
     chunked = propose(features, measured, fitness[measured], 6, acquisition, seed=1,
-                      noise_variance=NOISE, chunk_size=7)
+                      noise_variance=NOISE, shortlist=8, chunk_size=7)
     np.testing.assert_array_equal(whole.indices, chunked.indices)
+    np.testing.assert_allclose(whole.acquisition, chunked.acquisition, rtol=1e-6)
 
 
 def test_shortlist_still_gives_a_full_batch():
@@ -211,6 +213,19 @@ def test_features_are_scaled_to_the_unit_cube_and_wide_ones_reduced():
     np.testing.assert_allclose(scaled.min(0), 0, atol=1e-12)
     np.testing.assert_allclose(scaled.max(0), 1)
     assert prepare_features(rng.normal(size=(50, 100)), max_dims=8).shape == (50, 8)
+    assert prepare_features(rng.normal(size=(50, 100))).shape == (50, 100)  # None: every column
+
+
+def test_only_learnt_embeddings_are_reduced_before_the_gp(tmp_path):
+    """One-hot columns carry evenly spread variance: the surrogate must see all 80 of four sites
+    (a PCA to 32 would keep under half of it), while a run's dense embedding is reduced."""
+    rng = np.random.default_rng(0)
+    variants = ["".join(rng.choice(list(AA), 6)) for _ in range(300)]
+    for featurizer, columns in ((OneHot([1, 2, 3, 4]), 80), (Descriptors([1, 2, 3, 4]), 16)):
+        assert prepare_features(featurizer(variants), featurizer.max_dims).shape == (300, columns)
+    embedding = RunEmbedding(tmp_path, "mean", encode=lambda seqs: [rng.normal(size=(len(s), 64))
+                                                                     for s in seqs])
+    assert prepare_features(embedding(variants), embedding.max_dims).shape == (300, 32)
 
 
 # ----------------------------------------------------------------------------------------------

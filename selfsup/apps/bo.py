@@ -7,11 +7,12 @@ the next ``q`` unmeasured candidates to measure. ``propose`` works on feature ar
 Choices, and why:
 
 - **Features** are rescaled to the unit cube over the whole pool, so the kernel's lengthscales
-  mean the same for every featuriser. Features wider than ``MAX_DIMS`` (language-model
-  embeddings: hundreds of dimensions) are first projected on their top ``MAX_DIMS`` principal
-  components over the pool: with a few hundred measurements, one lengthscale per raw embedding
-  dimension cannot be learned, while 32 leading components keep the directions along which the
-  pool varies most.
+  mean the same for every featuriser. Dense learnt embeddings (a run's encoder: tens to hundreds
+  of correlated dimensions) are first projected on their top ``max_dims`` principal components
+  over the pool, as their featuriser asks (``Featurizer.max_dims``, 32): the leading components
+  keep the directions along which the pool varies most. One-hot and descriptor columns are used
+  as they are: one-hot variance is spread evenly over its columns (32 components of four sites'
+  80 keep only 44 % of it).
 - **Surrogate**: ``SingleTaskGP`` with a Matérn-5/2 ARD kernel (one lengthscale per feature) and
   BoTorch's dimension-scaled log-normal lengthscale prior (Hvarfner et al. 2024), which keeps ARD
   sensible for the 80 one-hot columns of four sites; targets standardised (``Standardize``);
@@ -51,7 +52,6 @@ from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
 ACQUISITIONS = ("qei", "qucb", "thompson")
 BETA = 4.0  # UCB = mean + sqrt(BETA) * std: two standard deviations of optimism
-MAX_DIMS = 32
 SHORTLIST = 1024
 CHUNK_SIZE = 1024  # candidates scored at once: bounds memory; larger chunks were slower (GPyTorch)
 GREEDY_BATCH = 128  # shortlist candidates per joint MC evaluation (memory ∝ this × q × samples)
@@ -79,12 +79,13 @@ class Proposal:
 # the surrogate
 
 
-def prepare_features(features: np.ndarray, max_dims: int = MAX_DIMS) -> torch.Tensor:
-    """Pool features as a float64 tensor in the unit cube; PCA to ``max_dims`` first if wider."""
+def prepare_features(features: np.ndarray, max_dims: Optional[int] = None) -> torch.Tensor:
+    """Pool features as a float64 tensor in the unit cube; PCA to ``max_dims`` first if wider
+    (None: every column)."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or not np.all(np.isfinite(features)):
         raise DataError(f"features must be a finite (N, D) array, got shape {features.shape}")
-    if features.shape[1] > max_dims:
+    if max_dims is not None and features.shape[1] > max_dims:
         from sklearn.decomposition import PCA
 
         pca = PCA(n_components=min(max_dims, features.shape[0]), svd_solver="randomized",
@@ -141,16 +142,19 @@ def posterior_mean_std(model, x: torch.Tensor, chunk_size: int = CHUNK_SIZE
 def propose(pool_features: np.ndarray, measured_idx: Sequence[int], measured_y: Sequence[float],
             q: int, acquisition: str = "qei", seed: int = 0, *, beta: float = BETA,
             shortlist: int = SHORTLIST, chunk_size: int = CHUNK_SIZE,
-            noise_variance: Optional[float] = None) -> Proposal:
+            noise_variance: Optional[float] = None, max_dims: Optional[int] = None) -> Proposal:
     """The next ``q`` candidates of the pool to measure.
 
     pool_features: (N, D), one row per candidate (from a ``Featurizer``). measured_idx: pool rows
     already measured, with values ``measured_y`` (higher is better). acquisition: "qei", "qucb"
-    or "thompson". Measured rows are never proposed; the batch has no repeats.
+    or "thompson". max_dims: principal components to keep of wider features (the featuriser's
+    ``max_dims``; None keeps every column). Measured rows are never proposed; the batch has no
+    repeats. Features already in the unit cube (``prepare_features``) pass through unchanged,
+    so a caller proposing round after round on one pool can prepare them once.
     """
     if acquisition not in ACQUISITIONS:
         raise ConfigError(f"acquisition {acquisition!r}: choose one of {', '.join(ACQUISITIONS)}")
-    pool = prepare_features(pool_features)
+    pool = prepare_features(pool_features, max_dims)
     measured_idx, measured_y = _check_measurements(len(pool), measured_idx, measured_y)
     candidates = np.setdiff1d(np.arange(len(pool)), measured_idx)  # sorted, never measured
     if not 1 <= q <= len(candidates):
@@ -340,7 +344,8 @@ def propose_from_files(pool_path: Union[str, Path], measured_path: Union[str, Pa
             if not sites:
                 raise DataError(f"{pool_path}: all candidates are the same sequence")
         featurizer = make_featurizer(featurizer, sites, pooling)
-    proposal = propose(featurizer(pool), indices, values, q, acquisition, seed)
+    proposal = propose(featurizer(pool), indices, values, q, acquisition, seed,
+                       max_dims=featurizer.max_dims)
     write_proposals(out, pool, proposal)
     return proposal
 

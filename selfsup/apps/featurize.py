@@ -70,10 +70,17 @@ PROTEIN_RUN_HINT = ("pretrain a protein encoder (selfsup pretrain --method mlm -
                     "descriptors")
 
 
+# Dense learnt embeddings are projected on this many principal components before the GP (see
+# ``selfsup.apps.bo``); indicator and descriptor columns are used as they are.
+EMBEDDING_DIMS = 32
+
+
 class Featurizer(Protocol):
-    """Sequences in, one float row per sequence out."""
+    """Sequences in, one float row per sequence out. ``max_dims``: the number of principal
+    components the surrogate should keep of wider features (None: keep every column)."""
 
     name: str
+    max_dims: Optional[int]
 
     def __call__(self, sequences: list[str]) -> np.ndarray:  # (N, D)
         ...
@@ -89,7 +96,10 @@ def variable_sites(sequences: Sequence[str]) -> list[int]:
 
 class OneHot:
     """One-hot of the residue at each site: 20 columns per site, in ``STANDARD_AMINO_ACIDS``
-    order. ``sites``: 1-based positions; None means every position."""
+    order. ``sites``: 1-based positions; None means every position. Never reduced: one-hot
+    variance is spread evenly over its columns, so any few principal components lose most of it."""
+
+    max_dims = None
 
     def __init__(self, sites: Optional[Sequence[int]] = None) -> None:
         self.sites = None if sites is None else list(sites)
@@ -106,6 +116,8 @@ class Descriptors:
     """The four ``DESCRIPTOR_NAMES`` of the residue at each site, each scale standardised over
     the 20 amino acids (mean 0, std 1) so no unit dominates: 4 columns per site."""
 
+    max_dims = None
+
     def __init__(self, sites: Optional[Sequence[int]] = None) -> None:
         self.sites = None if sites is None else list(sites)
         self.name = "descriptors" if sites is None else f"descriptors@{_sites_label(self.sites)}"
@@ -121,7 +133,8 @@ ResidueEncoder = Callable[[list[str]], list[np.ndarray]]
 
 
 class RunEmbedding:
-    """Embeddings from the sequence encoder of a ``selfsup`` run, pooled to one vector each.
+    """Embeddings from the sequence encoder of a ``selfsup`` run, pooled to one vector each
+    (reduced to ``EMBEDDING_DIMS`` principal components by the surrogate).
 
     pooling: "mean" averages the per-residue embeddings over the whole sequence; "sites" over the
     given 1-based ``sites`` only (the mutated positions). ``encode`` maps sequences to per-residue
@@ -132,6 +145,8 @@ class RunEmbedding:
     the pooling, the sites ("sites" pooling) and the encoder file's size and time, so a
     149k-candidate pool is embedded once.
     """
+
+    max_dims = EMBEDDING_DIMS
 
     def __init__(self, run_dir: Union[str, Path], pooling: str = "mean",
                  sites: Optional[Sequence[int]] = None,
