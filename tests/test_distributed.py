@@ -62,6 +62,7 @@ from selfsup.data.loader import BatchStream
 from selfsup.errors import ConfigError
 from selfsup.losses import masked_token_cross_entropy
 from selfsup.methods import build_method
+from selfsup.methods.dino import has_batchnorm
 from selfsup.methods.next_token import next_token_targets
 from selfsup.registry import METHODS
 from selfsup.tokenize import IGNORE_LABEL, Tokenizer, make_tokenizer
@@ -69,6 +70,7 @@ from selfsup.train import Trainer
 from selfsup.train.distributed import (
     CPUSyncBatchNorm,
     ProcessInfo,
+    all_reduce_sum_,
     convert_sync_batchnorm,
     prepare_method,
     process_info,
@@ -202,7 +204,7 @@ def distributed_run(case: Case, info: ProcessInfo) -> dict[str, Any]:
         torch.manual_seed(forward_seed(step, info.rank))
         with maybe_pinned(case, method, info.rank * LOCAL_BATCH):
             micro_batches = split_views(local_views(method, step, info.rank), case.accumulate)
-            loss, _ = train_step(step_module, micro_batches, optimizer, CPU)
+            loss, _ = train_step(step_module, micro_batches, optimizer, CPU, method=method)
         method.after_step(step, STEPS)
         losses.append(loss.item())
     return {"state": copy.deepcopy(method.state_dict()), "losses": losses}
@@ -278,10 +280,6 @@ def token_backbone(name: str) -> dict[str, Any]:
                 if key != "name"}
     return {**TINY_TRANSFORMER, **demanded, "vocab_size": tokenizer.vocab_size,
             "pad_id": tokenizer.pad_id, "tokenizer": tokenizer.config()}
-
-
-def has_batchnorm(method: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in method.modules())
 
 
 def case_group(name: str, accumulate: int = 1, **options) -> str:
@@ -377,10 +375,10 @@ def token_loss_run(chosen: tuple[int, ...], rank: int) -> dict[str, Any]:
     a graph (which must stay local: an evaluation on rank 0 alone must not wait for the others)."""
     features, labels = token_loss_shard(chosen, rank)
     weight = token_loss_weight()
-    loss = masked_token_cross_entropy(features @ weight.T, labels)
+    loss = masked_token_cross_entropy(features @ weight.T, labels, all_reduce_sum_)
     loss.backward()
     with torch.no_grad():
-        evaluation = masked_token_cross_entropy(features @ weight.T, labels)
+        evaluation = masked_token_cross_entropy(features @ weight.T, labels, all_reduce_sum_)
     return {"loss": loss.detach(), "attached": loss.requires_grad, "grad": weight.grad,
             "evaluation": evaluation}
 

@@ -59,6 +59,7 @@ class MaskedLanguageModel(Method):
         super().__init__(encoder)
         self.options = options or MLMOptions()
         self.head = LanguageModelHead(as_token_encoder(encoder, "mlm"), self.options.tie_embeddings)
+        self.sum_across_processes = None  # set by the distributed trainer (a global token mean)
 
     @property
     def scores_chosen_only(self) -> bool:
@@ -87,7 +88,7 @@ class MaskedLanguageModel(Method):
             logits, labels = self.head(tokens[chosen]), labels[chosen]
         else:
             logits = self.head(tokens)
-        loss = masked_token_cross_entropy(logits, labels)
+        loss = masked_token_cross_entropy(logits, labels, self.sum_across_processes)
         accuracy = masked_token_accuracy(logits, labels)
         return StepOutput(
             loss=loss,

@@ -149,7 +149,7 @@ class SplitBatchNorm(nn.Module):
 
     def __init__(self, batchnorm: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
-        self.eps, self.momentum = batchnorm.eps, batchnorm.momentum
+        self.eps = batchnorm.eps
         self.weight, self.bias = batchnorm.weight, batchnorm.bias
         self.register_buffer("running_mean", batchnorm.running_mean)
         self.register_buffer("running_var", batchnorm.running_var)

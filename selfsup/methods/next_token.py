@@ -56,10 +56,12 @@ class NextToken(Method):
             raise ConfigError("next-token needs a causal encoder, so that evaluation reads it the "
                               "way it was trained: set backbone.causal=true")
         self.head = LanguageModelHead(encoder, self.options.tie_embeddings)
+        self.sum_across_processes = None  # set by the distributed trainer (a global token mean)
 
     def loss_weight(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """The micro-batch's number of predicted tokens (every real token after the first)."""
-        return (views[0][:, 1:] != self.encoder.pad_id).sum()
+        """The micro-batch's number of predicted tokens (its loss is their mean)."""
+        ids = views[0]
+        return (next_token_targets(ids, ids != self.encoder.pad_id) != IGNORE_LABEL).sum()
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         ids = views[0]
@@ -67,7 +69,7 @@ class NextToken(Method):
         tokens = self.encoder.forward_tokens(ids, attention_mask, causal=True)
         logits = self.head(tokens[:, :-1])
         targets = next_token_targets(ids, attention_mask)
-        loss = masked_token_cross_entropy(logits, targets)
+        loss = masked_token_cross_entropy(logits, targets, self.sum_across_processes)
         return StepOutput(
             loss=loss,
             embeddings=self.encoder.pool_tokens(tokens, attention_mask),

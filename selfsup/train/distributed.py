@@ -282,7 +282,8 @@ def prepare_method(method: nn.Module, info: ProcessInfo, device: torch.device,
     """Make a method ready for data-parallel training and return the module to call for a step.
 
     For one process: ``method`` itself, unchanged. Otherwise, in this order: BatchNorm → SyncBatchNorm
-    (``sync_bn``; None: ``sync_batchnorm_default``), the ``gather``/``rank`` hooks of its loss, and
+    (``sync_bn``; None: ``sync_batchnorm_default``), the ``gather``/``rank``/``sum_across_processes``
+    hooks of its loss, and
     a DDP wrapper around it. The method keeps its parameter objects, so an optimiser may be built on
     ``method.parameters()`` before or after; checkpoints should hold ``method.state_dict()``.
 
@@ -297,6 +298,8 @@ def prepare_method(method: nn.Module, info: ProcessInfo, device: torch.device,
         convert_sync_batchnorm(method, device)
     if hasattr(method, "gather"):
         method.gather = all_gather_with_grad
+    if hasattr(method, "sum_across_processes"):  # token losses: a global mean over chosen tokens
+        method.sum_across_processes = all_reduce_sum_
     if hasattr(method, "rank"):
         method.rank = info.rank
     # DDP must search the graph for parameters without a gradient only where a method may leave

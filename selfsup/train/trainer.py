@@ -64,12 +64,13 @@ HELD_OUT_SAMPLES = 256  # health-batch samples the held-out loss (perplexity) is
 
 def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
                optimizer: torch.optim.Optimizer, device: torch.device, precision: str = "fp32",
-               clip_grad: float = 0.0,
-               scaler: Optional[torch.amp.GradScaler] = None) -> tuple[torch.Tensor, StepOutput]:
+               clip_grad: float = 0.0, scaler: Optional[torch.amp.GradScaler] = None,
+               method: Optional[Method] = None) -> tuple[torch.Tensor, StepOutput]:
     """One optimiser step on the mean loss of ``micro_batches`` (gradient accumulation).
 
-    Each micro-batch is a list of views that ``step_fn`` (a method, or its DDP wrapper) turns into
-    a ``StepOutput``. Under DDP the gradients are all-reduced once, in the backward pass of the
+    Each micro-batch is a list of views that ``step_fn`` (a method, or its DDP or compiled
+    wrapper) turns into a ``StepOutput``; ``method`` is the method inside a wrapper (default:
+    ``step_fn`` itself). Under DDP the gradients are all-reduced once, in the backward pass of the
     last micro-batch. With a ``scaler`` (fp16) the loss is scaled for the backward pass, the
     gradients are unscaled before clipping, and a step whose gradients overflowed is skipped (the
     scaler then lowers its scale). Micro-batches count equally, or by ``micro_batch_weights``
@@ -77,7 +78,7 @@ def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
     the device: no host sync) and the last micro-batch's output.
     """
     count = len(micro_batches)
-    weights = micro_batch_weights(step_fn, micro_batches, device)
+    weights = micro_batch_weights(step_fn if method is None else method, micro_batches, device)
     total = torch.zeros((), device=device)
     for i, views in enumerate(micro_batches):
         with no_sync(step_fn) if i + 1 < count else contextlib.nullcontext():
@@ -102,7 +103,7 @@ def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
     return total, out
 
 
-def micro_batch_weights(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
+def micro_batch_weights(method: Method, micro_batches: Sequence[list[torch.Tensor]],
                         device: torch.device) -> Optional[torch.Tensor]:
     """(k,) shares of the step's loss for ``k`` micro-batches, summing to 1, from the method's
     ``loss_weight`` (e.g. masked tokens) summed over the processes; None when there is one
@@ -114,11 +115,6 @@ def micro_batch_weights(step_fn: nn.Module, micro_batches: Sequence[list[torch.T
     """
     if len(micro_batches) == 1:
         return None
-    method = step_fn
-    while not isinstance(method, Method):  # through torch.compile's and DDP's wrappers
-        method = getattr(method, "_orig_mod", None) or getattr(method, "module", None)
-        if method is None:
-            return None
     raw = [method.loss_weight(views) for views in micro_batches]
     if any(weight is None for weight in raw):
         return None
@@ -411,7 +407,7 @@ class Trainer:
             views = [v.contiguous(memory_format=self.memory_format) for v in self.views(images, view_gen)]
             loss, out = train_step(self.step_fn, split_views(views, self.accumulate_steps),
                                    self.optimizer, self.device, self.precision,
-                                   self.config.optim.clip_grad, self.scaler)
+                                   self.config.optim.clip_grad, self.scaler, self.method)
             self.method.after_step(step, self.total_steps)
             step += 1
             interval_steps += 1
