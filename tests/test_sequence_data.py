@@ -266,3 +266,14 @@ def test_16s_reads_never_cross_the_split():
     assert not genes_of(train) & genes_of(test)
     assert not set(train.groups) & set(test.groups)
     assert {len(read) for read in train.sequences[:1000]} == {150}
+
+
+def test_installed_package_path_reads_pip_metadata_and_names_a_place_when_missing():
+    import sysconfig
+
+    from selfsup.data.sequences import installed_package_path
+
+    # pytest is installed in this environment: its own module file is where its metadata says
+    assert installed_package_path("pytest", "pytest/__init__.py").is_file()
+    missing = installed_package_path("no-such-package-xyz", "nowhere/data")
+    assert missing == Path(sysconfig.get_paths()["purelib"]) / "nowhere/data"

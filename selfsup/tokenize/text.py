@@ -33,33 +33,20 @@ its SHA-256, so an encoder is never paired with another tokeniser's ids.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
+import tokenizers
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.files import atomic_write
 from selfsup.tokenize.base import LEADING_SPECIALS, MASK, Tokenizer
-
-if TYPE_CHECKING:
-    import tokenizers
 
 TOKENIZER_FILE = "tokenizer.json"  # its name in a run dir
 DEFAULT_VOCAB_SIZE = 8192
 MIN_PAIR_COUNT = 2  # a merge must occur at least twice in the training texts
 BYTE_SYMBOLS = 256
-INSTALL_HINT = "install it with: python -m pip install tokenizers"
-
-
-def _tokenizers():
-    """The `tokenizers` module, or a ``ConfigError`` saying how to install it."""
-    try:
-        import tokenizers
-    except ImportError:
-        raise ConfigError(f"the text tokeniser needs the `tokenizers` package; {INSTALL_HINT}") \
-            from None
-    return tokenizers
 
 
 class TextTokenizer(Tokenizer):
@@ -97,7 +84,6 @@ class TextTokenizer(Tokenizer):
         """Learn a BPE vocabulary of (at most) ``vocab_size`` tokens, specials included, from
         ``texts`` — the training split only, so no test text shapes the vocabulary. The same
         texts always give the same tokeniser."""
-        tokenizers = _tokenizers()
         smallest = len(LEADING_SPECIALS) + BYTE_SYMBOLS + 1
         if vocab_size < smallest:
             raise ConfigError(f"the text vocabulary needs at least {smallest} tokens (specials and "
@@ -126,17 +112,20 @@ class TextTokenizer(Tokenizer):
     @classmethod
     def load(cls, path: str | Path, sha256: Optional[str] = None) -> TextTokenizer:
         """The tokeniser saved at ``path``; with ``sha256``, check it is that very file."""
-        tokenizers = _tokenizers()
         path = Path(path)
         if not path.is_file():
             raise DataError(f"no text tokeniser at {path}: it is saved in the run dir as "
                             f"{TOKENIZER_FILE} by the run that trained the encoder")
+        data = path.read_bytes()
         try:
-            backend = tokenizers.Tokenizer.from_file(str(path))
+            backend = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
         except Exception as error:  # the library raises plain Exceptions for bad files
             raise DataError(f"{path}: not a `tokenizers` JSON file ({error})") from None
         backend.encode_special_tokens = True
         tokenizer = cls(backend, path)
+        # the file's bytes, not the library's re-serialisation of them: another `tokenizers`
+        # version may write the same tokeniser differently, and the file must still match
+        tokenizer.sha256 = hashlib.sha256(data).hexdigest()
         if sha256 is not None and tokenizer.sha256 != sha256:
             raise DataError(f"{path} is not the tokeniser the encoder was trained with (SHA-256 "
                             f"{tokenizer.sha256[:12]}…, expected {sha256[:12]}…); use that run's "
@@ -148,13 +137,11 @@ class TextTokenizer(Tokenizer):
         return self.backend.to_str()
 
     def save(self, path: str | Path) -> Path:
-        """Write the tokeniser to ``path`` (a temporary file, then a rename: a reader never sees
-        half a file) and remember the path for ``config()``."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(self.to_json(), encoding="utf-8")
-        os.replace(temporary, path)
-        self.path = path
+        """Write the tokeniser to ``path`` atomically and remember the path for ``config()``;
+        ``sha256`` is then the file's own hash."""
+        path, text = Path(path), self.to_json().encode("utf-8")
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(text))
+        self.path, self.sha256 = path, hashlib.sha256(text).hexdigest()
         return path
 
     def config(self) -> dict:

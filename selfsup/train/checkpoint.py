@@ -18,26 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from selfsup.errors import DataError
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync the file, then atomically rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+from selfsup.files import atomic_write  # noqa: F401  (also imported from here by evaluation)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
