@@ -1,7 +1,8 @@
 """Training throughput on one GPU: our full pipeline vs lightly's standard recipe vs the floor.
 
-For each method, on 32×32 RGB synthetic uint8 images, batch 512, bf16 autocast on CUDA, three rows
-measured in one run (images/s counts source images, each of which makes all of a method's views):
+For each method, on 32×32 RGB synthetic uint8 images (``--image-size``), batch 512, bf16 autocast
+on CUDA, three rows measured in one run (images/s counts source images, each of which makes all of
+a method's views):
 
   * selfsup pipeline — the real Trainer: uint8 data resident on the GPU, views made there,
     forward, loss, backward, LARS step (``gpu_throughput.trainer_rate``, whole epochs after a
@@ -12,8 +13,8 @@ measured in one run (images/s counts source images, each of which makes all of a
     (``NTXentLoss``, ``NegativeCosineSimilarity``, ``DINOLoss``; lightly has no MAE loss class,
     so MAE keeps ours, a masked MSE);
   * floor — forward + backward + optimiser step on views made once before timing: no
-    augmentation cost at all (``gpu_throughput.floor_rate`` for SimCLR; the same measurement
-    built from the Trainer's own parts for the other methods, and for SimCLR under ``--set``).
+    augmentation cost at all (built from the Trainer's own parts, so it trains the same model on
+    views of the same size as the pipeline row).
 
 Fairness: the lightly rows train *our* model (selfsup's ResNet-18 with the CIFAR stem, or ViT-S/4
 for MAE, with our projection heads and EMA targets), with our LARS optimiser, channels_last and the
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import sys
@@ -53,7 +53,7 @@ from torch import nn
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # gpu_throughput (bench is no package) and selfsup
-from gpu_throughput import floor_rate, trainer_rate
+from gpu_throughput import timed, trainer_rate, write_synthetic
 
 # The model each method is measured with (config overrides; --set wins over these).
 MODELS = {
@@ -62,7 +62,7 @@ MODELS = {
     "dino": ["backbone.name=resnet18"],
     "mae": ["backbone.name=vit-small", "backbone.patch_size=4"],
 }
-# --smoke: sizes a 2-core CPU runs in about a minute (ResNet-18 stays as it is: floor_rate fixes it)
+# --smoke: sizes a 2-core CPU runs in about a minute (ResNet-18 stays as it is)
 SMOKE_MODELS = {**MODELS, "mae": ["backbone.name=vit-tiny", "backbone.patch_size=8", "backbone.depth=2"]}
 PIPELINE, LIGHTLY, FLOOR, LOADER = ("selfsup pipeline", "lightly recipe", "floor (no views)",
                                     "lightly loader alone")
@@ -190,43 +190,6 @@ def lightly_batches(images: np.ndarray, transform: Callable, batch: int, batches
 
 
 # ------------------------------------------------------------------------------------ timing
-def synthetic_count(batch: int, steps: int) -> int:
-    """Images in the synthetic array file so that its train split (the loader holds out a test
-    fraction of an array file) still gives ``steps`` full batches per epoch: trainer_rate counts
-    ``steps × batch`` images per epoch."""
-    from selfsup.data.arrays import TEST_FRACTION
-
-    return math.ceil(batch * steps / (1 - TEST_FRACTION)) + batch
-
-
-def check_epoch_length(run_dir: Path, steps: int) -> None:
-    """Stop if the trainer's epochs were shorter than the ``steps`` trainer_rate counted."""
-    from selfsup.train.metrics_log import read_metrics
-
-    start = next(r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "start")
-    if start["steps_per_epoch"] != steps:
-        raise SystemExit(f"{run_dir}: epochs of {start['steps_per_epoch']} steps, but trainer_rate "
-                         f"counted {steps}: its images/s would be off by that ratio")
-
-
-def timed(step: Callable[[int], Any], warmup: int, steps: int, batch: int,
-          device: torch.device) -> dict[str, float]:
-    """Images/s and peak GPU memory of ``steps`` calls of ``step`` after ``warmup`` calls."""
-    for i in range(warmup):
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    return {"images_per_s": steps * batch / seconds, "peak_gib": peak}
-
-
 def built_trainer(overrides: list[str], batch: int, device: str, compile: bool, out: Path):
     """A Trainer with its model, views, optimiser and (compiled) step function built, not run."""
     from selfsup.config import load_config
@@ -357,9 +320,6 @@ def compare_method(method: str, overrides: list[str], args, lightly, images: np.
                         torch.cuda.reset_peak_memory_stats()
                     result = trainer_rate(overrides, args.batch, args.steps, workdir / tag,
                                           args.device, compiled)
-                    check_epoch_length(workdir / tag, args.steps)
-                elif what == FLOOR and method == "simclr" and not args.set:
-                    result = floor_rate(compiled, args.batch, args.steps, args.device)
                 elif what == FLOOR:
                     result = trainer_floor_rate(trainer(compiled, tag), args.warmup, args.steps)
                 elif lightly is not None:
@@ -400,15 +360,9 @@ def main() -> None:
     args.out = str(args.out or default_out)
     lightly = None if args.no_lightly else import_lightly()
     device = torch.device(args.device)
-    if device.type == "cuda":  # as gpu_throughput: floor_rate runs under the trainer's settings
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-
     workdir = Path(tempfile.mkdtemp(prefix="selfsup-compare-"))
     side = args.image_size
-    images = np.random.default_rng(0).integers(0, 256, (synthetic_count(args.batch, args.steps), side, side, 3),
-                                               dtype=np.uint8)
-    np.save(workdir / "synthetic.npy", images)
+    images = write_synthetic(workdir / "synthetic.npy", args.batch, args.steps, side)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     header = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
               "cpus": os.cpu_count(), "args": vars(args),

@@ -14,13 +14,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+
+def synthetic_count(batch: int, steps: int) -> int:
+    """Images in the synthetic array file so that its train split (the loader holds out a test
+    fraction of an array file) still gives ``steps`` full batches per epoch."""
+    from selfsup.data.arrays import TEST_FRACTION
+
+    return math.ceil(batch * steps / (1 - TEST_FRACTION)) + batch
+
+
+def write_synthetic(path: Path, batch: int, steps: int, side: int) -> np.ndarray:
+    """Random uint8 (N, side, side, 3) images saved at ``path`` (an array file for
+    ``data.dataset``) that make epochs of ``steps`` batches; returns the images."""
+    shape = (synthetic_count(batch, steps), side, side, 3)
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    np.save(path, images)
+    return images
+
+
+def timed(step: Callable[[int], Any], warmup: int, steps: int, batch: int,
+          device: torch.device) -> dict[str, float]:
+    """Images/s and peak GPU memory of ``steps`` calls of ``step`` after ``warmup`` calls."""
+    for i in range(warmup):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    return {"images_per_s": steps * batch / seconds, "peak_gib": peak}
 
 
 def trainer_rate(overrides: list[str], batch: int, steps: int, out: Path, device: str,
@@ -39,11 +77,11 @@ def trainer_rate(overrides: list[str], batch: int, steps: int, out: Path, device
     records = read_metrics(out / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
     # The steps the trainer took, not the ones asked for: an array file's train split holds out a
-    # test fraction, so batch × steps images make fewer than `steps` batches per epoch.
+    # test fraction, so a file smaller than write_synthetic's makes shorter epochs.
     taken = next(r for r in records if r.get("event") == "start")["steps_per_epoch"]
-    timed = epochs[1:]  # epoch 0 pays for compilation and cudnn autotuning
-    images = taken * batch * len(timed)
-    seconds = sum(r["epoch_seconds"] for r in timed)
+    measured = epochs[1:]  # epoch 0 pays for compilation and cudnn autotuning
+    images = taken * batch * len(measured)
+    seconds = sum(r["epoch_seconds"] for r in measured)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     return {"images_per_s": images / seconds, "peak_gib": peak}
 
@@ -70,26 +108,14 @@ def floor_rate(compile: bool, batch: int, steps: int, device: str) -> dict:
     fn = torch.compile(method) if compile else method
     views = [torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt) for _ in range(2)]
 
-    def step():
+    def step(_: int) -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             loss = fn(views).loss
         loss.float().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(15):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
-    return {"images_per_s": steps * batch / seconds, "peak_gib": peak}
+    return timed(step, 15, steps, batch, dev)
 
 
 def main() -> None:
@@ -107,10 +133,9 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     workdir = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
-    rng = np.random.default_rng(0)
     for repeat in range(args.repeats):
         (workdir / f"r{repeat}").mkdir()
-    np.save(workdir / "synthetic.npy", rng.integers(0, 256, (args.batch * args.steps, 32, 32, 3), dtype=np.uint8))
+    write_synthetic(workdir / "synthetic.npy", args.batch, args.steps, 32)
     rows = []
     # Each measurement twice, in alternating order, so clock ramp-up or a noisy neighbour shows
     # as a spread between repeats instead of as a difference between floor and pipeline.

@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_throughput import trainer_rate  # noqa: E402  (the bench folder is not a package)
+from gpu_throughput import trainer_rate, write_synthetic  # noqa: E402  (the bench folder is not a package)
 
 
 def main() -> None:
@@ -43,8 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="selfsup-mae-bench-"))
     side = args.image_size
-    images = np.random.default_rng(0).integers(0, 256, (args.batch * args.steps, side, side, 3), dtype=np.uint8)
-    np.save(workdir / "synthetic.npy", images)
+    write_synthetic(workdir / "synthetic.npy", args.batch, args.steps, side)
     rows = []
     for compiled in ([False] if args.no_compile else [False, True]):
         for ratio in args.mask_ratios:

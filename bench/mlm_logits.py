@@ -4,8 +4,9 @@
 model (``MLMOptions.score_chosen_only``): the (B, L, V) logits of a text vocabulary dominate a
 step, while picking the chosen positions costs one host-device wait. This times whole training
 steps (forward, backward, AdamW) both ways for a protein vocabulary (30 tokens) and a text BPE
-vocabulary (``--text-vocab``, 8,192 by default as ``data.vocab_size``), on random ids masked by
-BERT's rule, and prints tokens/s and the speed-up; ``--json`` writes the rows.
+vocabulary (``--text-vocab``, 8,192 by default as ``data.vocab_size``), on random ids with 15 % of
+the positions chosen and replaced by ``<mask>``, and prints tokens/s and the speed-up; ``--json``
+writes the rows. The steps are ``esm_throughput``'s (bf16 autocast on CUDA, float32 on the CPU).
 
     OMP_NUM_THREADS=1 python bench/mlm_logits.py --device cpu --json bench/results/mlm-logits-cpu.json
 """
@@ -21,33 +22,28 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # esm_throughput (bench is no package) and selfsup
+from esm_throughput import time_steps, training_step  # noqa: E402
 from selfsup.backbones import build_backbone  # noqa: E402
 from selfsup.methods import build_method  # noqa: E402
-from selfsup.tokenize.base import IGNORE_LABEL  # noqa: E402
+from selfsup.tokenize.base import IGNORE_LABEL, LEADING_SPECIALS  # noqa: E402
 
 
-def time_steps(method: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, steps: int,
-               warmup: int) -> float:
-    """Seconds per training step, after ``warmup`` untimed steps."""
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
+def mlm(backbone: str, vocab: int, **options) -> torch.nn.Module:
+    """The ``mlm`` method on a freshly (seed 0) initialised ``backbone`` for ``vocab`` tokens."""
+    torch.manual_seed(0)
+    encoder = build_backbone({"name": backbone, "vocab_size": vocab}, 0, 0)
+    return build_method({"name": "mlm", **options}, encoder)
+
+
+def seconds_per_step(method: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                     steps: int, warmup: int) -> float:
+    """Seconds per training step of ``method`` on one fixed batch, after ``warmup`` steps."""
     device = inputs.device
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        method([inputs, labels]).loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / steps
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    step = training_step(method, lambda: method([inputs, labels]).loss, device, precision)
+    return time_steps(step, steps, warmup, device)[0]
 
 
 def main() -> None:
@@ -65,24 +61,26 @@ def main() -> None:
     rows = []
     for task, vocab in (("protein", 30), ("text", args.text_vocab)):
         generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(5, vocab, (args.batch_size, args.length), generator=generator)
+        # Every selfsup vocabulary puts the four leading specials first and <mask> last
+        # (selfsup.tokenize.base): ordinary ids lie between them.
+        mask_id = vocab - 1
+        ids = torch.randint(len(LEADING_SPECIALS), mask_id, (args.batch_size, args.length),
+                            generator=generator)
         chosen = torch.rand(ids.shape, generator=generator) < 0.15
-        inputs = torch.where(chosen, 4, ids).to(device)  # chosen positions → <mask> (id 4)
+        inputs = torch.where(chosen, mask_id, ids).to(device)
         labels = torch.where(chosen, ids, IGNORE_LABEL).to(device)
-        seconds = {}
-        for chosen_only in (False, True):
-            torch.manual_seed(0)
-            encoder = build_backbone({"name": args.backbone, "vocab_size": vocab}, 0, 0)
-            method = build_method({"name": "mlm", "score_chosen_only": chosen_only},
-                                  encoder).to(device)
-            seconds[chosen_only] = time_steps(method, inputs, labels, args.steps, args.warmup)
+        seconds = {
+            chosen_only: seconds_per_step(
+                mlm(args.backbone, vocab, score_chosen_only=chosen_only).to(device),
+                inputs, labels, args.steps, args.warmup)
+            for chosen_only in (False, True)}
         tokens = args.batch_size * args.length
         row = {"task": task, "vocab": vocab, "backbone": args.backbone,
                "batch_size": args.batch_size, "length": args.length,
                "tokens_per_s_all_positions": tokens / seconds[False],
                "tokens_per_s_chosen_only": tokens / seconds[True],
                "speedup": seconds[False] / seconds[True],
-               "default_scores_chosen_only": vocab > encoder.out_dim}
+               "default_scores_chosen_only": mlm(args.backbone, vocab).scores_chosen_only}
         rows.append(row)
         default = "chosen only" if row["default_scores_chosen_only"] else "all positions"
         print(f"{task:8s} vocab {vocab:6d}: all positions {row['tokens_per_s_all_positions']:9.0f} "

@@ -25,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder is not a package
-from gpu_compare import built_trainer, synthetic_count
+from gpu_compare import built_trainer
+from gpu_throughput import write_synthetic
 
 
 def make_step(trainer):
@@ -118,8 +118,7 @@ def main() -> None:
     device = torch.device(args.device)
     workdir = Path(tempfile.mkdtemp(prefix="selfsup-profile-"))
     side = args.image_size
-    images = np.random.default_rng(0).integers(0, 256, (synthetic_count(args.batch, 2), side, side, 3), dtype=np.uint8)
-    np.save(workdir / "synthetic.npy", images)
+    write_synthetic(workdir / "synthetic.npy", args.batch, 2, side)  # two batches to cycle through
     overrides = [f"data.dataset={workdir / 'synthetic.npy'}", f"method.name={args.method}",
                  f"backbone.name={args.backbone}", *args.set]
     trainer = built_trainer(overrides, args.batch, args.device, args.compile, workdir / "run")
