@@ -146,6 +146,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def resumable_runs(out: Path, protocol: dict) -> list[dict]:
+    """The runs stored in ``out``; SystemExit when they followed another protocol (the thread
+    count aside), since their curves could not be compared or averaged with new ones."""
+    stored = json.loads(out.read_text())
+    changed = sorted(key for key in protocol.keys() | stored["protocol"].keys()
+                     if key != "threads" and protocol.get(key) != stored["protocol"].get(key))
+    if changed:
+        def settings(p: dict) -> str:
+            return ", ".join(f"{key}={p.get(key)!r}" for key in changed)
+
+        raise SystemExit(f"--resume: {out} holds runs with {settings(stored['protocol'])}, not "
+                         f"{settings(protocol)}; resume with its settings or use another --out")
+    return stored["runs"]
+
+
 def run_arm(acquisition: Optional[str], features: Optional[np.ndarray], fitness: np.ndarray,
             initial: np.ndarray, batch: int, rounds: int, seed: int, shortlist: int) -> dict:
     """One arm from one initial set: the measured pool rows in order and per-round timings.
@@ -243,7 +258,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                             "threads": torch.get_num_threads()},
                "runs": []}
     if args.resume and out.is_file():
-        results["runs"] = json.loads(out.read_text())["runs"]
+        results["runs"] = resumable_runs(out, results["protocol"])
     features = pool_features(arms, sequences)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         initial = np.random.default_rng(seed).choice(len(sequences), args.initial, replace=False)

@@ -81,8 +81,9 @@ def _bo_parser(sub) -> None:
         description="Fit a Gaussian process to the measured candidates and propose the next batch "
                     "of the pool to measure (qEI, qUCB or Thompson sampling, with BoTorch). Writes "
                     "a CSV: sequence, predicted_mean, predicted_std, acquisition.")
-    p.add_argument("--pool", required=True, help="candidate sequences: FASTA, or CSV with a "
-                                                 "'sequence' column")
+    p.add_argument("--pool", required=True, help="candidate sequences: a FASTA/FASTQ file "
+                                                 "(.fasta, .fa, .fastq, …, optionally .gz), or "
+                                                 "a CSV with a 'sequence' column")
     p.add_argument("--measured", required=True,
                    help="CSV with 'sequence' and 'value' columns (higher is better); each sequence "
                         "must be in the pool")

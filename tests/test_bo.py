@@ -1,111 +1,23 @@
-"""Featurisers, the GP surrogate, batch proposals, input files and `selfsup bo`."""
+"""The GP surrogate, batch proposals, input files and `selfsup bo` (featurisers: test_featurize)."""
 
 import csv
+import gzip
+import importlib.util
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from selfsup.apps.featurize import (DESCRIPTOR_TABLE, Descriptors, OneHot, RunEmbedding,
-                                    make_featurizer, variable_sites)
-from selfsup.errors import ConfigError, DataError
-from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS as AA
-
-botorch = pytest.importorskip("botorch", reason="BoTorch is needed: pip install botorch")
-
 from selfsup.apps.bo import (OUTPUT_COLUMNS, fit_gp, posterior_mean_std, prepare_features,
                              propose, read_measurements, read_pool)
+from selfsup.apps.featurize import Descriptors
 from selfsup.cli import main
+from selfsup.errors import ConfigError, DataError
 
-# ----------------------------------------------------------------------------------------------
-# featurisers
-
-
-def test_onehot_of_sites_on_a_worked_example():
-    features = OneHot(sites=[2, 3])(["ACD", "AWE"])
-    assert features.shape == (2, 2 * 20)
-    expected = np.zeros((2, 40), np.float32)
-    expected[0, AA.index("C")] = expected[0, 20 + AA.index("D")] = 1
-    expected[1, AA.index("W")] = expected[1, 20 + AA.index("E")] = 1
-    np.testing.assert_array_equal(features, expected)
-
-
-def test_onehot_of_every_position_has_one_hit_per_residue():
-    features = OneHot()(["ACD", "AWE"])
-    assert features.shape == (2, 60) and features.sum(1).tolist() == [3, 3]
-    assert features[1, 20 + AA.index("W")] == 1
-
-
-def test_unknown_residue_is_named_with_its_position():
-    with pytest.raises(DataError, match=r"sequence 2, position 3: 'X'"):
-        OneHot(sites=[1, 3])(["ACD", "ACX"])
-
-
-def test_unequal_lengths_need_sites():
-    with pytest.raises(DataError, match="equal length"):
-        OneHot()(["ACD", "AC"])
-
-
-def test_descriptors_are_the_standardised_scales():
-    hydropathy = np.array([DESCRIPTOR_TABLE[a][0] for a in AA])
-    features = Descriptors(sites=[1])(["I", "R"])
-    expected_i = (4.5 - hydropathy.mean()) / hydropathy.std()  # Kyte-Doolittle: I = 4.5
-    assert features.shape == (2, 4)
-    assert features[0, 0] == pytest.approx(expected_i, rel=1e-5)
-    table = Descriptors().table
-    np.testing.assert_allclose(table.mean(0), 0, atol=1e-6)
-    np.testing.assert_allclose(table.std(0), 1, atol=1e-5)
-    assert features[1, 2] > features[0, 2]  # charge: arginine +1, isoleucine 0
-
-
-def test_variable_sites_are_one_based():
-    assert variable_sites(["AAAA", "ACAA", "AAAT"]) == [2, 4]
-
-
-class CountingEncoder:
-    """Per-residue embeddings: row i of a sequence is [i, ord(residue)]."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, sequences):
-        self.calls += 1
-        return [np.array([[i, ord(r)] for i, r in enumerate(s)], float) for s in sequences]
-
-
-def test_run_embedding_pools_and_caches(tmp_path):
-    encoder = CountingEncoder()
-    mean = RunEmbedding(tmp_path, "mean", encode=encoder)
-    np.testing.assert_allclose(mean(["AC", "WWW"]), [[0.5, (65 + 67) / 2], [1.0, ord("W")]])
-    sites = RunEmbedding(tmp_path, "sites", sites=[1, 3], encode=encoder)
-    np.testing.assert_allclose(sites(["ACD"]), [[1.0, (65 + 68) / 2]])
-    assert encoder.calls == 2
-    mean(["AC", "WWW"])  # cached: the encoder is not called again
-    assert encoder.calls == 2
-    assert mean.cache_path(["AC", "WWW"]).parent == tmp_path / "bo-embeddings"
-    assert mean.cache_path(["AC", "WWW"]) != mean.cache_path(["AC", "WWY"])
-    before = mean.cache_path(["AC", "WWW"])
-    (tmp_path / "encoder.safetensors").write_bytes(b"retrained")
-    assert mean.cache_path(["AC", "WWW"]) != before  # a new encoder does not reuse old embeddings
-
-
-def test_run_embedding_needs_residue_aligned_output(tmp_path):
-    def with_special_tokens(sequences):
-        return [np.zeros((len(s) + 2, 3)) for s in sequences]
-
-    with pytest.raises(DataError, match="special tokens"):
-        RunEmbedding(tmp_path, encode=with_special_tokens)(["ACD"])
-
-
-def test_run_dirs_without_a_sequence_encoder_are_refused_clearly(tmp_path):
-    with pytest.raises(ConfigError, match="onehot or descriptors"):
-        make_featurizer(str(tmp_path))
-    with pytest.raises(ConfigError, match="pooling"):
-        RunEmbedding(tmp_path, "max", encode=CountingEncoder())
-    with pytest.raises(ConfigError, match="featurizer 'nope'"):
-        make_featurizer("nope")
-
+# BoTorch is optional (pip install "selfsup[bo]"): only fitting and acquisition need it
+needs_botorch = pytest.mark.skipif(importlib.util.find_spec("botorch") is None,
+                                   reason="BoTorch is needed: pip install botorch")
 
 # ----------------------------------------------------------------------------------------------
 # surrogate and proposals
@@ -126,6 +38,7 @@ def small_pool(seed=0, size=60):
     return variants, features, fitness
 
 
+@needs_botorch
 def test_gp_posterior_mean_interpolates_noiseless_points():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(12, 2, generator=generator, dtype=torch.float64)
@@ -136,6 +49,7 @@ def test_gp_posterior_mean_interpolates_noiseless_points():
     assert std.max() < 0.01 * y.std()
 
 
+@needs_botorch
 @pytest.mark.parametrize("acquisition", ["qei", "qucb", "thompson"])
 def test_proposals_are_new_distinct_and_seeded(acquisition):
     _, features, fitness = small_pool()
@@ -152,6 +66,7 @@ def test_proposals_are_new_distinct_and_seeded(acquisition):
     np.testing.assert_array_equal(first.acquisition, again.acquisition)
 
 
+@needs_botorch
 @pytest.mark.parametrize("acquisition", ["qucb", "thompson"])
 def test_the_best_measured_candidates_are_not_proposed_again(acquisition):
     # measured = the 10 fittest: pure exploitation (UCB with beta = 0) would pick them first
@@ -162,6 +77,7 @@ def test_the_best_measured_candidates_are_not_proposed_again(acquisition):
     assert not set(proposal.indices.tolist()) & set(measured.tolist())
 
 
+@needs_botorch
 def test_ucb_and_ei_values_follow_their_formulas():
     _, features, fitness = small_pool()
     measured = np.arange(0, 60, 5)
@@ -175,6 +91,7 @@ def test_ucb_and_ei_values_follow_their_formulas():
     np.testing.assert_allclose(ei.acquisition, ei.std * (z * big_phi + phi), rtol=1e-4)
 
 
+@needs_botorch
 @pytest.mark.parametrize("acquisition", ["qei", "thompson"])
 def test_chunked_scoring_gives_the_same_batch(acquisition):
     _, features, fitness = small_pool()
@@ -188,6 +105,7 @@ def test_chunked_scoring_gives_the_same_batch(acquisition):
     np.testing.assert_allclose(whole.acquisition, chunked.acquisition, rtol=1e-6)
 
 
+@needs_botorch
 def test_shortlist_still_gives_a_full_batch():
     _, features, fitness = small_pool()
     measured = np.arange(0, 60, 4)
@@ -216,30 +134,30 @@ def test_features_are_scaled_to_the_unit_cube_and_wide_ones_reduced():
     assert prepare_features(rng.normal(size=(50, 100))).shape == (50, 100)  # None: every column
 
 
-def test_only_learnt_embeddings_are_reduced_before_the_gp(tmp_path):
-    """One-hot columns carry evenly spread variance: the surrogate must see all 80 of four sites
-    (a PCA to 32 would keep under half of it), while a run's dense embedding is reduced."""
-    rng = np.random.default_rng(0)
-    variants = ["".join(rng.choice(list(AA), 6)) for _ in range(300)]
-    for featurizer, columns in ((OneHot([1, 2, 3, 4]), 80), (Descriptors([1, 2, 3, 4]), 16)):
-        assert prepare_features(featurizer(variants), featurizer.max_dims).shape == (300, columns)
-    embedding = RunEmbedding(tmp_path, "mean", encode=lambda seqs: [rng.normal(size=(len(s), 64))
-                                                                     for s in seqs])
-    assert prepare_features(embedding(variants), embedding.max_dims).shape == (300, 32)
-
-
 # ----------------------------------------------------------------------------------------------
 # files and the command line
 
 
 def write(path, text):
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return str(path)
 
 
-def test_pool_from_csv_and_fasta(tmp_path):
-    assert read_pool(write(tmp_path / "p.csv", "id,Sequence\na,acd\nb,ACE\n")) == ["ACD", "ACE"]
-    assert read_pool(write(tmp_path / "p.fasta", ">a\nAC\nD\n>b\nACE\n")) == ["ACD", "ACE"]
+BYTE_ORDER_MARK = "\ufeff"  # how Excel's "CSV UTF-8" starts a file
+
+
+@pytest.mark.parametrize("text", ["id,Sequence\na,acd\nb,ACE\n",
+                                  BYTE_ORDER_MARK + "Sequence,id\nacd,a\nACE,b\n"])
+def test_pool_from_csv(tmp_path, text):
+    assert read_pool(write(tmp_path / "p.csv", text)) == ["ACD", "ACE"]
+
+
+def test_pool_from_fasta_plain_or_gzipped(tmp_path):
+    fasta = ">a\nAC\nD\n>b\nACE\n"
+    assert read_pool(write(tmp_path / "p.fasta", fasta)) == ["ACD", "ACE"]
+    with gzip.open(tmp_path / "p.fasta.gz", "wt") as handle:
+        handle.write(fasta)
+    assert read_pool(tmp_path / "p.fasta.gz") == ["ACD", "ACE"]
 
 
 @pytest.mark.parametrize("name,text,message", [
@@ -267,18 +185,21 @@ def test_bad_pool_files_get_named_errors(tmp_path, name, text, message):
     ("sequence,value\nACD,1.0\nWWW,2.0\n",
      r"m.csv, line 3: sequence 'WWW' is not in the candidate pool"),
     ("sequence,fitness\nACD,1.0\n", r"lacks column\(s\) value"),
+    (BYTE_ORDER_MARK + "sequence,value\nACD,1.0\nACE,high\n", r"m.csv, line 3: value 'high'"),
 ])
 def test_bad_measurement_files_get_named_errors(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         read_measurements(write(tmp_path / "m.csv", text), ["ACD", "ACE"])
 
 
-def test_measurements_map_to_pool_rows(tmp_path):
-    path = write(tmp_path / "m.csv", "Sequence,Value\nace,2.5\n\nACD,-1\n")
+@pytest.mark.parametrize("start", ["", BYTE_ORDER_MARK])
+def test_measurements_map_to_pool_rows(tmp_path, start):
+    path = write(tmp_path / "m.csv", start + "Sequence,Value\nace,2.5\n\nACD,-1\n")
     indices, values = read_measurements(path, ["ACD", "ACE"])
     assert indices.tolist() == [1, 0] and values.tolist() == [2.5, -1.0]
 
 
+@needs_botorch
 def test_cli_bo_writes_the_next_batch(tmp_path, capsys):
     variants, _, fitness = small_pool()
     pool = ["MK" + v + "GS" for v in variants]  # sites 3-5 vary: found automatically

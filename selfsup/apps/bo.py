@@ -47,6 +47,8 @@ import numpy as np
 import torch
 
 from selfsup.apps.featurize import Featurizer, make_featurizer, variable_sites
+from selfsup.data.fasta import read_sequences
+from selfsup.data.sequence_files import is_sequence_file
 from selfsup.errors import ConfigError, DataError
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
@@ -58,7 +60,6 @@ GREEDY_BATCH = 128  # shortlist candidates per joint MC evaluation (memory ∝ t
 MC_SAMPLES = 128
 MIN_MEASURED = 2
 BOTORCH_INSTALL_COMMAND = "pip install botorch"
-FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 OUTPUT_COLUMNS = ("sequence", "predicted_mean", "predicted_std", "acquisition")
 
 
@@ -275,11 +276,13 @@ def _require_botorch() -> None:
 
 
 def read_pool(path: Union[str, Path]) -> list[str]:
-    """Candidate sequences from a FASTA file or a CSV with a ``sequence`` column, upper case.
-    Unknown residues and duplicate sequences raise ``DataError`` naming the file and line."""
+    """Candidate sequences, upper case, from a FASTA or FASTQ file (named so, e.g. ``.fasta``,
+    ``.fa``, ``.fastq``, optionally gzipped: ``.fasta.gz``) or else a CSV with a ``sequence``
+    column. Unknown residues and duplicate sequences raise ``DataError`` naming the file and
+    line."""
     path = Path(path)
-    if path.suffix.lower() in FASTA_SUFFIXES or _first_character(path) == ">":
-        return _read_fasta_pool(path)
+    if is_sequence_file(path):
+        return _read_sequence_file_pool(path)
     rows = _read_csv(path, ("sequence",))
     if not rows:
         raise DataError(f"{path}: the pool holds no sequences")
@@ -350,10 +353,8 @@ def propose_from_files(pool_path: Union[str, Path], measured_path: Union[str, Pa
     return proposal
 
 
-def _read_fasta_pool(path: Path) -> list[str]:
-    from selfsup.data.fasta import read_fasta
-
-    records = list(read_fasta(path, alphabet=STANDARD_AMINO_ACIDS))
+def _read_sequence_file_pool(path: Path) -> list[str]:
+    records = list(read_sequences(path, alphabet=STANDARD_AMINO_ACIDS))
     _check_unique(path, [(f"record {r.id!r}", r.sequence.upper()) for r in records], lines=False)
     return [r.sequence.upper() for r in records]
 
@@ -364,7 +365,8 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str,
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = [h.strip().lower() for h in next(reader, [])]
             missing = [c for c in columns if c not in header]
@@ -407,13 +409,6 @@ def _check_unique(path: Path, located: list[tuple], lines: bool = True) -> None:
             raise DataError(f"{path}: sequence {_short(sequence)} appears twice, on "
                             f"{label(first[sequence])} and {label(where)}; keep one")
         first[sequence] = where
-
-
-def _first_character(path: Path) -> str:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with open(path, "rb") as handle:
-        return handle.read(1).decode("latin-1")
 
 
 def _short(sequence: str, keep: int = 30) -> str:

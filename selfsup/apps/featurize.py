@@ -19,6 +19,7 @@ with a ``name``. Built in:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence, Union
@@ -102,7 +103,7 @@ class OneHot:
     max_dims = None
 
     def __init__(self, sites: Optional[Sequence[int]] = None) -> None:
-        self.sites = None if sites is None else list(sites)
+        self.sites = None if sites is None else _check_sites(sites)
         self.name = "onehot" if sites is None else f"onehot@{_sites_label(self.sites)}"
 
     def __call__(self, sequences: list[str]) -> np.ndarray:
@@ -119,7 +120,7 @@ class Descriptors:
     max_dims = None
 
     def __init__(self, sites: Optional[Sequence[int]] = None) -> None:
-        self.sites = None if sites is None else list(sites)
+        self.sites = None if sites is None else _check_sites(sites)
         self.name = "descriptors" if sites is None else f"descriptors@{_sites_label(self.sites)}"
         table = np.array([DESCRIPTOR_TABLE[a] for a in STANDARD_AMINO_ACIDS], dtype=np.float64)
         self.table = ((table - table.mean(0)) / table.std(0)).astype(np.float32)  # (20, 4)
@@ -139,7 +140,8 @@ class RunEmbedding:
     pooling: "mean" averages the per-residue embeddings over the whole sequence; "sites" over the
     given 1-based ``sites`` only (the mutated positions). ``encode`` maps sequences to per-residue
     embeddings, one (L_i, D) array per sequence aligned with its residues (special tokens already
-    removed); by default ``run_residue_encoder(run_dir)``. It is called on consecutive slices of
+    removed); by default ``run_residue_encoder(run_dir)``, whose run directory is checked at once
+    but whose weights are loaded only at the first cache miss. It is called on consecutive slices of
     about ``RESIDUES_PER_CALL`` residues, so memory holds one slice's states at a time. Results
     are cached in ``RUN/bo-embeddings/<pooling>-<hash>.npy``, keyed by a hash of the sequences,
     the pooling, the sites ("sites" pooling) and the encoder file's size and time, so a
@@ -156,12 +158,12 @@ class RunEmbedding:
             raise ConfigError(f"run directory {self.run_dir} does not exist")
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
-        if pooling == "sites" and not sites:
-            raise ConfigError("pooling 'sites' needs the sites to pool over (1-based positions)")
         self.pooling = pooling
         # mean pooling ignores the sites, so they must not split its cache either
-        self.sites = list(sites) if pooling == "sites" else None
-        self.encode = encode or run_residue_encoder(self.run_dir)
+        self.sites = _check_sites(sites) if pooling == "sites" else None
+        if encode is None:
+            _check_protein_run(self.run_dir)  # refuse a wrong run now, not after featurising
+        self.encode = encode
         self.name = f"{self.run_dir.resolve().name}:{pooling}"
 
     def cache_path(self, sequences: list[str]) -> Path:
@@ -179,6 +181,8 @@ class RunEmbedding:
         path = self.cache_path(sequences)
         if path.is_file():
             return np.load(path)
+        if self.encode is None:  # loaded at the first miss: a cached pool needs no weights
+            self.encode = run_residue_encoder(self.run_dir)
         features = np.stack([self._pool(residues, sequence)
                              for part in _residue_slices(sequences, RESIDUES_PER_CALL)
                              for residues, sequence in zip(self.encode(part), part, strict=True)])
@@ -245,20 +249,11 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     from selfsup.train.device import resolve_device
 
     run_dir, device = Path(run_dir), resolve_device(device)
-    if not (run_dir / ENCODER_SPEC_FILE).is_file() or not (run_dir / ENCODER_FILE).is_file():
-        raise ConfigError(f"{run_dir} holds no trained encoder ({ENCODER_SPEC_FILE} and "
-                          f"{ENCODER_FILE}); {PROTEIN_RUN_HINT}")
+    _check_protein_run(run_dir)
     module, spec = load_encoder(run_dir, device)
-    tokenizer_config = spec.get("tokenizer")
-    if not tokenizer_config:
-        raise ConfigError(f"{run_dir}: its encoder ({spec['backbone'].get('name')}) reads images, "
-                          f"not protein sequences; {PROTEIN_RUN_HINT}")
-    if tokenizer_config.get("name") != "protein":
-        raise ConfigError(f"{run_dir}: its encoder reads {tokenizer_config.get('name')} tokens "
-                          f"({tokenizer_config}), not protein sequences; {PROTEIN_RUN_HINT}")
     encoder = as_token_encoder(module, "embedding candidates")
     encoder.eval()
-    tokenizer = make_tokenizer(**tokenizer_config)
+    tokenizer = make_tokenizer(**spec["tokenizer"])
     max_tokens = int(spec.get("max_length", 1024))  # its pretraining rows, specials included
     if encoder.position_embedding is not None:
         max_tokens = min(max_tokens, encoder.options.max_positions)
@@ -292,6 +287,22 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     return encode
 
 
+def _check_protein_run(run_dir: Path) -> None:
+    """ConfigError unless ``run_dir`` holds a trained protein token encoder. Cheap: reads its
+    ``encoder.json`` only, no weights."""
+    if not (run_dir / ENCODER_SPEC_FILE).is_file() or not (run_dir / ENCODER_FILE).is_file():
+        raise ConfigError(f"{run_dir} holds no trained encoder ({ENCODER_SPEC_FILE} and "
+                          f"{ENCODER_FILE}); {PROTEIN_RUN_HINT}")
+    spec = json.loads((run_dir / ENCODER_SPEC_FILE).read_text())
+    tokenizer_config = spec.get("tokenizer")
+    if not tokenizer_config:
+        raise ConfigError(f"{run_dir}: its encoder ({spec['backbone'].get('name')}) reads images, "
+                          f"not protein sequences; {PROTEIN_RUN_HINT}")
+    if tokenizer_config.get("name") != "protein":
+        raise ConfigError(f"{run_dir}: its encoder reads {tokenizer_config.get('name')} tokens "
+                          f"({tokenizer_config}), not protein sequences; {PROTEIN_RUN_HINT}")
+
+
 def _residue_slices(sequences: list[str], residues: int) -> list[list[str]]:
     """``sequences`` cut into consecutive slices of at most ``residues`` residues in all (a longer
     sequence alone makes a slice)."""
@@ -314,8 +325,6 @@ def _residue_codes(sequences: Sequence[str], sites: Optional[list[int]]) -> np.n
         _check_equal_lengths(sequences, "featurising every position")
         positions = list(range(len(sequences[0])))
     else:
-        if not sites or min(sites) < 1:
-            raise ConfigError(f"sites {sites}: give 1-based positions, at least one")
         positions = [s - 1 for s in sites]
     lookup = np.full(256, -1, dtype=np.int64)
     for code, letter in enumerate(STANDARD_AMINO_ACIDS):
@@ -335,6 +344,14 @@ def _residue_codes(sequences: Sequence[str], sites: Optional[list[int]]) -> np.n
                 "standard amino acids"
             )
     return codes
+
+
+def _check_sites(sites: Optional[Sequence[int]]) -> list[int]:
+    """``sites`` as a list; ConfigError unless they are 1-based positions, at least one."""
+    sites = list(sites or [])
+    if not sites or min(sites) < 1:
+        raise ConfigError(f"sites {sites}: give the 1-based positions to featurise, at least one")
+    return sites
 
 
 def _check_equal_lengths(sequences: Sequence[str], why: str) -> None:

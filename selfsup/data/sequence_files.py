@@ -26,7 +26,7 @@ from selfsup.data.splits import check_split
 from selfsup.errors import ConfigError
 from selfsup.tokenize.alphabets import DNA_IUPAC_LETTERS, PROTEIN_LETTERS, to_dna_letters
 
-SEQUENCE_SUFFIXES = (".fasta", ".fa", ".faa", ".fna", ".ffn", ".fastq", ".fq")
+SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fa", ".faa", ".fna", ".ffn", ".fastq", ".fq")
 ALPHABETS = {"protein": PROTEIN_LETTERS, "dna": DNA_IUPAC_LETTERS}
 SNIFF_RECORDS = 100
 TEST_FRACTION = 0.01
