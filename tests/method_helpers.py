@@ -11,12 +11,19 @@ import torch
 from torch import nn
 
 from selfsup.backbones import build_backbone
-from selfsup.config import Config
+from selfsup.config import Config, load_config
 from selfsup.data import load_split
 from selfsup.methods import build_method
 from selfsup.momentum import momentum_at
+from selfsup.tokenize import make_tokenizer
+from selfsup.tokenize.base import Tokenizer
 from selfsup.train import Trainer
+from selfsup.train.checkpoint import save_encoder
 from selfsup.views import make_views
+
+TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 2, "num_heads": 2,
+                    "ffn_dim": 32}
+TINY_CNN = {"name": "small-cnn", "widths": [8, 16]}
 
 
 def step_losses(method: nn.Module, optimizer: torch.optim.Optimizer,
@@ -102,3 +109,43 @@ def assert_health_watches_the_encoder_only(method: nn.Module, x: torch.Tensor) -
     watched = method.health_embeddings(x)
     assert list(watched) == ["encoder"]
     torch.testing.assert_close(watched["encoder"], method.encoder(x))
+
+
+# ---------------------------------------------------------------- run dirs without training
+
+
+def _save_run(run_dir: Path, encoder: nn.Module, spec: dict, overrides: list[str]) -> None:
+    """``run_dir`` as `selfsup pretrain` leaves it: config.yaml and the encoder (encoder.json in
+    Trainer._encoder_spec's layout, encoder.safetensors)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    load_config(None, overrides + [f"data.dataset={spec['dataset']}",
+                                   f"out={run_dir}"]).save(run_dir / "config.yaml")
+    save_encoder(run_dir, encoder, spec)
+
+
+def save_token_run(run_dir: Path, tokenizer_name: str = "protein", max_length: int = 64,
+                   dataset: str = "swissprot-loc", **backbone) -> tuple[nn.Module, Tokenizer]:
+    """A run dir of a tiny token encoder (an MLM run on ``dataset``), with weights drawn large
+    enough that attention to padding would show; returns (the encoder in eval mode, tokenizer)."""
+    tokenizer = make_tokenizer(tokenizer_name)
+    torch.manual_seed(0)
+    encoder = build_backbone({**TINY_TRANSFORMER, **backbone}, 0, 0, tokenizer)
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            nn.init.normal_(parameter, std=0.5)
+    _save_run(Path(run_dir), encoder, {
+        "backbone": encoder.config(), "in_channels": 0, "image_size": 0, "dataset": dataset,
+        "tokenizer": tokenizer.config(), "max_length": max_length,
+    }, ["method.name=mlm", "backbone.name=transformer-tiny", f"data.max_length={max_length}",
+        "eval.batch_size=512"])
+    return encoder.eval(), tokenizer
+
+
+def save_image_run(run_dir: Path, dataset: str = "digits") -> nn.Module:
+    """A run dir of a tiny, untrained small CNN for 1-channel 8×8 images of ``dataset``."""
+    torch.manual_seed(0)
+    encoder = build_backbone(TINY_CNN, 1, 8)
+    _save_run(Path(run_dir), encoder,
+              {"backbone": TINY_CNN, "in_channels": 1, "image_size": 8, "dataset": dataset},
+              ["backbone.name=small-cnn"])
+    return encoder

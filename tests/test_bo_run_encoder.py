@@ -3,35 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from selfsup.apps import featurize
 from selfsup.apps.featurize import RunEmbedding, make_featurizer, run_residue_encoder
-from selfsup.backbones import build_backbone
 from selfsup.errors import ConfigError, DataError
-from selfsup.tokenize import make_tokenizer
-from selfsup.train.checkpoint import save_encoder
+from method_helpers import save_image_run, save_token_run
 
-TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 2, "num_heads": 2,
-                    "ffn_dim": 32}
 # Lengths 1 to 10 in no order: with batches of 2, every batch mixes lengths and holds padding.
 SEQUENCES = ["MKVLA", "ACDEFGHIKL", "W", "MKV", "YYQRSTN", "PG"]
-
-
-def save_token_run(run_dir, tokenizer_name="protein", max_length=64, **backbone):
-    """A run dir as `selfsup pretrain` writes it for a token encoder (Trainer._encoder_spec's
-    layout), with weights drawn large enough that attention to padding would show."""
-    tokenizer = make_tokenizer(tokenizer_name)
-    torch.manual_seed(0)
-    encoder = build_backbone({**TINY_TRANSFORMER, **backbone}, 0, 0, tokenizer)
-    with torch.no_grad():
-        for parameter in encoder.parameters():
-            nn.init.normal_(parameter, std=0.5)
-    save_encoder(run_dir, encoder, {
-        "backbone": encoder.config(), "in_channels": 0, "image_size": 0,
-        "dataset": "swissprot-loc", "tokenizer": tokenizer.config(), "max_length": max_length,
-    })
-    return encoder.eval(), tokenizer
 
 
 def states_alone(encoder, tokenizer, sequence):
@@ -87,9 +66,7 @@ def test_residue_slices_keep_order_and_budget(budget):
 
 def test_image_and_dna_runs_are_refused(tmp_path):
     image_run = tmp_path / "simclr-mnist"
-    section = {"name": "small-cnn", "widths": [8, 16]}
-    save_encoder(image_run, build_backbone(section, 1, 8),
-                 {"backbone": section, "in_channels": 1, "image_size": 8, "dataset": "mnist"})
+    save_image_run(image_run)
     with pytest.raises(ConfigError, match=r"small-cnn\) reads images.*onehot or descriptors"):
         run_residue_encoder(image_run)
     save_token_run(tmp_path / "dna", tokenizer_name="dna")

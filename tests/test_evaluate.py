@@ -21,7 +21,9 @@ from selfsup.evaluate import (
     linear_probe,
     tsne_embedding,
 )
+from selfsup.evaluate.run import embed_run, evaluate_run, load_run_config
 from selfsup.evaluate.tsne import stratified_sample
+from method_helpers import save_image_run, save_token_run
 
 
 def blobs(n_per_class: int, num_classes: int = 3, dim: int = 10, spread: float = 0.5, seed=0):
@@ -255,6 +257,49 @@ def test_tsne_keeps_blobs_apart_and_is_deterministic():
     distances = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
     np.fill_diagonal(distances, np.inf)
     assert np.array_equal(sampled[distances.argmin(axis=1)], sampled)
+
+
+# --- a run on data its encoder cannot read ------------------------------------------------------
+
+PROTEINS = ["MKVLAWY", "QRSTNPG", "MKWWDEF", "LLKVHIE"] * 5
+READS = ["ACGTTGCA", "GGATCCAA", "TTAGCATG", "CATGCATG"] * 5
+
+
+def write_fasta(path, sequences):
+    """An unlabelled FASTA file of ``sequences``, records s0, s1, …"""
+    path.write_text("".join(f">s{i}\n{sequence}\n" for i, sequence in enumerate(sequences)))
+    return path
+
+
+@pytest.mark.parametrize("run, sequences, message", [
+    ("protein", READS, "holds dna sequences but the encoder of .* reads protein tokens"),
+    ("image", PROTEINS, "holds protein sequences but .* holds an image encoder"),
+    ("protein", PROTEINS, r"has no labels.*labelled protein data set \(swissprot-loc\)"),
+])
+def test_evaluate_refuses_data_its_encoder_cannot_read(tmp_path, run, sequences, message):
+    run_dir = tmp_path / run
+    save_token_run(run_dir) if run == "protein" else save_image_run(run_dir)
+    fasta = write_fasta(tmp_path / "data.fasta", sequences)
+    with pytest.raises(DataError, match=message):
+        evaluate_run(run_dir, dataset=str(fasta), device="cpu",
+                     log=lambda line: pytest.fail(f"evaluated despite bad input: {line}"))
+
+
+def test_embed_reads_the_run_data_with_its_options(tmp_path):
+    # protein sequences that happen to use nucleotide letters only: the file alone reads as DNA
+    fasta = write_fasta(tmp_path / "acgt-proteins.fasta", READS[:4])
+    run_dir = tmp_path / "run"
+    encoder, tokenizer = save_token_run(run_dir, dataset=str(fasta))
+    with pytest.raises(DataError, match="holds dna sequences"):
+        embed_run(run_dir, None, "all", tmp_path / "guessed.npy", device="cpu")
+    config = load_run_config(run_dir)
+    config.data.options = {"alphabet": "protein"}  # as `--set data.options.alphabet=protein`
+    config.save(run_dir / "config.yaml")
+    feats = embed_run(run_dir, None, "all", tmp_path / "feats.npy", device="cpu")
+    with torch.no_grad():
+        alone = torch.cat([encoder(tokenizer.encode_batch([s]).ids) for s in READS[:4]])
+    np.testing.assert_allclose(feats, alone.numpy(), atol=1e-5, rtol=1e-5)
+    assert np.array_equal(np.load(tmp_path / "feats.npy"), feats)
 
 
 @pytest.mark.gpu

@@ -17,7 +17,7 @@ from selfsup.config import load_config
 from selfsup.data import load_split
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
-from selfsup.evaluate import finetune
+from selfsup.evaluate import run as run_module
 from selfsup.evaluate.finetune import (
     Classifier,
     FinetuneSettings,
@@ -32,11 +32,14 @@ from selfsup.evaluate.finetune import (
     read_results,
     settings_from,
 )
+from selfsup.data import sequence_loader
+from selfsup.evaluate.sequence_baselines import encoder_features
 from selfsup.evaluate.sequence_finetune import SequenceInputs
 from selfsup.report.finetune_report import finetune_section, format_finetune_table
 from selfsup.tokenize import make_tokenizer
 from selfsup.train import Trainer
-from selfsup.train.checkpoint import load_encoder, save_encoder
+from selfsup.train.checkpoint import load_encoder
+from method_helpers import TINY_TRANSFORMER, save_token_run
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")
@@ -370,7 +373,6 @@ def test_report_section_without_results_says_how_to_make_them(tmp_path):
 
 # --- sequences ---------------------------------------------------------------------------------
 
-TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 2, "num_heads": 2, "ffn_dim": 32}
 SEQUENCE_MAX_LENGTH = 32
 QUICK_SEQUENCES = dict(epochs=1, min_steps=4, batch_size=64, seeds=1)
 MOTIF_FREE = "ACDEFGHIKLMNPQRSTVY"  # the 20 amino acids but W
@@ -400,18 +402,9 @@ def token_encoder(seed: int = 0):
     return build_backbone(TINY_TRANSFORMER, 0, 0, make_tokenizer("protein"))
 
 
-def save_protein_run(run_dir, dataset: str = "swissprot-loc"):
-    """A run dir as `selfsup pretrain` writes it for a protein MLM: config.yaml and the encoder."""
-    tokenizer = make_tokenizer("protein")
-    encoder = token_encoder()
-    run_dir.mkdir(parents=True)
-    load_config(None, ["method.name=mlm", "backbone.name=transformer-tiny", f"data.dataset={dataset}",
-                       f"data.max_length={SEQUENCE_MAX_LENGTH}", "eval.batch_size=512",
-                       f"out={run_dir}"]).save(run_dir / "config.yaml")
-    save_encoder(run_dir, encoder, {
-        "backbone": encoder.config(), "in_channels": 0, "image_size": 0, "dataset": dataset,
-        "tokenizer": tokenizer.config(), "max_length": SEQUENCE_MAX_LENGTH,
-    })
+def save_protein_run(run_dir):
+    """A protein MLM's run dir (config.yaml and encoder) on swissprot-loc."""
+    save_token_run(run_dir, max_length=SEQUENCE_MAX_LENGTH)
     return run_dir
 
 
@@ -446,6 +439,25 @@ def test_frozen_mode_leaves_a_token_encoder_bit_identical():
     full_model, full_before, _ = finetune_motif("full", epochs=1)
     assert not torch.equal(full_model.backbone.token_embedding.weight,
                            full_before["token_embedding.weight"])  # full mode does train it
+
+
+def test_sequence_logits_tokenise_a_test_split_once(monkeypatch):
+    tokenizer = make_tokenizer("protein")
+    inputs = SequenceInputs(tokenizer, SEQUENCE_MAX_LENGTH)
+    test = motif_proteins(20, seed=1)
+    tokenised = []
+    real = sequence_loader.EncodedSequences
+    monkeypatch.setattr(sequence_loader, "EncodedSequences",
+                        lambda source, tok: tokenised.append(source.name) or real(source, tok))
+    first, second = token_encoder(seed=0), token_encoder(seed=1)
+    logits = [inputs.logits(model, test, CPU, 8, "fp32") for model in (first, second)]
+    assert tokenised == ["motif"]  # the second run reuses the first run's batches
+    for model, result in zip((first, second), logits):
+        torch.testing.assert_close(result, encoder_features(model, test, tokenizer, CPU, 8,
+                                                            SEQUENCE_MAX_LENGTH))
+    other = motif_proteins(20, seed=2, name="other")
+    torch.testing.assert_close(inputs.logits(first, other, CPU, 8, "fp32"),
+                               encoder_features(first, other, tokenizer, CPU, 8, SEQUENCE_MAX_LENGTH))
 
 
 def test_token_transformer_trains_at_one_backbone_rate():
@@ -493,6 +505,8 @@ def test_sequence_results_have_the_image_shape_and_the_report_renders(run_dir, s
     assert {row[0] for row in table[2:]} == {"pretrained, fine-tuned", "scratch, trained",
                                              "pretrained, frozen + head", "random init, frozen + head",
                                              "gain over scratch (full)", "gain over scratch (frozen)"}
+    assert (f"sequences longer than {SEQUENCE_MAX_LENGTH} tokens cut to a random window"
+            in "\n".join(section))  # augment is on: random windows, no crops or flips
     with Image.open(protein_run / "finetune_label_efficiency.png") as picture:
         assert picture.width > 200
 
@@ -506,8 +520,8 @@ def fake_corpora(monkeypatch):
         "dna-reads": SequenceSource(dna.ids, ["ACGT" * 3] * 8, "dna", dna.labels, name="dna-reads"),
         "motif": motif_proteins(64, seed=0),
     }
-    real = finetune.load_split
-    monkeypatch.setattr(finetune, "load_split", lambda name, split, *args: (
+    real = run_module.load_split
+    monkeypatch.setattr(run_module, "load_split", lambda name, split, *args: (
         sets[name] if name in sets else real(name, split, *args)))
 
 

@@ -13,7 +13,7 @@ from selfsup.errors import DataError
 from selfsup.evaluate.sequence_baselines import (
     amino_acid_composition, baseline_features, canonical_kmer_classes, canonical_kmer_profile,
     dipeptide_frequencies, encoder_features, kmer_profile, protein_composition, rc_consistency,
-    reverse_complement_consistency, reverse_complement_source,
+    reverse_complement_consistency, reverse_complement_source, sequence_feature_sets,
 )
 from selfsup.tokenize import DnaTokenizer, ProteinTokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
@@ -135,8 +135,6 @@ def test_reverse_complement_consistency_of_a_strand_invariant_and_a_plain_encode
 
 
 def test_sequence_feature_sets_for_dna_hold_every_set_and_rc_consistency():
-    from selfsup.evaluate.sequence_baselines import sequence_feature_sets
-
     tokenizer = DnaTokenizer()
     rng = random.Random(1)
     reads = ["".join(rng.choice("ACGT") for _ in range(rng.randint(20, 30))) for _ in range(30)]
@@ -158,5 +156,28 @@ def test_sequence_feature_sets_for_dna_hold_every_set_and_rc_consistency():
     assert rc["ssl"]["rc_cosine"] == pytest.approx(1.0, abs=1e-6)  # strand-invariant encoder
     assert rc["random_init"]["rc_cosine"] == pytest.approx(1.0, abs=1e-6)  # same backbone spec
     torch.testing.assert_close(sets["kmer4"][1], kmer_profile(reads[20:]))
-    with pytest.raises(DataError, match="names no tokenizer"):
-        sequence_feature_sets(encoder, {"backbone": encoder.config()}, train, test, "cpu")
+
+
+def test_sequence_feature_sets_for_text_learn_tfidf_from_the_training_split(tmp_path):
+    from selfsup.tokenize.text import TextTokenizer
+
+    train_texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog",
+                   "the mat and the log"]
+    # the first two test texts share words that no training text has
+    test_texts = ["quantum flux capacitor", "flux capacitor quantum", "the cat sat"]
+    tokenizer = TextTokenizer.train(train_texts, 300)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    train = SequenceSource([f"r{i}" for i in range(4)], train_texts, "text", torch.arange(4) % 2)
+    test = SequenceSource([f"t{i}" for i in range(3)], test_texts, "text", torch.arange(3) % 2)
+    torch.manual_seed(0)
+    encoder = build_backbone({"name": "transformer-tiny", "vocab_size": tokenizer.vocab_size,
+                              "dim": 16, "depth": 1, "ffn_dim": 32}, 0, 0)
+    spec = {"backbone": encoder.config(), "max_length": 64,
+            "tokenizer": {**tokenizer.config(), "file": str(tmp_path / "tokenizer.json")}}
+    sets, extras = sequence_feature_sets(encoder, spec, train, test, "cpu", batch_size=2)
+    assert set(sets) == {"ssl", "tfidf", "random_init"} and extras == {}
+    tfidf_train, tfidf_test = sets["tfidf"]
+    assert tfidf_train.shape[1] == tfidf_test.shape[1]
+    # words in two test texts would get columns from a fit that saw the test split
+    assert torch.equal(tfidf_test[:2], torch.zeros(2, tfidf_test.shape[1]))
+    assert tfidf_test[2].norm() == pytest.approx(1.0)  # known words: an L2-normalised row

@@ -244,7 +244,7 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     from selfsup.backbones.transformer import as_token_encoder
     from selfsup.data.sequence_loader import SequenceBatchStream
     from selfsup.data.sequences import SequenceSource
-    from selfsup.tokenize import make_tokenizer
+    from selfsup.evaluate.sequence_baselines import token_encoder_inputs
     from selfsup.train.checkpoint import load_encoder
     from selfsup.train.device import resolve_device
 
@@ -253,8 +253,7 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     module, spec = load_encoder(run_dir, device)
     encoder = as_token_encoder(module, "embedding candidates")
     encoder.eval()
-    tokenizer = make_tokenizer(**spec["tokenizer"])
-    max_tokens = int(spec.get("max_length", 1024))  # its pretraining rows, specials included
+    tokenizer, max_tokens = token_encoder_inputs(spec)  # pretraining rows, specials included
     if encoder.position_embedding is not None:
         max_tokens = min(max_tokens, encoder.options.max_positions)
     max_residues = max_tokens - tokenizer.num_special_tokens

@@ -62,13 +62,12 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.config import from_dict, set_key
-from selfsup.data import load_split
 from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.protocol import balanced_subset, fraction_key
-from selfsup.evaluate.run import extract_features, load_run_config
+from selfsup.evaluate.run import extract_features, labelled_splits, load_run_config
 from selfsup.evaluate.sequence_finetune import sequence_inputs
 from selfsup.train.checkpoint import atomic_write, load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
@@ -138,13 +137,9 @@ class FinetuneSettings:
 
     def changed_from_default(self, names: Sequence[str]) -> list[str]:
         """Those of the fields ``names`` whose value differs from the default (a list and a tuple
-        of the same numbers are equal)."""
+        of the same numbers are equal: ``to_dict`` makes both lists)."""
         ours, defaults = self.to_dict(), FinetuneSettings().to_dict()
-        return [name for name in names if _as_list(ours[name]) != _as_list(defaults[name])]
-
-
-def _as_list(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
+        return [name for name in names if ours[name] != defaults[name]]
 
 
 def settings_from(flags: dict[str, Any], overrides: Sequence[str] = ()) -> FinetuneSettings:
@@ -329,9 +324,9 @@ class Inputs(Protocol):
 class ImageInputs:
     """Images for fine-tuning: NHWC, with the ``crop-flip`` recipe on the device when ``augment``."""
 
-    augment: bool = True
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    flip_prob: float = 0.5
+    augment: bool
+    crop_scale: tuple[float, float]
+    flip_prob: float
     noun: str = "images"
 
     @classmethod
@@ -361,24 +356,6 @@ class ImageInputs:
 
     def recorded(self, settings: dict[str, Any]) -> dict[str, Any]:
         return settings
-
-
-def image_inputs(dataset: str, train: ImageSource, spec: dict[str, Any], settings: FinetuneSettings,
-                 run_dir: str | Path) -> ImageInputs:
-    """The inputs of an image fine-tuning run, after the checks that need no training: the run's
-    encoder is an image encoder taking the images' channels, and the training split is labelled."""
-    if "tokenizer" in spec:
-        raise DataError(f"data set {dataset!r} holds images but {run_dir} holds a token encoder "
-                        f"({spec['tokenizer'].get('name')} sequences); pass --dataset with a "
-                        "labelled sequence data set of its alphabet")
-    if train.labels is None:
-        raise DataError(f"data set {dataset!r} has no labels; fine-tuning needs labelled train and test "
-                        "splits (class sub-folders for a folder of images, `labels` in an .npz)")
-    if train.shape[0] != spec["in_channels"]:
-        raise DataError(f"data set {dataset!r} has {train.shape[0]}-channel images but the encoder of "
-                        f"{run_dir} takes {spec['in_channels']} channels; fine-tune on data like the "
-                        "pretraining data")
-    return ImageInputs.from_settings(settings)
 
 
 def finetune_model(model: Classifier, train: ImageSource | SequenceSource,
@@ -496,16 +473,15 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
                  modes: Sequence[str] = ("full",), inits: Sequence[str] = ("pretrained",),
                  settings: Optional[FinetuneSettings] = None, dataset: Optional[str] = None,
                  data_dir: Optional[str] = None, device: str = "auto",
-                 out: Optional[str | Path] = None, log: Callable[[str], None] = print,
-                 data_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                 out: Optional[str | Path] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune the run's encoder (``inits`` "pretrained") and/or the same backbone from a random
     init ("scratch") in each mode at each label fraction, ``settings.seeds`` times each.
 
-    The run's encoder and the data set (``dataset``, default the run's) must be of one kind: images,
-    or sequences of the encoder's alphabet (a corpus pretrained on without labels needs a labelled
-    ``dataset``). ``fractions`` defaults to the run's ``eval.label_fractions``. ``data_options``
-    replace the data set's options (default: the run's ``data.options`` on the run's data set, none
-    on another). Each finished (mode, init, fraction) is merged into ``out`` (default
+    The data set (``dataset``, default the run's, with the run's ``data.options`` there and none
+    on another) must be one the run's encoder reads, labelled (a corpus pretrained on without
+    labels needs a labelled ``dataset``; :func:`~selfsup.evaluate.run.check_encoder_fits`).
+    ``fractions`` defaults to the run's ``eval.label_fractions``. Each finished (mode, init,
+    fraction) is merged into ``out`` (default
     ``RUN/finetune.json``) at once, so an interrupted study keeps what it finished; returns the whole
     merged file.
     """
@@ -517,17 +493,9 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
     check_choices(fractions, modes, inits)
     dev = resolve_device(device)
     encoder, spec = load_encoder(run_dir, dev)
-    name = dataset or config.data.dataset
-    where = data_dir or config.data.data_dir
-    if data_options is None:
-        data_options = config.data.options if name == config.data.dataset else {}
-    train = load_split(name, "train", where, data_options)
-    make_inputs = sequence_inputs if isinstance(train, SequenceSource) else image_inputs
-    inputs = make_inputs(name, train, spec, settings, run_dir)  # checks before the test split loads
-    test = load_split(name, "test", where, data_options)
-    if test.labels is None:
-        raise DataError(f"data set {name!r} has a labelled train split but an unlabelled test split; "
-                        "fine-tuning reports test accuracy, so both need labels")
+    name, train, test = labelled_splits(config, spec, run_dir, dataset, data_dir)
+    inputs = (sequence_inputs(name, spec, settings) if isinstance(train, SequenceSource)
+              else ImageInputs.from_settings(settings))
     study = _Study(encoder, spec, train, test, max(train.num_classes, test.num_classes), settings, dev,
                    config.eval.batch_size, log, inputs)
     out = Path(out) if out is not None else run_dir / RESULTS_FILE

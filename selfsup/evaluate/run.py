@@ -23,15 +23,23 @@ from selfsup.data.loader import iterate_in_order
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
 from selfsup.evaluate.protocol import evaluate_feature_sets
-from selfsup.evaluate.sequence_baselines import encoder_features, sequence_feature_sets
+from selfsup.evaluate.sequence_baselines import (
+    encoder_features, sequence_feature_sets, token_encoder_inputs,
+)
 from selfsup.evaluate.tsne import tsne_embedding
 from selfsup.health.metrics import health_metrics
-from selfsup.tokenize import make_tokenizer
 from selfsup.train.checkpoint import atomic_write, load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision
 from selfsup.views.image import to_input
 
 RAW_MAX_DIM = 4096  # raw-pixel baselines of larger images are average-pooled down to this
+# where labels come from, for the message of an unlabelled data set: the built-in labelled data
+# sets of each sequence alphabet, and the image formats
+LABELLED_SEQUENCE_DATASETS = {"protein": "swissprot-loc", "dna": "16s-reads or 16s-gold",
+                              "text": "20newsgroups"}
+IMAGE_LABELS_HINT = "class sub-folders for a folder of images, `labels` in an .npz"
+
+Source = ImageSource | SequenceSource
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -40,6 +48,69 @@ def load_run_config(run_dir: str | Path) -> Config:
         raise DataError(f"{run_dir} is not a selfsup run dir (no config.yaml); "
                         "pass the --out directory of `selfsup pretrain`")
     return load_config(path)
+
+
+def run_split(config: Config, split: str, dataset: Optional[str] = None,
+              data_dir: Optional[str] = None,
+              options: Optional[dict[str, Any]] = None) -> tuple[str, Source]:
+    """(name, the ``split``) of data set ``dataset`` from ``data_dir``, by default the run's.
+
+    ``options`` default to the run's ``data.options`` on the run's own data set and to none on
+    another: they were written for that data set (reads per gene of 16s-reads, the alphabet of a
+    FASTA file).
+    """
+    name = dataset or config.data.dataset
+    if options is None:
+        options = config.data.options if name == config.data.dataset else {}
+    return name, load_split(name, split, data_dir or config.data.data_dir, options)
+
+
+def check_encoder_fits(spec: dict[str, Any], source: Source, dataset: str, run_dir: str | Path,
+                       labelled: bool = True) -> None:
+    """Raise DataError unless the run's encoder (``spec``, its ``encoder.json``) reads ``source``,
+    the data of ``dataset``: an image encoder of the images' channels, or a token encoder of the
+    sequences' alphabet; with ``labelled``, ``source`` must have labels too."""
+    tokens = spec.get("tokenizer")
+    if isinstance(source, SequenceSource):
+        alphabet = source.alphabet
+        if not tokens:
+            raise DataError(f"data set {dataset!r} holds {alphabet} sequences but {run_dir} holds an "
+                            "image encoder; pass --dataset with an image data set, or use a run "
+                            f"pretrained on {alphabet} sequences")
+        reads = tokens.get("name")
+        if reads != alphabet:
+            raise DataError(f"data set {dataset!r} holds {alphabet} sequences but the encoder of "
+                            f"{run_dir} reads {reads} tokens; pass --dataset with a {reads} data "
+                            f"set ({LABELLED_SEQUENCE_DATASETS.get(reads, '?')})")
+        hint = (f"pass --dataset with a labelled {alphabet} data set "
+                f"({LABELLED_SEQUENCE_DATASETS.get(alphabet, '?')})")
+    else:
+        if tokens:
+            raise DataError(f"data set {dataset!r} holds images but {run_dir} holds a token encoder "
+                            f"({tokens.get('name')} sequences); pass --dataset with a "
+                            f"{tokens.get('name')} data set, or use a run pretrained on images")
+        if source.shape[0] != spec["in_channels"]:
+            raise DataError(f"data set {dataset!r} has {source.shape[0]}-channel images but the "
+                            f"encoder of {run_dir} takes {spec['in_channels']} channels; use data "
+                            "like the pretraining data")
+        hint = IMAGE_LABELS_HINT
+    if labelled and source.labels is None:
+        raise DataError(f"data set {dataset!r} has no labels; evaluation and fine-tuning need "
+                        f"labelled train and test splits: {hint}")
+
+
+def labelled_splits(config: Config, spec: dict[str, Any], run_dir: str | Path,
+                    dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                    options: Optional[dict[str, Any]] = None) -> tuple[str, Source, Source]:
+    """(name, train, test) of a data set the run's encoder reads (:func:`run_split`'s defaults),
+    both splits labelled; checked before the test split is loaded."""
+    name, train = run_split(config, "train", dataset, data_dir, options)
+    check_encoder_fits(spec, train, name, run_dir)
+    _, test = run_split(config, "test", dataset, data_dir, options)
+    if test.labels is None:
+        raise DataError(f"data set {name!r} has a labelled train split but an unlabelled test "
+                        "split; evaluation and fine-tuning report test accuracy, so both need labels")
+    return name, train, test
 
 
 @torch.no_grad()
@@ -76,8 +147,9 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
                  data_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run the k-NN and linear-probe protocols on the run's encoder and the baselines.
 
-    ``data_options`` replace the run's ``data.options`` (e.g. fewer reads per gene of 16s-reads);
-    by default a named ``dataset`` other than the run's gets none.
+    The data set (``dataset``, default the run's) must be one the run's encoder reads, labelled
+    (:func:`check_encoder_fits`). ``data_options`` replace its options (e.g. fewer reads per gene
+    of 16s-reads; default: :func:`run_split`'s).
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -85,17 +157,9 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     use_baselines = cfg.baselines if baselines is None else baselines
     dev = resolve_device(device)
     precision = resolve_precision("auto", dev)
-    name = dataset or config.data.dataset
-    where = data_dir or config.data.data_dir
-    if data_options is None:
-        data_options = config.data.options if name == config.data.dataset else {}
-    train = load_split(name, "train", where, data_options)
-    test = load_split(name, "test", where, data_options)
-    if train.labels is None or test.labels is None:
-        raise DataError(f"data set {name!r} has no labels; evaluation needs labelled train and test "
-                        "splits (class sub-folders for a folder of images, `labels` in an .npz)")
-    num_classes = max(train.num_classes, test.num_classes)
     encoder, spec = load_encoder(run_dir, dev)
+    name, train, test = labelled_splits(config, spec, run_dir, dataset, data_dir, data_options)
+    num_classes = max(train.num_classes, test.num_classes)
     started = time.perf_counter()
 
     def features(fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,15 +212,18 @@ def _accuracies(result: dict[str, Any]) -> dict[str, Any]:
 @torch.no_grad()
 def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str | Path,
               data_dir: Optional[str] = None, device: str = "auto") -> np.ndarray:
-    """Encoder features of every image of a split, saved as a float32 .npy of shape (N, D)."""
+    """Encoder features of every image or sequence of a split (of the data set the run's encoder
+    reads; :func:`run_split`'s defaults), saved as a float32 .npy of shape (N, D)."""
     config = load_run_config(run_dir)
     dev = resolve_device(device)
-    source = load_split(dataset or config.data.dataset, split, data_dir or config.data.data_dir)
     encoder, spec = load_encoder(run_dir, dev)
+    name, source = run_split(config, split, dataset, data_dir)
+    check_encoder_fits(spec, source, name, run_dir, labelled=False)
     precision = resolve_precision("auto", dev)
     if isinstance(source, SequenceSource):
-        feats = encoder_features(encoder, source, make_tokenizer(**spec["tokenizer"]), dev,
-                                 config.eval.batch_size, spec["max_length"], precision).cpu().numpy()
+        tokenizer, max_length = token_encoder_inputs(spec)
+        feats = encoder_features(encoder, source, tokenizer, dev, config.eval.batch_size,
+                                 max_length, precision).cpu().numpy()
     else:
         feats = extract_features(encoder_fn(encoder), source, dev, config.eval.batch_size,
                                  precision).cpu().numpy()

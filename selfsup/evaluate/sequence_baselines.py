@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.config import DataConfig
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
@@ -144,29 +145,46 @@ def baseline_features(sequences: Sequence[str], alphabet: str) -> dict[str, torc
 # encoder features
 
 
-@torch.no_grad()
-def encoder_features(encoder: nn.Module, source: SequenceSource, tokenizer: Tokenizer,
-                     device: torch.device | str, batch_size: int = 256, max_length: int = 1024,
-                     precision: str = "fp32") -> torch.Tensor:
-    """float32 (N, D) pooled features of every sequence of ``source``, in the source's order.
+def token_encoder_inputs(spec: dict[str, Any]) -> tuple[Tokenizer, int]:
+    """The tokeniser and the row length in tokens (specials included) that a run's token encoder
+    was pretrained with, from its ``encoder.json`` (``spec``; runs from before ``max_length`` was
+    recorded get the config's default)."""
+    return make_tokenizer(**spec["tokenizer"]), int(spec.get("max_length", DataConfig.max_length))
 
-    Batches are bucketed by length (little padding) and long sequences keep their first
-    ``max_length`` tokens; the encoder runs in eval mode.
-    """
-    device = torch.device(device)
-    stream = SequenceBatchStream(source, tokenizer, batch_size, device, seed=0,
-                                 max_length=max_length, shuffle=False, drop_last=False,
-                                 random_crop=False)
+
+def evaluation_stream(source: SequenceSource, tokenizer: Tokenizer, device: torch.device | str,
+                      batch_size: int = 256,
+                      max_length: int = DataConfig.max_length) -> SequenceBatchStream:
+    """Every sequence of ``source`` once, tokenised up front: length-bucketed batches (little
+    padding), long sequences cut to their first ``max_length`` tokens."""
+    return SequenceBatchStream(source, tokenizer, batch_size, device, seed=0, max_length=max_length,
+                               shuffle=False, drop_last=False, random_crop=False)
+
+
+@torch.no_grad()
+def stream_features(encoder: nn.Module, stream: SequenceBatchStream,
+                    precision: str = "fp32") -> torch.Tensor:
+    """float32 (N, D) pooled features of ``encoder`` in eval mode on every sequence of an
+    :func:`evaluation_stream`, in the source's order."""
     encoder.eval()
     features: torch.Tensor | None = None
     for indices, (tokens, _) in zip(stream.batches(0), stream.epoch(0), strict=True):
-        with autocast(device, precision):
+        with autocast(stream.device, precision):
             out = encoder(tokens.ids, tokens.attention_mask).float()
         if features is None:
-            features = torch.empty(len(source), out.shape[1], device=device)
-        features[torch.from_numpy(indices).to(device)] = out
+            features = torch.empty(len(stream.source), out.shape[1], device=stream.device)
+        features[torch.from_numpy(indices).to(stream.device)] = out
     assert features is not None  # a SequenceSource is never empty
     return features
+
+
+def encoder_features(encoder: nn.Module, source: SequenceSource, tokenizer: Tokenizer,
+                     device: torch.device | str, batch_size: int = 256,
+                     max_length: int = DataConfig.max_length, precision: str = "fp32") -> torch.Tensor:
+    """float32 (N, D) pooled features of every sequence of ``source``, in the source's order
+    (:func:`stream_features` of an :func:`evaluation_stream`)."""
+    stream = evaluation_stream(source, tokenizer, device, batch_size, max_length)
+    return stream_features(encoder, stream, precision)
 
 
 def reverse_complement_source(source: SequenceSource) -> SequenceSource:
@@ -230,20 +248,17 @@ def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: Seque
                           seed: int = 0) -> tuple[FeatureSets, dict[str, Any]]:
     """The (train, test) features ``selfsup evaluate`` probes, and extra results for eval.json.
 
-    ``spec`` is the run's ``encoder.json``: its ``backbone`` section, ``tokenizer`` config and
-    ``max_length``. Sets: "ssl" (the trained encoder) and, with ``baselines``, the composition or
-    k-mer baselines of the alphabet and "random_init" (the same backbone, freshly initialised with
-    ``seed``); text baselines (TF-IDF) are learnt from ``train``. For DNA, the extras hold each
+    ``spec`` is the ``encoder.json`` of a token encoder of ``train``'s alphabet (what
+    ``selfsup.evaluate.run.check_encoder_fits`` checks): its ``backbone`` section, ``tokenizer``
+    config and ``max_length``. Sets: "ssl" (the trained encoder) and, with ``baselines``, the
+    composition or k-mer baselines of the alphabet and "random_init" (the same backbone, freshly
+    initialised with ``seed``); text baselines (TF-IDF) are learnt from ``train``. For DNA, the extras hold each
     set's reverse-complement consistency on up to ``RC_CONSISTENCY_READS`` test reads:
     {"rc_consistency": {name: {"rc_cosine", "random_pair_cosine"}}}.
     """
     from selfsup.backbones import build_backbone  # evaluation layer above backbones; no cycle
 
-    if "tokenizer" not in spec:
-        raise DataError("the run's encoder.json names no tokenizer; it was not trained on sequences "
-                        "or was written by an older selfsup — retrain it")
-    tokenizer = make_tokenizer(**spec["tokenizer"])
-    max_length = int(spec.get("max_length", 1024))
+    tokenizer, max_length = token_encoder_inputs(spec)
 
     def encoded_by(model: nn.Module) -> FeatureMaker:
         return lambda source: encoder_features(model, source, tokenizer, device, batch_size,

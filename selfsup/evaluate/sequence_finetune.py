@@ -10,7 +10,8 @@ sequence side of it, :class:`SequenceInputs`:
   ``max_length`` (specials included) is cropped to a random window, a fresh one each epoch, which
   is the sequence counterpart of the images' random crops (``augment=false``: its first window);
 * the head reads the encoder's pooled features (``TransformerEncoder.forward(ids, mask)``);
-* test sequences are cropped to their first ``max_length`` tokens, as ``selfsup evaluate`` does.
+* test sequences are cropped to their first ``max_length`` tokens, as ``selfsup evaluate`` does;
+  they are tokenised once per study, not once per run.
 
 The image-only settings (``crop_scale``, ``flip_prob`` and the ViT's ``layer_decay``) have no
 meaning here; a value other than the default is refused with a ConfigError rather than ignored, so
@@ -20,18 +21,18 @@ that no run records a setting it did not use. The recorded settings leave them o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
-from selfsup.errors import ConfigError, DataError
-from selfsup.evaluate.sequence_baselines import encoder_features
-from selfsup.tokenize import make_tokenizer
+from selfsup.errors import ConfigError
+from selfsup.evaluate.sequence_baselines import (
+    evaluation_stream, stream_features, token_encoder_inputs,
+)
 from selfsup.tokenize.base import Tokenizer
 
 if TYPE_CHECKING:
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 # layer decay is, as None, like a CNN's)
 IMAGE_ONLY_SETTINGS = ("crop_scale", "flip_prob", "layer_decay")
 UNRECORDED_SETTINGS = ("crop_scale", "flip_prob")
-DEFAULT_MAX_LENGTH = 1024  # runs whose encoder.json predates the recorded max_length
-# the built-in labelled data sets of each alphabet, for the message of an unlabelled one
-LABELLED_DATASETS = {"protein": "swissprot-loc", "dna": "16s-reads or 16s-gold", "text": "20newsgroups"}
 
 
 @dataclass
@@ -56,6 +54,8 @@ class SequenceInputs:
     max_length: int
     random_crop: bool = True
     noun: str = "sequences"
+    # the test split's batches, tokenised by the first ``logits`` of a study and reused after
+    _test_stream: Optional[SequenceBatchStream] = field(default=None, init=False, repr=False)
 
     def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
         return model.to(device)
@@ -77,8 +77,12 @@ class SequenceInputs:
     def logits(self, model: nn.Module, test: SequenceSource, device: torch.device, batch_size: int,
                precision: str) -> torch.Tensor:
         """float32 (N, classes) of ``model`` in eval mode on every test sequence, in source order."""
-        return encoder_features(model, test, self.tokenizer, device, batch_size, self.max_length,
-                                precision)
+        stream = self._test_stream
+        if (stream is None or stream.source is not test or stream.device != torch.device(device)
+                or stream.batch_size != batch_size):
+            stream = evaluation_stream(test, self.tokenizer, device, batch_size, self.max_length)
+            self._test_stream = stream
+        return stream_features(model, stream, precision)
 
     def recorded(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The settings as used on sequences: without the image-only ones, with ``max_length``."""
@@ -86,24 +90,9 @@ class SequenceInputs:
         return {**used, "max_length": self.max_length}
 
 
-def sequence_inputs(dataset: str, train: SequenceSource, spec: dict[str, Any],
-                    settings: FinetuneSettings, run_dir: str | Path) -> SequenceInputs:
-    """The inputs of a sequence fine-tuning run, after the checks that need no training: the
-    training split is labelled, the run's encoder is a token encoder of the data's alphabet, and
-    no image-only setting is changed. ``spec`` is the run's ``encoder.json``."""
-    if "tokenizer" not in spec:
-        raise DataError(f"data set {dataset!r} holds {train.alphabet} sequences but {run_dir} holds "
-                        "an image encoder; fine-tune it on images (pass --dataset with an image "
-                        "data set), or fine-tune a run pretrained on sequences")
-    tokenizer_name = spec["tokenizer"].get("name")
-    if tokenizer_name != train.alphabet:
-        raise DataError(f"data set {dataset!r} holds {train.alphabet} sequences but the encoder of "
-                        f"{run_dir} reads {tokenizer_name} tokens; pass --dataset with a labelled "
-                        f"{tokenizer_name} data set ({LABELLED_DATASETS.get(tokenizer_name, '?')})")
-    if train.labels is None:
-        raise DataError(f"data set {dataset!r} has no labels; fine-tuning "
-                        f"needs labelled sequences: pass --dataset with a labelled "
-                        f"{train.alphabet} data set ({LABELLED_DATASETS.get(train.alphabet, '?')})")
+def sequence_inputs(dataset: str, spec: dict[str, Any], settings: FinetuneSettings) -> SequenceInputs:
+    """The inputs that fine-tune the run's token encoder (``spec``, its ``encoder.json``) on the
+    sequences of ``dataset``; a ConfigError if an image-only setting is changed."""
     changed = settings.changed_from_default(IMAGE_ONLY_SETTINGS)
     if changed:
         raise ConfigError(f"finetune {', '.join(changed)} appl{'ies' if len(changed) == 1 else 'y'} "
@@ -111,5 +100,4 @@ def sequence_inputs(dataset: str, train: SequenceSource, spec: dict[str, Any],
                           f"{'it' if len(changed) == 1 else 'them'} at the default (long sequences "
                           "are cropped to random windows instead; --set augment=false crops at "
                           "the start)")
-    return SequenceInputs(make_tokenizer(**spec["tokenizer"]),
-                          int(spec.get("max_length", DEFAULT_MAX_LENGTH)), settings.augment)
+    return SequenceInputs(*token_encoder_inputs(spec), settings.augment)

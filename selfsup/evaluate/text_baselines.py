@@ -16,9 +16,7 @@ accuracy with 10,000 words, 83.9% with 20,000, 84.4% with all 42,254 (``tfidf_lo
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,16 +68,6 @@ class TfidfFeatures:
 
 # the text baselines evaluation compares with: name → FittedBaseline
 TEXT_BASELINES: dict[str, FittedBaseline] = {"tfidf": TfidfFeatures}
-
-
-def text_baseline_features(train_texts: Sequence[str], test_texts: Sequence[str]
-                           ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each text baseline's (train, test) features, learnt from ``train_texts`` alone."""
-    sets = {}
-    for name, fit in TEXT_BASELINES.items():
-        features = fit(train_texts)
-        sets[name] = (features(train_texts), features(test_texts))
-    return sets
 
 
 def tfidf_logistic_regression(train_texts: Sequence[str], train_labels: torch.Tensor,
