@@ -150,10 +150,41 @@ def test_substitution_rate_and_targets():
         assert within_binomial(share, 1 / 3, len(from_a))
 
 
-def test_substitution_on_kmers_is_refused():
+@pytest.mark.parametrize("k", [2, 4])
+def test_substitution_on_kmers_changes_letters_not_tokens(k):
+    """Noise on k-mer tokens is noise on the letters: the output is the k-merisation of a string
+    of the same length that differs from the input in about ``rate`` of its letters, uniformly
+    to the other three bases, and a changed letter changes every k-mer that holds it."""
+    tok = KmerDnaTokenizer(k)
+    sequences = random_strings(300, 60, "ACGT", seed=k)
+    batch = tok.encode_batch(sequences).ids
+    noisy = substitute(batch, tok, 0.1, generator(k))
+    decoded = tok.decode_batch(noisy)
+    assert torch.equal(tok.encode_batch(decoded).ids, noisy)  # a valid k-merisation
+    letters = torch.tensor([[ord(c) for c in s] for s in sequences])
+    noisy_letters = torch.tensor([[ord(c) for c in s] for s in decoded])
+    changed = noisy_letters != letters
+    assert within_binomial(changed.float().mean().item(), 0.1, changed.numel())
+    from_a = noisy_letters[changed & (letters == ord("A"))]
+    for other in "CGT":
+        assert within_binomial((from_a == ord(other)).float().mean().item(), 1 / 3, len(from_a))
+    # tokens that changed are exactly the k-mers holding a changed letter
+    holds_change = changed.float().unfold(1, k, 1).amax(dim=-1) > 0
+    assert torch.equal(noisy[:, 1:-1] != batch[:, 1:-1], holds_change)
+
+
+def test_substitution_on_kmers_keeps_unknown_kmers_specials_and_padding():
     tok = KmerDnaTokenizer(3)
-    with pytest.raises(ConfigError, match="before k-merising"):
-        substitute(tok.encode_batch(["ACGTA"]).ids, tok, 0.1, generator())
+    batch = tok.encode_batch(["ACGTNACGTACG", "ACNNNGT", "ACG"]).ids
+    noisy = substitute(batch, tok, 1.0, generator(1))
+    not_kmer = (batch < tok.first_ordinary_id) | (batch == tok.unk_id) | (batch >= tok.mask_id)
+    assert torch.equal(noisy[not_kmer], batch[not_kmer])
+    kmer = ~not_kmer
+    assert (noisy[kmer] != batch[kmer]).all()  # rate 1: every letter of every k-mer changed
+    for original, changed in zip(tok.decode_batch(batch), tok.decode_batch(noisy)):
+        assert len(changed) == len(original)
+        assert all((a == "N") == (b == "N") for a, b in zip(original, changed))
+    assert torch.equal(substitute(batch, tok, 0.0, generator(1)), batch)
 
 
 def test_rates_outside_zero_one_are_refused():

@@ -14,8 +14,9 @@ samples in Python, and nothing waits for the device.
 * ``bert_mask``: BERT's masked-modelling corruption, returning (inputs, labels).
 
 For overlapping k-mer tokens, masking grows into spans of k tokens so masked k-mers cannot be read
-off their neighbours (see ``selfsup.tokenize.dna``); substitution noise must be added to the
-letters before k-merising, since one changed letter changes k tokens.
+off their neighbours (see ``selfsup.tokenize.dna``); substitution noise changes letters, not tokens:
+the k-mers are read back into their letter string, the letters changed, and the string k-merised
+again, so one changed letter changes the k tokens that hold it, as a real sequencing error does.
 """
 
 from __future__ import annotations
@@ -131,14 +132,16 @@ def random_shift(ids: torch.Tensor, tokenizer: Tokenizer, max_shift: int,
 def substitute(ids: torch.Tensor, tokenizer: Tokenizer, rate: float,
                generator: torch.Generator) -> torch.Tensor:
     """Substitution noise: each unambiguous letter (A C G T; the 20 standard amino acids) turns,
-    with probability ``rate``, into one of the others, uniformly; everything else stays."""
+    with probability ``rate``, into one of the others, uniformly; everything else stays.
+
+    For overlapping k-mer tokens the noise is per letter too: every k-mer holding a changed letter
+    changes (``_substitute_kmer_letters``), so the result is still the k-merisation of a letter
+    string. ``<unk>`` k-mers (those holding an N) stay ``<unk>``.
+    """
     _check_ids(ids, generator)
     _check_rate(rate, "substitution rate")
-    if tokenizer.k != 1:
-        raise ConfigError(
-            f"substitution noise on {tokenizer.k}-mer tokens would change one k-mer where a real "
-            "error changes k of them; add the noise to the letters before k-merising"
-        )
+    if tokenizer.k > 1:
+        return _substitute_kmer_letters(ids, tokenizer, rate, generator)
     replacement = tokenizer.table("replacement", ids.device)
     index = tokenizer.table("replacement_index", ids.device)[ids]
     hit = (index >= 0) & (_rand(generator, *ids.shape) < rate)
@@ -146,6 +149,33 @@ def substitute(ids: torch.Tensor, tokenizer: Tokenizer, rate: float,
     shift = torch.randint(1, len(replacement), ids.shape, generator=generator, device=ids.device)
     changed = replacement[(index + shift) % len(replacement)]
     return torch.where(hit, changed, ids)
+
+
+def _substitute_kmer_letters(ids: torch.Tensor, tokenizer: Tokenizer, rate: float,
+                             generator: torch.Generator) -> torch.Tensor:
+    """``substitute`` for overlapping k-mers over A C G T (ids ``first_ordinary_id`` + the k-mer's
+    base-4 number): letters out, noise, k-mers back in, all as whole-batch tensor operations.
+
+    Token p spells letters p … p+k-1 of a (B, L + k - 1) letter grid, so the letters are read off
+    whichever k-mer holds them (the k-mers of one string agree where they overlap). A letter that
+    only non-k-mer tokens cover (``<unk>``, ``<mask>``, specials) is unknown and never changed, and
+    only k-mer tokens are rebuilt, so those tokens stay as they are.
+    """
+    k, first = tokenizer.k, tokenizer.first_ordinary_id
+    batch, width = ids.shape
+    code = ids - first
+    is_kmer = (code >= 0) & (code < 4 ** k)
+    place_values = 4 ** torch.arange(k - 1, -1, -1, device=ids.device)  # first letter most significant
+    digits = torch.where(is_kmer[..., None], code[..., None] // place_values % 4, -1)  # (B, L, k)
+    letters = torch.full((batch, width + k - 1), -1, dtype=ids.dtype, device=ids.device)
+    for offset in range(k):  # k ≤ MAX_K passes over the batch, not a loop over samples
+        grid = letters[:, offset:offset + width]
+        torch.maximum(grid, digits[..., offset], out=grid)
+    hit = (letters >= 0) & (_rand(generator, *letters.shape) < rate)
+    shift = torch.randint(1, 4, letters.shape, generator=generator, device=ids.device)
+    letters = torch.where(hit, (letters + shift) % 4, letters)
+    rebuilt = first + (letters.unfold(1, k, 1) * place_values).sum(dim=-1)  # (B, L)
+    return torch.where(is_kmer, rebuilt, ids)
 
 
 def random_mask(ids: torch.Tensor, tokenizer: Tokenizer, rate: float,

@@ -248,7 +248,4 @@ def dna_contrastive_views(tokenizer: Tokenizer, options: dict[str, Any]) -> Sequ
     if opts.rc_prob > 0 and tokenizer.complement_ids is None:
         raise ConfigError(f"views.rc_prob={opts.rc_prob}: the {tokenizer.name} tokeniser has no "
                           "reverse complement; set views.rc_prob=0 for non-DNA data")
-    if opts.substitution_prob > 0 and opts.substitution_rate > 0 and tokenizer.k > 1:
-        raise ConfigError(f"substitution noise on {tokenizer.k}-mer tokens changes one k-mer where "
-                          "a real error changes k; set views.substitution_prob=0 or use k=1")
     return DnaContrastiveViews(tokenizer, opts)
