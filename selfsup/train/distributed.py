@@ -37,7 +37,7 @@ import contextlib
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -46,6 +46,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.errors import ConfigError
 from selfsup.train.device import resolve_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,17 @@ def process_group(info: ProcessInfo, device: torch.device) -> Iterator[None]:
 
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's ``value`` (any picklable object) on every process; ``value`` itself for one
+    process. Every process must call it, and the others wait in it until rank 0 does: it is also
+    a barrier behind work that rank 0 alone does (a file it writes for the others)."""
+    if _world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ------------------------------------------------------------------------------------------------

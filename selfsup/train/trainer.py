@@ -43,6 +43,7 @@ from selfsup.train.checkpoint import load_checkpoint, save_checkpoint, save_enco
 from selfsup.train.device import autocast, resolve_precision, seed_everything
 from selfsup.train.distributed import (
     all_reduce_sum_,
+    broadcast_from_main,
     no_sync,
     prepare_method,
     process_group,
@@ -253,8 +254,9 @@ class Trainer:
 
     def _make_tokenizer(self) -> Tokenizer:
         """The tokeniser of the data's alphabet. A text tokeniser is learnt from the training
-        texts and saved in the run dir (a resumed run loads it); training is deterministic, so
-        every process of a distributed run learns the same one."""
+        texts by rank 0 alone and saved in the run dir (a resumed run loads it); the other
+        processes of a distributed run wait for it and load that very file (its SHA-256 checked),
+        so every process holds rank 0's vocabulary."""
         data = self.config.data
         if self.train_data.alphabet != "text":
             return make_tokenizer(self.train_data.alphabet, data.kmer)
@@ -263,10 +265,25 @@ class Trainer:
         path = self.run_dir / TOKENIZER_FILE
         if self.resume and path.is_file():
             return TextTokenizer.load(path)
-        tokenizer = TextTokenizer.train(self.train_data.sequences, data.vocab_size)
         if self.process.is_main:
-            tokenizer.save(path)
-        return tokenizer
+            sha256 = None
+            try:
+                tokenizer = TextTokenizer.train(self.train_data.sequences, data.vocab_size)
+                tokenizer.save(path)
+                sha256 = tokenizer.sha256
+            finally:
+                # The others wait for this hash: send None when learning or saving failed, so that
+                # they stop too rather than wait out the process group's timeout.
+                broadcast_from_main(sha256)
+            return tokenizer
+        sha256 = broadcast_from_main(None)
+        if sha256 is None:
+            raise DataError("rank 0 could not make the text tokeniser; its error says why")
+        if not path.is_file():
+            raise DataError(f"rank 0 saved the text tokeniser at {path}, but rank "
+                            f"{self.process.rank} does not see it: on several nodes the run "
+                            "directory must be on a file system they all see")
+        return TextTokenizer.load(path, sha256)
 
     def _encoder_spec(self) -> dict[str, Any]:
         """How to rebuild the encoder (``encoder.json``): for token encoders their full options
