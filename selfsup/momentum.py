@@ -39,8 +39,13 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float,
     online_params = [p.detach() for p in online.parameters()]
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
     if copy_buffers:
-        for tb, ob in zip(target.buffers(), online.buffers()):
-            tb.copy_(ob)
+        target_buffers, online_buffers = list(target.buffers()), list(online.buffers())
+        if len(target_buffers) != len(online_buffers):
+            raise ValueError(f"the target has {len(target_buffers)} buffers, the online network "
+                             f"{len(online_buffers)}: it must be a copy of it")
+        if target_buffers:  # _foreach ops refuse empty lists
+            # one fused call; like copy_, it casts to each target buffer's dtype
+            torch._foreach_copy_(target_buffers, online_buffers)
 
 
 class MomentumTarget(nn.Module):

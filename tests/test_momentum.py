@@ -38,3 +38,29 @@ def test_ema_update_with_momentum_one_is_frozen_and_zero_copies():
     assert torch.equal(a.weight, w)
     ema_update(a, b, 0.0)
     assert torch.equal(a.weight, b.weight)
+
+
+def test_ema_update_copies_every_buffer_in_the_targets_dtype():
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.BatchNorm1d(4))
+    target = MomentumTarget(online, base_momentum=0.9).net
+    target[2].running_var = target[2].running_var.double()  # a target buffer of another dtype
+    with torch.no_grad():
+        for value, buffer in enumerate(online.buffers(), start=3):
+            buffer.fill_(value)
+    ema_update(target, online, 0.9)
+    for t, o in zip(target.buffers(), online.buffers(), strict=True):
+        assert torch.equal(t, o.to(t.dtype))
+    assert target[2].running_var.dtype == torch.float64
+    assert target[1].num_batches_tracked.dtype == torch.int64
+
+
+def test_ema_update_keeps_buffers_when_told_and_refuses_a_target_of_another_shape():
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    target = MomentumTarget(online, base_momentum=0.9).net
+    with torch.no_grad():
+        online[1].running_mean.fill_(2.0)
+    ema_update(target, online, 0.9, copy_buffers=False)
+    assert torch.equal(target[1].running_mean, torch.zeros(4))
+    with pytest.raises(ValueError, match="buffers"):
+        # the same parameters, but no BatchNorm statistics
+        ema_update(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), online, 0.9)
