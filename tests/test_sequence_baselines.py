@@ -12,8 +12,9 @@ from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
 from selfsup.evaluate.sequence_baselines import (
     amino_acid_composition, baseline_features, canonical_kmer_classes, canonical_kmer_profile,
-    dipeptide_frequencies, encoder_features, kmer_profile, protein_composition, rc_consistency,
-    reverse_complement_consistency, reverse_complement_source, sequence_feature_sets,
+    dipeptide_frequencies, encoder_features, evaluation_stream, in_order_batches, kmer_profile,
+    protein_composition, rc_consistency, reverse_complement_consistency, reverse_complement_source,
+    sequence_feature_sets,
 )
 from selfsup.tokenize import DnaTokenizer, ProteinTokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
@@ -112,6 +113,26 @@ def test_encoder_features_are_in_source_order_and_match_one_at_a_time():
     with torch.no_grad():
         one_by_one = torch.cat([encoder(tokenizer.encode_batch([s]).ids) for s in sequences])
     torch.testing.assert_close(features, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_in_order_batches_sort_the_whole_source_by_length_and_serve_each_index_once():
+    tokenizer = ProteinTokenizer()
+    rng = random.Random(1)
+    # more sequences than one training bucket (50 batches of 2): sorted as a whole all the same
+    sequences = ["M" * rng.randint(1, 60) for _ in range(301)]
+    source = SequenceSource([f"p{i}" for i in range(301)], sequences, "protein")
+    stream = evaluation_stream(source, tokenizer, "cpu", batch_size=2, max_length=32)
+    served, widths = [], []
+    for indices, tokens in in_order_batches(stream):
+        served.extend(indices.tolist())
+        widths.append(tokens.ids.shape[1])
+        # each row holds its sequence, cut to 30 residues, and the two specials
+        first = [min(len(sequences[i]), 30) for i in indices]
+        assert tokens.attention_mask.sum(1).tolist() == [n + 2 for n in first]
+    assert sorted(served) == list(range(301))
+    rows = [min(len(sequence), 30) for sequence in sequences]  # what the rows hold
+    assert [rows[i] for i in served] == sorted(rows)
+    assert widths == sorted(widths)
 
 
 def test_reverse_complement_consistency_of_a_strand_invariant_and_a_plain_encoder():

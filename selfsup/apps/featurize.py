@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence, Union
 
@@ -242,9 +241,10 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     """
     # Imported here: the training stack costs import time that only run directories need.
     from selfsup.backbones.transformer import as_token_encoder
-    from selfsup.data.sequence_loader import SequenceBatchStream
     from selfsup.data.sequences import SequenceSource
-    from selfsup.evaluate.sequence_baselines import token_encoder_inputs
+    from selfsup.evaluate.sequence_baselines import (
+        evaluation_stream, in_order_batches, token_encoder_inputs,
+    )
     from selfsup.train.checkpoint import load_encoder
     from selfsup.train.device import resolve_device
 
@@ -271,12 +271,9 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
                 )
         source = SequenceSource([f"sequence {n}" for n in range(1, len(sequences) + 1)],
                                 list(sequences), "protein", name="candidates")
-        # One length-sorted bucket over all sequences; served in that order, not shuffled.
-        stream = SequenceBatchStream(source, tokenizer, batch_size, device, seed=0,
-                                     max_length=max_tokens, shuffle=False, drop_last=False,
-                                     bucket_batches=math.ceil(len(source) / batch_size))
+        stream = evaluation_stream(source, tokenizer, device, batch_size, max_tokens)
         residues: list = [None] * len(sequences)
-        for indices, (tokens, _) in zip(stream.batches(0), stream.epoch(0), strict=True):
+        for indices, tokens in in_order_batches(stream):
             states = encoder.forward_tokens(tokens.ids, tokens.attention_mask).float().cpu().numpy()
             for row, index in enumerate(indices):
                 length = len(sequences[index])

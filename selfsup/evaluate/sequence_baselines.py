@@ -16,7 +16,8 @@ divide by the number of such windows, so a sequence's features do not depend on 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+import math
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from selfsup.errors import DataError
 from selfsup.evaluate.text_baselines import TEXT_BASELINES, FittedBaseline
 from selfsup.tokenize import make_tokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS, STANDARD_NUCLEOTIDES
-from selfsup.tokenize.base import Tokenizer
+from selfsup.tokenize.base import TokenBatch, Tokenizer
 from selfsup.train.device import autocast
 
 DNA_K = 4
@@ -155,10 +156,22 @@ def token_encoder_inputs(spec: dict[str, Any]) -> tuple[Tokenizer, int]:
 def evaluation_stream(source: SequenceSource, tokenizer: Tokenizer, device: torch.device | str,
                       batch_size: int = 256,
                       max_length: int = DataConfig.max_length) -> SequenceBatchStream:
-    """Every sequence of ``source`` once, tokenised up front: length-bucketed batches (little
-    padding), long sequences cut to their first ``max_length`` tokens."""
+    """Every sequence of ``source`` once, tokenised up front, in batches of ``batch_size``
+    cut from the whole source sorted by length (the least padding), long sequences cut to their
+    first ``max_length`` tokens. Read it with :func:`in_order_batches`."""
+    # One bucket over every sequence: the chunks of training's bucketing only serve randomness.
+    whole = max(1, math.ceil(len(source) / batch_size))
     return SequenceBatchStream(source, tokenizer, batch_size, device, seed=0, max_length=max_length,
-                               shuffle=False, drop_last=False, random_crop=False)
+                               shuffle=False, drop_last=False, bucket_batches=whole,
+                               random_crop=False)
+
+
+def in_order_batches(stream: SequenceBatchStream) -> Iterator[tuple[np.ndarray, TokenBatch]]:
+    """(source indices, tokens on the stream's device) of each batch of an
+    :func:`evaluation_stream`. Every index comes exactly once, so writing each batch's results at
+    its indices gives them in the source's order."""
+    for indices, (tokens, _) in zip(stream.batches(0), stream.epoch(0), strict=True):
+        yield indices, tokens
 
 
 @torch.no_grad()
@@ -168,7 +181,7 @@ def stream_features(encoder: nn.Module, stream: SequenceBatchStream,
     :func:`evaluation_stream`, in the source's order."""
     encoder.eval()
     features: torch.Tensor | None = None
-    for indices, (tokens, _) in zip(stream.batches(0), stream.epoch(0), strict=True):
+    for indices, tokens in in_order_batches(stream):
         with autocast(stream.device, precision):
             out = encoder(tokens.ids, tokens.attention_mask).float()
         if features is None:
