@@ -78,10 +78,6 @@ def parse_arm(text: str) -> Arm:
     run_dir, at, pooling = featurizer.rpartition("@")
     if not at:  # no pooling named: the mean over the sequence
         run_dir, pooling = featurizer, "mean"
-    if not Path(run_dir).is_dir():
-        raise SystemExit(f"arm {text!r}: {run_dir!r} is neither "
-                         f"{' nor '.join(BUILTIN_FEATURIZERS)} nor a run directory "
-                         "(RUN_DIR@POOLING); see --help")
     if pooling not in POOLINGS:
         raise SystemExit(f"arm {text!r}: pooling {pooling!r} must be one of {', '.join(POOLINGS)}")
     features = f"{Path(run_dir).resolve().name}:{pooling}"
@@ -259,11 +255,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                "runs": []}
     if args.resume and out.is_file():
         results["runs"] = resumable_runs(out, results["protocol"])
-    features = pool_features(arms, sequences)
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    done = {(r["arm"], r["seed"]) for r in results["runs"]}
+    # only arms with a seed still to run need their features (a finished encoder arm's run
+    # directory may be gone: its table can still be remade from the results)
+    features = pool_features([arm for arm in arms
+                              if any((arm.label, seed) not in done for seed in seeds)], sequences)
+    for seed in seeds:
         initial = np.random.default_rng(seed).choice(len(sequences), args.initial, replace=False)
         for arm in arms:
-            if any(r["arm"] == arm.label and r["seed"] == seed for r in results["runs"]):
+            if (arm.label, seed) in done:
                 continue
             run = run_arm(arm.acquisition, features.get(arm.features), fitness, initial,
                           args.batch, args.rounds, seed, args.shortlist)
