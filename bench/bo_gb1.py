@@ -17,6 +17,7 @@ to the wild type).
 Reported per arm, mean ± s.e.m. over seeds: the best normalised fitness found (fitness / the
 landscape's maximum) after 96, 192, …, 480 measurements; the fraction of the top-1% variants
 (1,494 of them) found; the wall time of one BO round (GP fit + acquisition over the pool).
+Then each arm against ``--reference`` (one-hot Thompson), paired over seeds.
 Results are written after every (arm, seed), so a long run can be stopped and resumed.
 
 One thread on CPU (what a laptop user has; and the machine it was run on was shared):
@@ -137,6 +138,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         f"batch selection considers (default {SHORTLIST}); cost grows linearly")
     p.add_argument("--out", default="bench/results/bo_gb1.json")
     p.add_argument("--plot", default="bench/results/bo_gb1.png")
+    p.add_argument("--reference", default="onehot:thompson",
+                   help="arm the others are compared with, seed by seed, after the table")
     p.add_argument("--resume", action="store_true",
                    help="keep the (arm, seed) results already in --out")
     return p.parse_args(argv)
@@ -202,6 +205,22 @@ def summarise(results: dict, arms: list[str], stages: list[int]) -> str:
         cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(best.mean(0), sem(best))]
         lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells)
                      + f" | {found.mean():.3f} ± {sem(found):.3f} | {seconds.mean():.1f} |")
+    return "\n".join(lines)
+
+
+def paired_differences(results: dict, arms: list[str], reference: str) -> str:
+    """Each arm minus ``reference`` in best normalised fitness at the last stage, paired over the
+    seeds both ran (same initial variants): mean ± s.e.m., and seeds better / worse / tied."""
+    final = {(r["arm"], r["seed"]): r["best"][-1] for r in results["runs"]}
+    lines = [f"| arm − {reference} | seeds | best @end, paired | better / worse / tied |",
+             "|---|---:|---:|---|"]
+    for arm in arms:
+        seeds = sorted(seed for a, seed in final if a == arm and (reference, seed) in final)
+        if arm == reference or not seeds:
+            continue
+        diff = np.array([final[arm, seed] - final[reference, seed] for seed in seeds])
+        lines.append(f"| {arm} | {len(seeds)} | {diff.mean():+.3f} ± {sem(diff):.3f} | "
+                     f"{(diff > 0).sum()} / {(diff < 0).sum()} / {(diff == 0).sum()} |")
     return "\n".join(lines)
 
 
@@ -282,6 +301,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.write_text(json.dumps(results))
     plot(results, labels, stages, Path(args.plot))
     print(table)
+    if args.reference in labels:
+        print(paired_differences(results, labels, args.reference))
     print(f"wrote {out} and {args.plot}")
     return 0
 
