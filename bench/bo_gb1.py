@@ -36,6 +36,7 @@ runs/mlm-uniprot-tiny``; docs/benchmarks.md has the full commands):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 
 from selfsup.apps.bo import ACQUISITIONS, SHORTLIST, prepare_features, propose
-from selfsup.apps.featurize import BUILTIN_FEATURIZERS, POOLINGS, make_featurizer
+from selfsup.apps.featurize import BUILTIN_FEATURIZERS, ENCODER_FILE, POOLINGS, make_featurizer
 from selfsup.data.gb1 import MUTATED_SITES, load_gb1, normalised_fitness, top_variants
 from selfsup.errors import SelfsupError
 
@@ -119,6 +120,23 @@ def pool_features(arms: list[Arm], sequences: list[str]) -> dict[str, np.ndarray
         print(f"features {arm.features}: {features[arm.features].shape[1]} columns in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
     return features
+
+
+def check_same_encoders(arms: list[Arm], results: dict) -> None:
+    """Record the SHA-256 of each run arm's encoder in ``results["encoders"]``; SystemExit when an
+    arm already has seeds from another encoder (the run directory was retrained), since the arm's
+    seeds would then mix two encoders under one name."""
+    stored = results.setdefault("encoders", {})
+    for arm in arms:
+        path = Path(arm.source or "") / ENCODER_FILE
+        if arm.features is None or arm.source in BUILTIN_FEATURIZERS or not path.is_file():
+            continue  # no encoder, or make_featurizer names the problem
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        has_seeds = any(r["arm"] == arm.label for r in results["runs"])
+        if has_seeds and stored.get(arm.features, digest) != digest:
+            raise SystemExit(f"arm {arm.label}: {path} is not the encoder its stored seeds used "
+                             "(retrained?); use another --out, or rename the run directory")
+        stored[arm.features] = digest
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -278,8 +296,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     done = {(r["arm"], r["seed"]) for r in results["runs"]}
     # only arms with a seed still to run need their features (a finished encoder arm's run
     # directory may be gone: its table can still be remade from the results)
-    features = pool_features([arm for arm in arms
-                              if any((arm.label, seed) not in done for seed in seeds)], sequences)
+    to_run = [arm for arm in arms if any((arm.label, seed) not in done for seed in seeds)]
+    check_same_encoders(to_run, results)
+    features = pool_features(to_run, sequences)
     for seed in seeds:
         initial = np.random.default_rng(seed).choice(len(sequences), args.initial, replace=False)
         for arm in arms:
