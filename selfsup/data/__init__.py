@@ -2,7 +2,8 @@
 
 ``load_split(name, split)`` is the one entry point: ``name`` is a registered data set
 (``fashion-mnist``, ``digits``, ``swissprot-loc``, …) or a path to a folder of images, a
-``.npy``/``.npz`` file or a FASTA/FASTQ file of sequences (unlabelled).
+``.npy``/``.npz`` file, a FASTA/FASTQ file of sequences (unlabelled), a text file (one text per
+line) or a CSV/TSV table of sequences or texts with optional labels.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ from selfsup.data.folder import load_folder
 from selfsup.data.loader import BatchStream, iterate_in_order
 from selfsup.data.sequence_files import SEQUENCE_SUFFIXES, is_sequence_file, load_sequence_file
 from selfsup.data.sequences import SequenceSource
+from selfsup.data.table_files import (TABLE_FILE_OPTIONS, TEXT_FILE_OPTIONS, is_table_file,
+                                      is_text_file, load_table_file, load_text_file)
 from selfsup.errors import ConfigError, DataError
 from selfsup.registry import DATASETS
 
 ARRAY_SUFFIXES = (".npy", ".npz")
+# the files of sequences or texts: (recognised by name, loader, its data.options, what it is)
+SEQUENCE_READERS = (
+    (is_sequence_file, load_sequence_file, ("alphabet",), "a FASTA/FASTQ file"),
+    (is_text_file, load_text_file, TEXT_FILE_OPTIONS, "a text file"),
+    (is_table_file, load_table_file, TABLE_FILE_OPTIONS, "a CSV/TSV file"),
+)
 
 __all__ = [
     "BatchStream",
@@ -46,10 +55,12 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None,
                options: Optional[dict[str, Any]] = None) -> ImageSource | SequenceSource:
     """The ``split`` ("train", "test"; "all" for folders, arrays and digits) of data set ``name``.
 
-    ``name`` is a registered data set, a folder of images, a ``.npy``/``.npz`` file or a
-    FASTA/FASTQ file (``selfsup.data.sequence_files``; its one option is ``alphabet``);
-    ``data_dir`` tells registered data sets where their files are and ``options`` (config
-    ``data.options``) are their keyword options, e.g. ``{"reads_per_gene": 2}`` for 16s-reads.
+    ``name`` is a registered data set, a folder of images, a ``.npy``/``.npz`` file, a
+    FASTA/FASTQ file (``selfsup.data.sequence_files``; its one option is ``alphabet``), a
+    ``.txt`` file or a ``.csv``/``.tsv`` table (``selfsup.data.table_files``); ``data_dir``
+    tells registered data sets where their files are and ``options`` (config ``data.options``)
+    are their keyword options, e.g. ``{"reads_per_gene": 2}`` for 16s-reads or
+    ``{"label_column": "location"}`` for a table.
     """
     options = options or {}
     if name in DATASETS:
@@ -61,21 +72,23 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None,
                               f"{', '.join(known) or 'none'}")
         return factory(split, data_dir, **options)
     path = Path(name).expanduser()
-    if is_sequence_file(path):
-        unknown = sorted(set(options) - {"alphabet"})
-        if unknown:
-            raise ConfigError(f"a sequence file takes the data option alphabet only, not "
-                              f"{', '.join(unknown)}")
-        return load_sequence_file(path, split, **options)
+    for matches, load, known, what in SEQUENCE_READERS:
+        if matches(path):
+            unknown = sorted(set(options) - set(known))
+            if unknown:
+                raise ConfigError(f"{what} takes the data options {', '.join(known)}, not "
+                                  f"{', '.join(unknown)}")
+            return load(path, split, **options)
     if options:
         raise ConfigError(f"data.options {sorted(options)} are for registered data sets and "
-                          f"sequence files; {name!r} is a path")
+                          f"sequence, text and table files; {name!r} is a path")
     if path.is_dir():
         return load_folder(path, split)
     if path.suffix.lower() in ARRAY_SUFFIXES:
         return load_arrays(path, split)
     raise DataError(
         f"unknown data set {name!r}: not a registered data set ({', '.join(dataset_names())}) "
-        f"and not a path to a folder of images, a {'/'.join(ARRAY_SUFFIXES)} file or a "
-        f"FASTA/FASTQ file ({'/'.join(SEQUENCE_SUFFIXES)}, optionally .gz)"
+        f"and not a path to a folder of images, a {'/'.join(ARRAY_SUFFIXES)} file, a "
+        f"FASTA/FASTQ file ({'/'.join(SEQUENCE_SUFFIXES)}), a text file (.txt) or a table "
+        "(.csv/.tsv), these optionally .gz"
     )

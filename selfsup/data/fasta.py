@@ -62,20 +62,20 @@ def read_fasta(path: PathLike, alphabet: Optional[str] = None,
     space at their ends; blank lines are skipped. ``tab_separated``: each record is one line,
     ``>header<TAB>sequence`` (the layout of predictnls' ``allProt.fasta``).
     """
-    path = _existing_file(path)
-    return _fasta_records(path, _letter_checker(alphabet), tab_separated)
+    path = existing_file(path)
+    return _fasta_records(path, letter_checker(alphabet), tab_separated)
 
 
 def read_fastq(path: PathLike, alphabet: Optional[str] = None) -> Iterator[SequenceRecord]:
     """Stream the records of a FASTQ file (plain or gzipped), four lines per record:
     ``@id description``, the sequence, ``+`` (optionally repeating the id), the quality string."""
-    path = _existing_file(path)
-    return _fastq_records(path, _letter_checker(alphabet))
+    path = existing_file(path)
+    return _fastq_records(path, letter_checker(alphabet))
 
 
 def read_sequences(path: PathLike, alphabet: Optional[str] = None) -> Iterator[SequenceRecord]:
     """``read_fasta`` or ``read_fastq``, chosen by the file's first character (``>`` or ``@``)."""
-    path = _existing_file(path)
+    path = existing_file(path)
     with open_text(path) as handle:
         first = handle.read(1)
     if first == "@":
@@ -85,7 +85,7 @@ def read_sequences(path: PathLike, alphabet: Optional[str] = None) -> Iterator[S
 
 def open_text(path: PathLike) -> TextIO:
     """``path`` opened for reading text, through gzip when it starts with gzip's magic bytes."""
-    path = _existing_file(path)
+    path = existing_file(path)
     with open(path, "rb") as raw:
         magic = raw.read(2)
     if magic == GZIP_MAGIC:
@@ -214,7 +214,7 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from None
 
 
-def _letter_checker(alphabet: Optional[str]):
+def letter_checker(alphabet: Optional[str]):
     """A function that raises ``DataError`` at the first letter of a sequence line not in
     ``alphabet`` (either case); a no-op when ``alphabet`` is None."""
     if alphabet is None:
@@ -244,7 +244,8 @@ def _record_id(header: str) -> str:
     return _split_header(header)[0]
 
 
-def _existing_file(path: PathLike) -> Path:
+def existing_file(path: PathLike) -> Path:
+    """``path`` (``~`` expanded); DataError naming it when it does not exist."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file; check the path")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import functools
 import itertools
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
-from selfsup.data.fasta import read_sequences
+from selfsup.data.fasta import existing_file, read_sequences
 from selfsup.data.sequences import SequenceSource, file_version, split_indices
 from selfsup.data.splits import check_split
 from selfsup.errors import ConfigError
@@ -32,12 +32,18 @@ SNIFF_RECORDS = 100
 TEST_FRACTION = 0.01
 
 
-def is_sequence_file(path: Path) -> bool:
-    """Whether ``path`` is named like a FASTA/FASTQ file, optionally ``.gz``."""
+def data_suffix(path: Path) -> str:
+    """``path``'s last suffix in lower case, looking through a final ``.gz`` ("" when none):
+    ``reads.FQ.gz`` → ``.fq``."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
-    return bool(suffixes) and suffixes[-1] in SEQUENCE_SUFFIXES
+    return suffixes[-1] if suffixes else ""
+
+
+def is_sequence_file(path: Path) -> bool:
+    """Whether ``path`` is named like a FASTA/FASTQ file, optionally ``.gz``."""
+    return data_suffix(path) in SEQUENCE_SUFFIXES
 
 
 def load_sequence_file(path: Path, split: str, alphabet: Optional[str] = None) -> SequenceSource:
@@ -45,17 +51,29 @@ def load_sequence_file(path: Path, split: str, alphabet: Optional[str] = None) -
     check_split(split, str(path))
     if alphabet is not None and alphabet not in ALPHABETS:
         raise ConfigError(f"data.options.alphabet={alphabet!r}: choose {' or '.join(ALPHABETS)}")
-    records = _load(file_version(path), alphabet or sniff_alphabet(path))
+    # a DataError naming the path, not the FileNotFoundError of os.stat
+    records = _load(file_version(existing_file(path)), alphabet or sniff_alphabet(path))
     return records.subset(split_indices(records, split, TEST_FRACTION))
 
 
 def sniff_alphabet(path: Path) -> str:
     """"dna" when the first ``SNIFF_RECORDS`` records use nucleotide codes only, else "protein"."""
+    records = itertools.islice(read_sequences(path), SNIFF_RECORDS)
+    return guess_alphabet(record.sequence for record in records)
+
+
+def guess_alphabet(sequences: Iterable[str]) -> str:
+    """"dna" when every letter of ``sequences`` is a nucleotide code (either case), else "protein"."""
     nucleotides = set(DNA_IUPAC_LETTERS + DNA_IUPAC_LETTERS.lower())
-    for record in itertools.islice(read_sequences(path), SNIFF_RECORDS):
-        if not set(record.sequence) <= nucleotides:
-            return "protein"
-    return "dna"
+    return "dna" if all(set(sequence) <= nucleotides for sequence in sequences) else "protein"
+
+
+def normalise(sequence: str, alphabet: str) -> str:
+    """A checked ``sequence`` as the tokenisers take it: DNA over upper-case A C G T N, protein in
+    upper case, text as written (the text tokeniser normalises its own way)."""
+    if alphabet == "dna":
+        return to_dna_letters(sequence)
+    return sequence.upper() if alphabet == "protein" else sequence
 
 
 @functools.lru_cache(maxsize=2)
@@ -65,6 +83,5 @@ def _load(version: tuple, alphabet: str) -> SequenceSource:
     ids, sequences = [], []
     for record in read_sequences(path, ALPHABETS[alphabet]):
         ids.append(record.id)
-        sequences.append(to_dna_letters(record.sequence) if alphabet == "dna"
-                         else record.sequence.upper())
+        sequences.append(normalise(record.sequence, alphabet))
     return SequenceSource(ids, sequences, alphabet, name=path.name)  # splits group by id

@@ -1,6 +1,9 @@
 """Evaluate a run directory: frozen features of the trained encoder vs raw pixels and random init.
 
-Writes ``RUN/eval.json`` (accuracies are fractions in [0, 1]) and ``RUN/tsne.npz``.
+Writes ``RUN/eval.json`` (accuracies are fractions in [0, 1]) and ``RUN/tsne.npz``. For runs that
+logged a held-out perplexity (MLM, next-token), eval.json also holds the last one as
+``held_out_perplexity``: it is measured on the pretraining data's held-out sequences, whichever
+data set the probes run on.
 """
 
 from __future__ import annotations
@@ -193,6 +196,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         "dataset": name, "num_train": len(train), "num_test": len(test),
         "feature_dim": int(test_feats.shape[1]), "device": str(dev),
         "eval_seconds": time.perf_counter() - started, **extras,
+        **_held_out_perplexity(run_dir, log),
         "protocol": {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
                      "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds},
     }
@@ -202,6 +206,21 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     classes = np.array(test.classes or [str(i) for i in range(num_classes)])
     np.savez(run_dir / "tsne.npz", coords=coords, labels=labels, class_names=classes)
     return out
+
+
+def _held_out_perplexity(run_dir: Path, log: Callable[[str], None]) -> dict[str, float]:
+    """``{"held_out_perplexity": p}``, the last one the run logged, or {} when it logged none."""
+    from selfsup.report.report import last_held_out_perplexity, read_metrics  # matplotlib: lazily
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    try:
+        last = last_held_out_perplexity(read_metrics(path))
+    except DataError as error:  # a damaged log must not cost the evaluation
+        log(f"no held-out perplexity in eval.json: {error}")
+        return {}
+    return {} if last is None else {"held_out_perplexity": last[1]}
 
 
 def _accuracies(result: dict[str, Any]) -> dict[str, Any]:

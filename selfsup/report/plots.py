@@ -1,4 +1,5 @@
-"""Plots of a run: loss and learning rate, collapse diagnostics, t-SNE, label efficiency, online probe.
+"""Plots of a run: loss and learning rate, collapse diagnostics, t-SNE, label efficiency, online probe,
+held-out perplexity.
 
 Figures are built with ``matplotlib.figure.Figure`` and never through ``pyplot``: a bare ``Figure``
 renders PNGs with the Agg canvas, needs no screen, leaves the global backend alone (so a notebook
@@ -274,4 +275,28 @@ def plot_probe(probes: Sequence[Record], epochs: Sequence[Record], path: str | P
         more_handles, more_labels = loss_ax.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, loc="best")
+    return _save(fig, path)
+
+
+def plot_held_out_perplexity(held_out: Sequence[Record], path: str | Path) -> Path:
+    """Perplexity on held-out sequences per epoch (``held_out`` records of MLM and next-token runs).
+
+    Log y: a text model starts near its vocabulary size (thousands) and ends in the tens, and a
+    protein model moves between 20 and a few; either way the fall stays readable.
+    """
+    # the last record of each epoch: a resumed run logs again the epochs it repeats
+    latest = {r["epoch"]: r for r in held_out if r.get("perplexity") is not None}
+    records = [latest[epoch] for epoch in sorted(latest)]
+    fig = Figure(figsize=WIDE)
+    ax = fig.add_subplot()
+    ax.plot([r["epoch"] for r in records], [float(r["perplexity"]) for r in records], marker="o",
+            color="tab:purple", label="held-out perplexity")
+    ax.set_yscale("log", nonpositive="mask")
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    _epoch_axis(ax)
+    ax.set_ylabel("perplexity (log)")
+    ax.set_title("Held-out perplexity per epoch")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best")
     return _save(fig, path)

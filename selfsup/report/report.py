@@ -27,6 +27,7 @@ REQUIRED_KEYS = {
     "probe": ("epoch", "knn_top1"),
     "warning": ("message",),
     "run": ("event",),
+    "held_out": ("epoch", "loss"),
 }
 
 VERDICT_LINES = {
@@ -48,11 +49,12 @@ class RunMetrics:
     probes: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
+    held_out: list[dict] = field(default_factory=list)  # MLM / next-token loss on held-out data
     notes: list[str] = field(default_factory=list)
 
 
 _LISTS = {"step": "steps", "epoch": "epochs", "health": "health", "probe": "probes",
-          "warning": "warnings", "run": "runs"}
+          "warning": "warnings", "run": "runs", "held_out": "held_out"}
 
 
 def read_metrics(path: str | Path) -> RunMetrics:
@@ -263,6 +265,10 @@ def _summary(metrics: RunMetrics, config: dict) -> list[str]:
         ["images/s (last epoch)", _last_epoch_throughput(metrics)],
         ["final loss", _final_loss(metrics)],
     ]
+    last_perplexity = last_held_out_perplexity(metrics)
+    if last_perplexity is not None:
+        epoch, perplexity = last_perplexity
+        rows.append([f"held-out perplexity (epoch {epoch})", _number(perplexity)])
     starts = [r for r in metrics.runs if r["event"] in ("start", "resume")]
     if starts:
         latest = starts[-1]
@@ -315,6 +321,16 @@ def _last_epoch_throughput(metrics: RunMetrics) -> str:
 def _final_loss(metrics: RunMetrics) -> str:
     last = metrics.epochs[-1] if metrics.epochs else metrics.steps[-1] if metrics.steps else None
     return MISSING if last is None else _number(float(last["loss"]))
+
+
+def last_held_out_perplexity(metrics: RunMetrics) -> Optional[tuple[int, float]]:
+    """(epoch, perplexity) of the last held-out record that has a perplexity (MLM, next-token),
+    or None when the run logged none. The last in file order: after a resume, the latest."""
+    with_perplexity = [r for r in metrics.held_out if r.get("perplexity") is not None]
+    if not with_perplexity:
+        return None
+    last = with_perplexity[-1]
+    return last["epoch"], float(last["perplexity"])
 
 
 def _health(metrics: RunMetrics, verdict: Optional[dict], run_dir: Path) -> list[str]:
@@ -394,6 +410,12 @@ def _training(metrics: RunMetrics, run_dir: Path) -> list[str]:
         lines.append("![Online k-NN probe vs training loss](probe.png)")
     else:
         lines.append("No online probe records (unlabelled data, or the probe is off).")
+    last_perplexity = last_held_out_perplexity(metrics)
+    if last_perplexity is not None:
+        plots.plot_held_out_perplexity(metrics.held_out, run_dir / "held_out_perplexity.png")
+        epoch, perplexity = last_perplexity
+        lines += ["", f"Held-out perplexity after epoch {epoch}: {_number(perplexity)}.", "",
+                  "![Held-out perplexity per epoch](held_out_perplexity.png)"]
     return lines
 
 

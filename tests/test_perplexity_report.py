@@ -1,0 +1,92 @@
+"""Held-out perplexity: logged by MLM runs, then reported by `selfsup report` and `selfsup evaluate`."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+
+import pytest
+from PIL import Image
+
+from selfsup.config import load_config
+from selfsup.evaluate.run import evaluate_run
+from selfsup.report import read_metrics, write_report
+from selfsup.report.plots import DPI
+from selfsup.train import Trainer
+
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+TINY_MLM = [
+    "method.name=mlm", "backbone.name=transformer-tiny", "backbone.dim=16", "backbone.depth=1",
+    "backbone.ffn_dim=32", "backbone.num_heads=2", "data.max_length=32", "train.batch_size=32",
+    "train.epochs=2", "train.steps_per_epoch=2", "train.health_samples=512", "train.progress=false",
+    "train.device=cpu", "eval.seeds=1", "eval.label_fractions=[1.0]", "eval.tsne_samples=30",
+    "eval.knn_k=5", "eval.batch_size=64",
+]
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    """A real two-epoch MLM run on a small labelled protein table (two classes told apart by
+    their residues), so that evaluation has labels to probe."""
+    folder = tmp_path_factory.mktemp("mlm")
+    rng = random.Random(0)
+    rows = [(f"{''.join(rng.choice(AMINO_ACIDS[:10] if i % 2 else AMINO_ACIDS[10:]) for _ in range(24))}",
+             "odd" if i % 2 else "even") for i in range(120)]
+    table = folder / "proteins.csv"
+    table.write_text("sequence,label\n" + "".join(f"{s},{label}\n" for s, label in rows))
+    config = load_config(None, TINY_MLM + [f"data.dataset={table}", f"out={folder / 'run'}"])
+    return Trainer(config).fit()
+
+
+def held_out_records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line).get("kind") == "held_out"]
+
+
+def test_evaluate_puts_the_last_logged_held_out_perplexity_in_eval_json(mlm_run):
+    logged = held_out_records(mlm_run)
+    assert [r["epoch"] for r in logged] == [1, 2]
+    result = evaluate_run(mlm_run, log=lambda message: None)
+    assert result["held_out_perplexity"] == logged[-1]["perplexity"]
+    saved = json.loads((mlm_run / "eval.json").read_text())
+    assert saved["held_out_perplexity"] == logged[-1]["perplexity"]
+
+
+def test_a_run_that_logged_no_perplexity_gets_no_such_key(mlm_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(mlm_run, run_dir)
+    (run_dir / "held_out_perplexity.png").unlink(missing_ok=True)  # drawn if the report ran first
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if json.loads(line).get("kind") != "held_out"))
+    assert "held_out_perplexity" not in evaluate_run(run_dir, log=lambda message: None)
+    report = write_report(run_dir).read_text()
+    assert "held-out perplexity" not in report.lower()
+    assert not (run_dir / "held_out_perplexity.png").exists()
+
+
+def test_report_shows_the_held_out_perplexity_curve_and_last_value(mlm_run):
+    last = held_out_records(mlm_run)[-1]
+    report = write_report(mlm_run).read_text()
+    # the summary table pads its cells
+    assert re.search(rf"\| held-out perplexity \(epoch 2\) +\| {last['perplexity']:.4g} +\|", report)
+    assert f"Held-out perplexity after epoch 2: {last['perplexity']:.4g}." in report
+    assert "![Held-out perplexity per epoch](held_out_perplexity.png)" in report
+    with Image.open(mlm_run / "held_out_perplexity.png") as image:
+        assert image.format == "PNG" and image.size == (round(9.0 * DPI), round(4.8 * DPI))
+
+
+def test_read_metrics_keeps_held_out_records_and_reports_the_latest_after_a_resume(tmp_path):
+    from selfsup.report.report import last_held_out_perplexity
+
+    records = [{"kind": "held_out", "epoch": 1, "step": 2, "loss": 3.0, "perplexity": 20.1},
+               {"kind": "held_out", "epoch": 2, "step": 4, "loss": 2.5, "perplexity": 12.2},
+               # resumed from the epoch-1 checkpoint: epoch 2 again, and this one is the latest
+               {"kind": "held_out", "epoch": 2, "step": 4, "loss": 2.4, "perplexity": 11.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    metrics = read_metrics(path)
+    assert metrics.held_out == records
+    assert last_held_out_perplexity(metrics) == (2, 11.0)
