@@ -209,7 +209,13 @@ def _evaluate_and_report(run_dir, device: str = "auto", **kwargs) -> dict:
 def cmd_evaluate(args) -> int:
     from selfsup.config import EvalConfig, from_dict, set_key
     from selfsup.evaluate.run import load_run_config
+    from selfsup.train.distributed import is_main_process
 
+    if not is_main_process():
+        # Under torchrun, as after `pretrain --evaluate`: evaluation is cheap next to pretraining
+        # and runs on one process; the other ranks would repeat it and race rank 0 writing
+        # eval.json and the report.
+        return 0
     eval_config = None
     if args.set:
         data = {"eval": load_run_config(args.run_dir).to_dict()["eval"]}

@@ -10,7 +10,7 @@ from PIL import Image
 
 from selfsup.cli import main
 from selfsup.data import load_split
-from tests.conftest import TINY
+from conftest import TINY
 
 PLOTS = ("loss_lr.png", "effective_rank.png", "spectrum.png", "tsne.png", "label_efficiency.png")
 
@@ -89,3 +89,21 @@ def test_run_dir_comes_from_the_config_file_else_from_method_and_data(tmp_path, 
     assert _pretrain_config(args).out == str(tmp_path / "from-file")
     args = build_parser().parse_args(["pretrain", "--method", "simsiam", "--dataset", "digits"])
     assert _pretrain_config(args).out == "runs/simsiam-digits"
+
+
+def test_evaluate_under_torchrun_runs_on_rank_0_alone(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    sets = [a for item in TINY + ["eval.seeds=1"] for a in ("--set", item)]
+    assert main(["pretrain", "--dataset", "digits", "--out", str(run), *sets]) == 0
+    capsys.readouterr()
+    # As torchrun sets them for the second of two processes: it evaluates nothing, writes nothing.
+    for key, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(key, value)
+    assert main(["evaluate", str(run), "--no-baselines"]) == 0
+    assert not (run / "eval.json").exists() and not (run / "report.md").exists()
+    assert capsys.readouterr().out == ""
+    # Rank 0 of the same launch evaluates and writes eval.json.
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(["evaluate", str(run), "--no-baselines"]) == 0
+    assert 0.0 <= json.loads((run / "eval.json").read_text())["knn_top1"] <= 1.0

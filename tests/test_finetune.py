@@ -40,7 +40,7 @@ from selfsup.tokenize import make_tokenizer
 from selfsup.train import Trainer
 from selfsup.train.checkpoint import load_encoder
 from method_helpers import TINY_TRANSFORMER, save_token_run
-from tests.conftest import TINY
+from conftest import TINY
 
 CPU = torch.device("cpu")
 QUICK = dict(epochs=1, min_steps=4, batch_size=64, seeds=1, flip_prob=0.0)

@@ -1,5 +1,6 @@
-"""MoCo v2 and v3: the queue is a FIFO buffer, both losses against their formulas, shuffling BN
-(keys normalised over random sub-batches, back in order), the momentum key encoder's schedule and
+"""MoCo v2 and v3: the queue is a FIFO buffer sized from the training set, both losses against
+their formulas (MoCo v2 with and without the batch's keys as negatives), shuffling BN (keys
+normalised over random sub-batches, back in order), the momentum key encoder's schedule and
 isolation, learning on digits, and a whole tiny run of each."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from selfsup.backbones import build_backbone
 from selfsup.config import OptimConfig
 from selfsup.data import load_split
 from selfsup.errors import ConfigError
+from selfsup.methods import build_method
 from selfsup.methods.moco import (
     KeyQueue,
     MoCoV2,
@@ -27,6 +29,7 @@ from selfsup.methods.moco import (
     MoCoV3,
     MoCoV3Options,
     SplitBatchNorm,
+    default_queue_size,
     split_batchnorm,
 )
 from selfsup.losses import queue_info_nce
@@ -67,6 +70,21 @@ def moco_loss_by_formula(q: np.ndarray, k: np.ndarray, negatives: np.ndarray, ta
         positive = math.exp(unit(q_i) @ unit(k_i) / tau)
         negative = sum(math.exp(unit(q_i) @ unit(n) / tau) for n in negatives.astype(np.float64))
         total -= math.log(positive / (positive + negative))
+    return total / len(q)
+
+
+def queue_and_batch_loss_by_formula(q: np.ndarray, batch_keys: np.ndarray, own: list[int],
+                                    negatives: np.ndarray, tau: float) -> float:
+    """MoCo v2 with batch negatives, query by query: the positive is key own(i) of the batch;
+    −log e^{q·k_own/τ} / (e^{q·k_own/τ} + Σ_{j≠own} e^{q·k_j/τ} + Σ_n e^{q·n/τ})."""
+    total = 0.0
+    for q_i, p in zip(q.astype(np.float64), own):
+        q_i = unit(q_i)
+        similarity = [math.exp(q_i @ unit(k_j) / tau) for k_j in batch_keys.astype(np.float64)]
+        positive = similarity[p]
+        other_keys = sum(similarity) - positive
+        queued = sum(math.exp(q_i @ unit(n) / tau) for n in negatives.astype(np.float64))
+        total -= math.log(positive / (positive + other_keys + queued))
     return total / len(q)
 
 
@@ -127,6 +145,40 @@ def test_queue_is_checkpointed_and_never_holds_gradients():
     assert restored.queue.pointer.item() == 2 * 16
 
 
+@pytest.mark.parametrize("num_train, size", [
+    (None, 4096),  # size unknown (built outside the trainer): the small-data default
+    (60_000, 4096),  # Fashion-MNIST
+    (999_999, 4096),
+    (1_281_167, 65536),  # ImageNet: the paper's queue
+    (10_000, 4096),  # the cap, 5000, is above 4096
+    (1438, 719),  # digits: half the training set
+    (3, 1), (1, 1),
+])
+def test_default_queue_size_follows_the_training_set(num_train, size):
+    assert default_queue_size(num_train) == size
+
+
+def test_build_method_sizes_the_queue_from_the_training_set_unless_one_is_given():
+    def queue_length(section: dict, num_train: int | None) -> int:
+        return len(build_method({"name": "mocov2", **section}, tiny_encoder(),
+                                num_train=num_train).queue.keys)
+
+    assert queue_length({}, 1438) == 719
+    assert queue_length({}, 2_000_000) == 65536
+    assert queue_length({}, None) == 4096
+    assert queue_length({"queue_size": 3000}, 1438) == 3000  # a given size is used as given
+
+
+def test_a_checkpointed_queue_keeps_its_length_when_the_method_is_rebuilt_without_the_data():
+    trained = MoCoV2(tiny_encoder(), MoCoV2Options(proj_dim=16), num_train=100)  # 50 keys
+    trained(digit_views("simclr"))
+    rebuilt = MoCoV2(tiny_encoder(), MoCoV2Options(proj_dim=16))  # 4096 keys until loaded
+    rebuilt.load_state_dict(trained.state_dict())
+    assert rebuilt.queue.keys.shape == (50, 16)
+    assert torch.equal(rebuilt.queue.keys, trained.queue.keys)
+    assert rebuilt.queue.pointer.item() == 32 % 50
+
+
 def test_an_evaluation_pass_leaves_the_queue_alone():
     method = tiny_mocov2().eval()
     before = method.queue.keys.clone()
@@ -141,6 +193,35 @@ def test_queue_info_nce_matches_the_formula():
     q, k, negatives = (torch.randn(n, 5, generator=g) for n in (4, 4, 7))
     expected = moco_loss_by_formula(q.numpy(), k.numpy(), negatives.numpy(), tau=0.3)
     assert queue_info_nce(q, k, negatives, 0.3).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_negatives_worked_example():
+    """Two images, τ = 1, no queue to speak of (one key orthogonal to everything): query 0 is its
+    own key e₁, the other image's key is e₂ → −log(e / (e + 1 + 1)); its own key is never also a
+    negative, which would give −log(e / (2e + 1 + 1))."""
+    method = tiny_mocov2(temperature=1.0, batch_negatives=True)
+    e1, e2, e3 = torch.eye(3)
+    queue = e3[None]
+    loss = method._contrast(e1[None], torch.stack([e1, e2]), 0, queue)
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 2)), rel=1e-6)
+
+
+def test_mocov2_batch_negatives_are_the_gathered_keys_of_all_processes():
+    """Under torchrun the queue is filled with every process's keys: the batch negatives are those
+    gathered keys too, and query i's positive is key i of this process's slice."""
+    method = tiny_mocov2(temperature=0.5, bn_splits=1)  # batch_negatives: the default
+    assert method.options.batch_negatives
+    views = digit_views("simclr")
+    other = F.normalize(torch.randn(16, 16, generator=torch.Generator().manual_seed(1)), dim=1)
+    method.gather, method.rank = (lambda keys: torch.cat([other, keys])), 1  # process 0's first
+    negatives = method.queue.keys.clone().numpy()
+    with torch.no_grad():
+        q1, q2 = (t.numpy() for t in method.projector(method.encoder(torch.cat(views))).chunk(2))
+        k1, k2 = (torch.cat([other, k]).numpy() for k in method.keys(views))
+    own = [16 + i for i in range(16)]
+    expected = (queue_and_batch_loss_by_formula(q1, k2, own, negatives, 0.5)
+                + queue_and_batch_loss_by_formula(q2, k1, own, negatives, 0.5)) / 2
+    assert method(views).loss.item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_queue_info_nce_worked_example():
@@ -162,9 +243,10 @@ def keys_by_sub_batch(method: MoCoV2, inputs: torch.Tensor, order: torch.Tensor,
     return keys
 
 
-@pytest.mark.parametrize("splits", [1, 4])
-def test_mocov2_loss_is_the_symmetrised_formula_and_it_queues_both_views_keys(splits):
-    method = tiny_mocov2(temperature=0.2, bn_splits=splits)
+@pytest.mark.parametrize("splits, batch_negatives", [(1, False), (4, False), (1, True), (4, True)])
+def test_mocov2_loss_is_the_symmetrised_formula_and_it_queues_both_views_keys(splits,
+                                                                              batch_negatives):
+    method = tiny_mocov2(temperature=0.2, bn_splits=splits, batch_negatives=batch_negatives)
     views = digit_views("simclr")
     negatives = method.queue.keys.clone().numpy()
     inputs = torch.cat(views)
@@ -178,8 +260,13 @@ def test_mocov2_loss_is_the_symmetrised_formula_and_it_queues_both_views_keys(sp
         assert not torch.allclose(keys, keys_by_sub_batch(method, inputs, order, 1), atol=1e-3)
     k1, k2 = (t.numpy() for t in keys.chunk(2))
     loss = method(views).loss.item()
-    expected = (moco_loss_by_formula(q1, k2, negatives, 0.2)
-                + moco_loss_by_formula(q2, k1, negatives, 0.2)) / 2
+    if batch_negatives:  # queue + the other images' keys of the batch
+        diagonal = list(range(16))
+        expected = (queue_and_batch_loss_by_formula(q1, k2, diagonal, negatives, 0.2)
+                    + queue_and_batch_loss_by_formula(q2, k1, diagonal, negatives, 0.2)) / 2
+    else:  # the paper's: queue only
+        expected = (moco_loss_by_formula(q1, k2, negatives, 0.2)
+                    + moco_loss_by_formula(q2, k1, negatives, 0.2)) / 2
     assert loss == pytest.approx(expected, rel=1e-4)
     queued = method.queue.keys[:32].numpy()  # both views' keys, back in the input order
     np.testing.assert_allclose(queued, np.stack([unit(v) for v in keys.numpy()]), atol=1e-5)
@@ -342,8 +429,10 @@ def losses_over_steps(method, batches: list[list[torch.Tensor]], steps: int = 15
     return losses
 
 
-def test_mocov2_loss_falls_below_chance_on_digits():
-    method = tiny_mocov2(proj_dim=32, proj_hidden_dim=64, queue_size=128)
+@pytest.mark.parametrize("batch_negatives", [True, False])
+def test_mocov2_loss_falls_below_chance_on_digits(batch_negatives):
+    method = tiny_mocov2(proj_dim=32, proj_hidden_dim=64, queue_size=128,
+                         batch_negatives=batch_negatives)
     # Two batches of 64 different digits: the queue (both views' keys of one batch) then always
     # holds other images' keys. A first pass fills it with real keys instead of random vectors.
     batches = [digit_views("simclr", start, 64) for start in (0, 64)]
@@ -351,8 +440,10 @@ def test_mocov2_loss_falls_below_chance_on_digits():
         method(batches[1])
     losses = losses_over_steps(method, batches)
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    # About 5.07 → 4.40 here (seeds 0-2: falls of 13-19%); chance is log(1 + 128) = 4.86.
-    assert last < 0.93 * first and last < math.log(129), losses
+    # Queue only: about 5.03 → 4.47 here (seeds 0-2: falls of 13-19%), chance log(1 + 128) = 4.86;
+    # queue + the batch's 63 other keys: 5.43 → 4.84, chance log(1 + 63 + 128) = 5.26.
+    chance = math.log(1 + 128 + (63 if batch_negatives else 0))
+    assert last < 0.93 * first and last < chance, losses
 
 
 def test_mocov3_loss_falls_below_chance_on_digits():
@@ -374,7 +465,7 @@ def test_registered_with_their_view_recipes():
     ({"momentum_schedule": "linear"}, "linear"),
     ({"momentum": 1.5}, "1.5"),
     ({"temperature": 0.0}, "temperature"),
-    ({"queue_size": 0}, "queue_size"),
+    ({"queue_size": -1}, "queue_size"),
 ])
 def test_bad_options_raise_a_named_config_error(options, named):
     with pytest.raises(ConfigError, match=named):
@@ -393,3 +484,12 @@ def test_a_whole_tiny_run_logs_finite_losses_and_health(tiny_config, name, extra
     if name == "mocov2":  # 2 epochs × 3 steps × 2 views × 64 keys pushed into 100 slots
         assert state["queue.pointer"].item() == (2 * 3 * 2 * 64) % 100
         assert state["_extra_state"]["shuffles_done"] == 2 * 3  # one key order per step
+
+
+def test_the_trainer_sizes_the_mocov2_queue_from_its_training_set(tiny_config):
+    """No method.queue_size: the trainer tells MoCo v2 the training set's size (digits: 1438
+    images), which caps the queue at half of it."""
+    run = Path(Trainer(tiny_config("method.name=mocov2", "train.epochs=1",
+                                   "train.steps_per_epoch=1")).fit())
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["method"]
+    assert state["queue.keys"].shape[0] == len(load_split("digits", "train")) // 2 == 719

@@ -64,7 +64,8 @@ def queue_info_nce(queries: torch.Tensor, positive_keys: torch.Tensor, negatives
 
     Mean over i of −log[exp(qᵢ·kᵢ/τ) / (exp(qᵢ·kᵢ/τ) + Σₙ exp(qᵢ·nₙ/τ))], with every vector
     L2-normalised. Unlike ``info_nce`` with keys = [batch keys; bank], the other queries' keys are
-    not negatives: the logits are [l_pos, l_neg] exactly as in MoCo's pseudo-code.
+    not negatives: the logits are [l_pos, l_neg] exactly as in MoCo's pseudo-code. (MoCo v2's
+    ``batch_negatives`` option, its default, is that ``info_nce`` form: queue + batch.)
     """
     with torch.autocast(queries.device.type, enabled=False):
         q = F.normalize(queries.float(), dim=1)

@@ -24,14 +24,21 @@ __all__ = ["Method", "StepOutput", "build_method"]
 
 
 def build_method(section: dict[str, Any], encoder: nn.Module,
-                 in_shape: Optional[tuple[int, int, int]] = None) -> Method:
+                 in_shape: Optional[tuple[int, int, int]] = None,
+                 num_train: Optional[int] = None) -> Method:
     """Build the method a config section names (``{"name": "simclr", ...options}``).
 
     Methods that generate images (``accepts_in_shape = True``, e.g. the autoencoders) are also
-    told the data's (C, H, W) so their decoders fit it without extra options.
+    told the data's (C, H, W) so their decoders fit it without extra options. Methods whose
+    defaults depend on the size of the training set (``accepts_num_train = True``: MoCo v2's
+    queue) are told its number of samples, ``num_train``; None where the caller does not know it
+    (the method then falls back to a fixed default).
     """
     cls = METHODS.get(section.get("name", "simclr"))
     options = build_options(cls.Options, section, "method")
+    extra: dict[str, Any] = {}
     if getattr(cls, "accepts_in_shape", False):
-        return cls(encoder, options, in_shape=in_shape)
-    return cls(encoder, options)
+        extra["in_shape"] = in_shape
+    if getattr(cls, "accepts_num_train", False):
+        extra["num_train"] = num_train
+    return cls(encoder, options, **extra)

@@ -56,10 +56,20 @@ class MoCoV2Options:
     temperature: 0.2, as in the paper.
     proj_hidden_dim: 0 means the encoder's width (the paper's 2048 is ResNet-50's width).
     proj_dim: 128, as in the paper.
-    queue_size: number of keys in the queue of negatives. The paper uses 65536 (5% of ImageNet);
-        4096 suits data sets of tens of thousands of images such as Fashion-MNIST. Both views' keys
-        are queued, so the queue holds the last queue_size / 2 images: keep that well below the
-        number of training images, or an image's own key from the last epoch becomes a negative.
+    queue_size: number of keys in the queue of negatives; 0 (default) sets it from the number of
+        training samples N (see ``default_queue_size``): 4096 (suits tens of thousands of images,
+        such as Fashion-MNIST), 65536 from a million samples on (the paper's ImageNet setting, 5% of
+        its 1.28 M images), and never more than N / 2. Both views' keys are queued, so the queue
+        holds the last queue_size / 2 images: keep that well below N, or a query's own image,
+        seen in the last epoch, shows up among its negatives. A number > 0 is used as given.
+    batch_negatives: true (default) contrasts each query with the queue *and* the keys of the
+        other images of the current (global) batch, the "InfoNCE over queue + batch" the issue asks
+        for; false is the paper's loss, whose only negatives are the queue's. The batch's keys are
+        the freshest negatives (from this step's key encoder; the queue's are up to
+        queue_size / (2 × batch) steps old) and each already comes from one random sub-batch of
+        shuffling BN, as the positive does, so they add no batch signature that would give the
+        positive away (module docstring). Cost: (local batch × global batch) more logits next to
+        the (local batch × queue_size) of the queue.
     momentum: 0.99 (the paper's 0.999 makes the key encoder lag ~1000 steps, i.e. many epochs of a
         small data set).
     momentum_schedule: "constant" (MoCo v2) or "cosine" (rising to 1, as in BYOL and MoCo v3).
@@ -73,10 +83,34 @@ class MoCoV2Options:
     temperature: float = 0.2
     proj_hidden_dim: int = 0
     proj_dim: int = 128
-    queue_size: int = 4096
+    queue_size: int = 0
+    batch_negatives: bool = True
     momentum: float = 0.99
     momentum_schedule: str = "constant"
     bn_splits: int = 8
+
+
+SMALL_QUEUE, LARGE_QUEUE = 4096, 65536
+LARGE_DATA = 1_000_000  # training samples from which the paper's 65536-key queue is the default
+
+
+def default_queue_size(num_train: int | None) -> int:
+    """MoCo v2's queue length for a training set of ``num_train`` samples (None: unknown).
+
+    4096 below a million samples, 65536 from a million on, and at most ``num_train // 2`` (but at
+    least 1). Why the cap: both views' keys are queued, so a queue of Q keys spans the last Q / 2
+    images. An image seen at position p of an epoch and p' of the one before (independent uniform
+    positions in a shuffled data set of N images) meets its own stale key among its negatives when
+    p + N − p' ≤ Q / 2, which happens for a fraction (Q / 2N)² / 2 of the queries: 1/32 at the cap
+    Q = N / 2, 1/8 at Q = N (a queue as long as the data set), 1/2 at Q = 2N and every query from
+    Q = 4N on. Unknown size (a method built outside the trainer): 4096, as before.
+    """
+    if num_train is None:
+        return SMALL_QUEUE
+    if num_train < 1:
+        raise ConfigError(f"MoCo v2 needs training samples to size its queue, got {num_train}")
+    size = LARGE_QUEUE if num_train >= LARGE_DATA else SMALL_QUEUE
+    return max(1, min(size, num_train // 2))
 
 
 @dataclass
@@ -114,7 +148,9 @@ class KeyQueue(nn.Module):
 
     The t-th key ever pushed lands in slot t mod size: each push overwrites the oldest keys, any
     batch size wraps around the end, and a batch larger than the queue leaves only its newest
-    ``size`` keys. It starts with random unit vectors, as in MoCo.
+    ``size`` keys. It starts with random unit vectors, as in MoCo. Loading a state dict takes the
+    saved queue's length: MoCo v2 sizes its queue from the training set by default, which code
+    that rebuilds a method from its config alone (e.g. for pictures) does not know.
     """
 
     def __init__(self, size: int, dim: int) -> None:
@@ -133,6 +169,13 @@ class KeyQueue(nn.Module):
         slots = (first + torch.arange(len(newest), device=self.keys.device)) % size
         self.keys.index_copy_(0, slots, newest.to(self.keys.dtype))
         self.pointer.copy_((self.pointer + len(keys)) % size)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        saved = state_dict.get(prefix + "keys")
+        if (isinstance(saved, torch.Tensor) and saved.dim() == 2
+                and saved.shape[1] == self.keys.shape[1] and len(saved) != len(self.keys)):
+            self.keys = self.keys.new_empty(saved.shape)  # the load below fills it
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class SplitBatchNorm(nn.Module):
@@ -219,24 +262,34 @@ class MomentumContrast(Method):
 @METHODS.register("mocov2", "MoCo v2: contrastive, momentum key encoder and a FIFO queue of negatives")
 class MoCoV2(MomentumContrast):
     """MoCo v2 with a 2-layer projector and a queue; the loss is symmetrised over the two views,
-    ½[ℓ(q₁, k₂) + ℓ(q₂, k₁)] with ℓ = ``queue_info_nce`` (the paper's loss is one-sided).
+    ½[ℓ(q₁, k₂) + ℓ(q₂, k₁)] (the paper's loss is one-sided), with ℓ InfoNCE whose negatives are
+    the queue and, with ``batch_negatives``, the other images' keys of the (global) batch:
+    ``info_nce`` over [batch keys; queue], else ``queue_info_nce`` over the queue alone.
 
-    Evaluation uses the query encoder (``encoder``), as the paper does; the key encoder is its EMA.
+    ``num_train``, the number of training samples (``build_method`` passes it), sets the default
+    queue length (``default_queue_size``). Evaluation uses the query encoder (``encoder``), as the
+    paper does; the key encoder is its EMA.
     """
 
     Options = MoCoV2Options
+    accepts_num_train = True  # build_method passes the training set's size as num_train
     view_recipe = "simclr"
     # Starting point: solo-learn's CIFAR-10 ResNet-18 recipe (lr per 256 images); not yet
     # tuned on Fashion-MNIST.
     config_defaults = {"optim": {"name": "sgd", "lr": 0.3, "weight_decay": 1e-4}}
 
-    def __init__(self, encoder: nn.Module, options: MoCoV2Options | None = None) -> None:
+    def __init__(self, encoder: nn.Module, options: MoCoV2Options | None = None,
+                 num_train: int | None = None) -> None:
         options = options or MoCoV2Options()
         if options.bn_splits < 1:
             raise ConfigError(f"method.bn_splits must be at least 1 (8: shuffling BN over 8 "
                               f"sub-batches; 1: off), got {options.bn_splits}")
+        if options.queue_size < 0:
+            raise ConfigError(f"method.queue_size must be positive, or 0 to size the queue from the "
+                              f"training set (4096, 65536 from a million samples), got "
+                              f"{options.queue_size}")
         super().__init__(encoder, options, proj_layers=2, proj_last_bn=False)
-        self.queue = KeyQueue(options.queue_size, options.proj_dim)
+        self.queue = KeyQueue(options.queue_size or default_queue_size(num_train), options.proj_dim)
         if options.bn_splits > 1:
             split_batchnorm(self.key_encoder.net)
         # The key order of a step is drawn from a generator seeded with (shuffle_seed, number of
@@ -259,15 +312,26 @@ class MoCoV2(MomentumContrast):
             # are its slice; the queue takes them all, so every process's queue stays identical
             # and holds what one process with the whole batch would hold.
             global_keys = self.global_keys(views[:2])
-            k1, k2 = (k.narrow(0, self.rank * len(q1), len(q1)) for k in global_keys)
+            first = self.rank * len(q1)
         else:  # an evaluation pass must not change the dictionary, nor talk to other processes
-            k1, k2 = self.keys(views[:2])
-        negatives = self.queue.keys  # read before this step's keys are pushed below
-        tau = self.options.temperature
-        loss = (queue_info_nce(q1, k2, negatives, tau) + queue_info_nce(q2, k1, negatives, tau)) / 2
+            global_keys, first = self.keys(views[:2]), 0
+        k1, k2 = global_keys
+        queue = self.queue.keys  # read before this step's keys are pushed below
+        loss = (self._contrast(q1, k2, first, queue) + self._contrast(q2, k1, first, queue)) / 2
         if self.training:
             self.queue.push(torch.cat(global_keys))
         return StepOutput(loss=loss, embeddings=q1)
+
+    def _contrast(self, queries: torch.Tensor, batch_keys: torch.Tensor, first: int,
+                  queue: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of ``queries`` whose positives are rows ``first …`` of ``batch_keys`` (the
+        global batch's keys of the other view); negatives: the queue, and with
+        ``batch_negatives`` the other rows of ``batch_keys``."""
+        tau = self.options.temperature
+        if not self.options.batch_negatives:
+            return queue_info_nce(queries, batch_keys.narrow(0, first, len(queries)), queue, tau)
+        positives = torch.arange(len(queries), device=queries.device) + first
+        return info_nce(queries, torch.cat([batch_keys, queue]), positives, tau)
 
     @torch.no_grad()
     def global_keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -203,7 +203,8 @@ class Trainer:
         else:
             self.in_shape = None
             encoder = build_backbone(cfg.backbone, 0, 0, tokenizer=self.tokenizer)
-        self.method: Method = build_method(cfg.method, encoder, self.in_shape).to(self.device)
+        self.method: Method = build_method(cfg.method, encoder, self.in_shape,
+                                           num_train=len(self.train_data)).to(self.device)
         # channels_last pays on both: cuDNN's NHWC kernels on GPUs, oneDNN's on CPUs (1.5× for the
         # small CNN on 2 cores, measured). Token ids are 2-D: no memory format to choose.
         images_nhwc = cfg.train.channels_last and self.tokenizer is None
