@@ -183,11 +183,10 @@ def _pretrain_config(args):
 
 def cmd_pretrain(args) -> int:
     from selfsup.train import pretrain
-    from selfsup.train.distributed import is_main_process
 
     config = _pretrain_config(args)
     run_dir = pretrain(config, resume=args.resume)
-    if not is_main_process():  # under torchrun, rank 0 alone reports and evaluates
+    if not _is_main_process():  # under torchrun, rank 0 alone reports and evaluates
         return 0
     print(f"run written to {run_dir}")
     if args.evaluate:
@@ -209,13 +208,7 @@ def _evaluate_and_report(run_dir, device: str = "auto", **kwargs) -> dict:
 def cmd_evaluate(args) -> int:
     from selfsup.config import EvalConfig, from_dict, set_key
     from selfsup.evaluate.run import load_run_config
-    from selfsup.train.distributed import is_main_process
 
-    if not is_main_process():
-        # Under torchrun, as after `pretrain --evaluate`: evaluation is cheap next to pretraining
-        # and runs on one process; the other ranks would repeat it and race rank 0 writing
-        # eval.json and the report.
-        return 0
     eval_config = None
     if args.set:
         data = {"eval": load_run_config(args.run_dir).to_dict()["eval"]}
@@ -321,6 +314,8 @@ def cmd_demo(args) -> int:
     print(f"selfsup demo: SimCLR on Fashion-MNIST with {config.backbone['name']} on "
           f"{'GPU' if cuda else 'CPU'}, {config.train.epochs} epochs → {out}")
     run_dir = pretrain(config)
+    if not _is_main_process():  # under torchrun, rank 0 alone evaluates and reports
+        return 0
     _evaluate_and_report(run_dir, device=args.device)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
@@ -331,9 +326,23 @@ COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_
             "demo": cmd_demo}
 
 
+# Commands that train under torchrun, on every process; every other command (evaluation,
+# fine-tuning, reports, BO) runs on one process, so under torchrun the other ranks do nothing
+# rather than repeat the work and race rank 0 writing the same files.
+DISTRIBUTED_COMMANDS = ("pretrain", "demo")
+
+
+def _is_main_process() -> bool:
+    from selfsup.train.distributed import is_main_process
+
+    return is_main_process()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in DISTRIBUTED_COMMANDS and not _is_main_process():
+            return 0
         return COMMANDS[args.command](args)
     except SelfsupError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)

@@ -91,7 +91,7 @@ def test_run_dir_comes_from_the_config_file_else_from_method_and_data(tmp_path, 
     assert _pretrain_config(args).out == "runs/simsiam-digits"
 
 
-def test_evaluate_under_torchrun_runs_on_rank_0_alone(tmp_path, monkeypatch, capsys):
+def test_commands_after_training_run_on_rank_0_alone_under_torchrun(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     sets = [a for item in TINY + ["eval.seeds=1"] for a in ("--set", item)]
     assert main(["pretrain", "--dataset", "digits", "--out", str(run), *sets]) == 0
@@ -100,7 +100,10 @@ def test_evaluate_under_torchrun_runs_on_rank_0_alone(tmp_path, monkeypatch, cap
     for key, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
         monkeypatch.setenv(key, value)
     assert main(["evaluate", str(run), "--no-baselines"]) == 0
+    assert main(["report", str(run)]) == 0
+    assert main(["embed", str(run), "--out", str(tmp_path / "f.npy")]) == 0
     assert not (run / "eval.json").exists() and not (run / "report.md").exists()
+    assert not (tmp_path / "f.npy").exists()
     assert capsys.readouterr().out == ""
     # Rank 0 of the same launch evaluates and writes eval.json.
     monkeypatch.setenv("RANK", "0")
