@@ -78,15 +78,16 @@ def test_report_shows_the_held_out_perplexity_curve_and_last_value(mlm_run):
         assert image.format == "PNG" and image.size == (round(9.0 * DPI), round(4.8 * DPI))
 
 
-def test_read_metrics_keeps_held_out_records_and_reports_the_latest_after_a_resume(tmp_path):
-    from selfsup.report.report import last_held_out_perplexity
+def test_read_metrics_keeps_held_out_records_and_the_last_perplexity_is_the_latest(tmp_path):
+    from selfsup.train.metrics_log import last_held_out_perplexity
 
     records = [{"kind": "held_out", "epoch": 1, "step": 2, "loss": 3.0, "perplexity": 20.1},
+               {"kind": "epoch", "epoch": 1, "step": 2, "loss": 2.9},
                {"kind": "held_out", "epoch": 2, "step": 4, "loss": 2.5, "perplexity": 12.2},
-               # resumed from the epoch-1 checkpoint: epoch 2 again, and this one is the latest
-               {"kind": "held_out", "epoch": 2, "step": 4, "loss": 2.4, "perplexity": 11.0}]
+               {"kind": "held_out", "epoch": 3, "step": 6, "loss": 2.4}]  # no perplexity logged
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     metrics = read_metrics(path)
-    assert metrics.held_out == records
-    assert last_held_out_perplexity(metrics) == (2, 11.0)
+    assert metrics.held_out == [records[0], records[2], records[3]]
+    assert last_held_out_perplexity(metrics.held_out) == (2, 12.2)
+    assert last_held_out_perplexity(records[1:2]) is None

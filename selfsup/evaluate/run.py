@@ -33,6 +33,7 @@ from selfsup.evaluate.tsne import tsne_embedding
 from selfsup.health.metrics import health_metrics
 from selfsup.train.checkpoint import atomic_write, load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision
+from selfsup.train.metrics_log import last_held_out_perplexity, read_metrics
 from selfsup.views.image import to_input
 
 RAW_MAX_DIM = 4096  # raw-pixel baselines of larger images are average-pooled down to this
@@ -196,7 +197,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         "dataset": name, "num_train": len(train), "num_test": len(test),
         "feature_dim": int(test_feats.shape[1]), "device": str(dev),
         "eval_seconds": time.perf_counter() - started, **extras,
-        **_held_out_perplexity(run_dir, log),
+        **_held_out_perplexity(run_dir),
         "protocol": {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
                      "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds},
     }
@@ -208,18 +209,9 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     return out
 
 
-def _held_out_perplexity(run_dir: Path, log: Callable[[str], None]) -> dict[str, float]:
+def _held_out_perplexity(run_dir: Path) -> dict[str, float]:
     """``{"held_out_perplexity": p}``, the last one the run logged, or {} when it logged none."""
-    from selfsup.report.report import last_held_out_perplexity, read_metrics  # matplotlib: lazily
-
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    try:
-        last = last_held_out_perplexity(read_metrics(path))
-    except DataError as error:  # a damaged log must not cost the evaluation
-        log(f"no held-out perplexity in eval.json: {error}")
-        return {}
+    last = last_held_out_perplexity(read_metrics(run_dir / "metrics.jsonl"))
     return {} if last is None else {"held_out_perplexity": last[1]}
 
 

@@ -284,9 +284,7 @@ def plot_held_out_perplexity(held_out: Sequence[Record], path: str | Path) -> Pa
     Log y: a text model starts near its vocabulary size (thousands) and ends in the tens, and a
     protein model moves between 20 and a few; either way the fall stays readable.
     """
-    # the last record of each epoch: a resumed run logs again the epochs it repeats
-    latest = {r["epoch"]: r for r in held_out if r.get("perplexity") is not None}
-    records = [latest[epoch] for epoch in sorted(latest)]
+    records = [r for r in held_out if r.get("perplexity") is not None]
     fig = Figure(figsize=WIDE)
     ax = fig.add_subplot()
     ax.plot([r["epoch"] for r in records], [float(r["perplexity"]) for r in records], marker="o",

@@ -18,6 +18,7 @@ import yaml
 from selfsup.errors import DataError, SelfsupError
 from selfsup.report import pictures, plots
 from selfsup.report.finetune_report import finetune_section
+from selfsup.train.metrics_log import last_held_out_perplexity
 
 # Keys a record of each kind cannot do without; other keys are optional and read with .get().
 REQUIRED_KEYS = {
@@ -265,7 +266,7 @@ def _summary(metrics: RunMetrics, config: dict) -> list[str]:
         ["images/s (last epoch)", _last_epoch_throughput(metrics)],
         ["final loss", _final_loss(metrics)],
     ]
-    last_perplexity = last_held_out_perplexity(metrics)
+    last_perplexity = last_held_out_perplexity(metrics.held_out)
     if last_perplexity is not None:
         epoch, perplexity = last_perplexity
         rows.append([f"held-out perplexity (epoch {epoch})", _number(perplexity)])
@@ -321,16 +322,6 @@ def _last_epoch_throughput(metrics: RunMetrics) -> str:
 def _final_loss(metrics: RunMetrics) -> str:
     last = metrics.epochs[-1] if metrics.epochs else metrics.steps[-1] if metrics.steps else None
     return MISSING if last is None else _number(float(last["loss"]))
-
-
-def last_held_out_perplexity(metrics: RunMetrics) -> Optional[tuple[int, float]]:
-    """(epoch, perplexity) of the last held-out record that has a perplexity (MLM, next-token),
-    or None when the run logged none. The last in file order: after a resume, the latest."""
-    with_perplexity = [r for r in metrics.held_out if r.get("perplexity") is not None]
-    if not with_perplexity:
-        return None
-    last = with_perplexity[-1]
-    return last["epoch"], float(last["perplexity"])
 
 
 def _health(metrics: RunMetrics, verdict: Optional[dict], run_dir: Path) -> list[str]:
@@ -410,7 +401,7 @@ def _training(metrics: RunMetrics, run_dir: Path) -> list[str]:
         lines.append("![Online k-NN probe vs training loss](probe.png)")
     else:
         lines.append("No online probe records (unlabelled data, or the probe is off).")
-    last_perplexity = last_held_out_perplexity(metrics)
+    last_perplexity = last_held_out_perplexity(metrics.held_out)
     if last_perplexity is not None:
         plots.plot_held_out_perplexity(metrics.held_out, run_dir / "held_out_perplexity.png")
         epoch, perplexity = last_perplexity

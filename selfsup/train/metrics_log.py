@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 
 class MetricsLog:
@@ -27,6 +27,17 @@ class MetricsLog:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All complete records; a torn last line (a killed run) is skipped."""
     return list(_records(Path(path)))
+
+
+def last_held_out_perplexity(records: Iterable[dict[str, Any]]) -> Optional[tuple[int, float]]:
+    """(epoch, perplexity) of the last ``held_out`` record with a perplexity (MLM and next-token
+    runs log one per epoch), or None when there is none. The last in file order: a resumed run's
+    log is trimmed back to its checkpoint, so that is the latest."""
+    last = None
+    for record in records:
+        if record.get("kind") == "held_out" and record.get("perplexity") is not None:
+            last = record
+    return None if last is None else (int(last["epoch"]), float(last["perplexity"]))
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
