@@ -125,7 +125,7 @@ def test_truncated_gzip(tmp_path):
 def test_binary_file(tmp_path):
     path = tmp_path / "binary.fa"
     path.write_bytes(b">a\nAC\xff\xfeGT\n")
-    assert "not a text file" in error_of(lambda: read_fasta(path))
+    assert "binary.fa, line 2: not ASCII text (byte 0xff at byte 3" in error_of(lambda: read_fasta(path))
 
 
 # ---------------------------------------------------------------- FASTQ

@@ -49,6 +49,7 @@ import torch
 from selfsup.apps.featurize import Featurizer, make_featurizer, variable_sites
 from selfsup.data.fasta import read_sequences
 from selfsup.data.sequence_files import is_sequence_file
+from selfsup.data.table_files import read_table
 from selfsup.errors import ConfigError, DataError
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
@@ -362,32 +363,23 @@ def _read_sequence_file_pool(path: Path) -> list[str]:
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     """(line number, {column: stripped text}) per data row; the header names the columns (any
     case); sequences are upper-cased and checked against the 20 standard amino acids."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [h.strip().lower() for h in next(reader, [])]
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise DataError(f"{path}, line 1: the header {header} lacks column(s) "
-                                f"{', '.join(missing)}; the first line must name the columns, "
-                                f"e.g. {','.join(columns)}")
-            where = {c: header.index(c) for c in columns}
-            rows = []
-            for cells in reader:
-                if not any(cell.strip() for cell in cells):
-                    continue  # blank line
-                row = {c: (cells[i].strip() if i < len(cells) else "") for c, i in where.items()}
-                for column, text in row.items():
-                    if not text:
-                        raise DataError(f"{path}, line {reader.line_num}: missing {column}")
-                row["sequence"] = row["sequence"].upper()
-                _check_residues(path, reader.line_num, row["sequence"])
-                rows.append((reader.line_num, row))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    header, table = read_table(path, delimiter=",")
+    header = [name.lower() for name in header]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{path}, line 1: the header {header} lacks column(s) "
+                        f"{', '.join(missing)}; the first line must name the columns, "
+                        f"e.g. {','.join(columns)}")
+    where = {c: header.index(c) for c in columns}
+    rows = []
+    for line, cells in table:
+        row = {c: (cells[i].strip() if i < len(cells) else "") for c, i in where.items()}
+        for column, text in row.items():
+            if not text:
+                raise DataError(f"{path}, line {line}: missing {column}")
+        row["sequence"] = row["sequence"].upper()
+        _check_residues(path, line, row["sequence"])
+        rows.append((line, row))
     return rows
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, TextIO, Union
+from typing import BinaryIO, Iterable, Iterator, Optional, Union
 
 from selfsup.errors import DataError
 
@@ -76,21 +75,19 @@ def read_fastq(path: PathLike, alphabet: Optional[str] = None) -> Iterator[Seque
 def read_sequences(path: PathLike, alphabet: Optional[str] = None) -> Iterator[SequenceRecord]:
     """``read_fasta`` or ``read_fastq``, chosen by the file's first character (``>`` or ``@``)."""
     path = existing_file(path)
-    with open_text(path) as handle:
+    with open_binary(path) as handle:
         first = handle.read(1)
-    if first == "@":
+    if first == b"@":
         return read_fastq(path, alphabet)
     return read_fasta(path, alphabet)
 
 
-def open_text(path: PathLike) -> TextIO:
-    """``path`` opened for reading text, through gzip when it starts with gzip's magic bytes."""
+def open_binary(path: PathLike) -> BinaryIO:
+    """``path`` opened for reading bytes, through gzip when it starts with gzip's magic bytes."""
     path = existing_file(path)
     with open(path, "rb") as raw:
-        magic = raw.read(2)
-    if magic == GZIP_MAGIC:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="ascii", newline=None)
-    return open(path, "r", encoding="ascii", newline=None)
+        compressed = raw.read(2) == GZIP_MAGIC
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
 def _fasta_records(path: Path, check_letters, tab_separated: bool) -> Iterator[SequenceRecord]:
@@ -99,7 +96,7 @@ def _fasta_records(path: Path, check_letters, tab_separated: bool) -> Iterator[S
     chunks: list[str] = []
     length = 0
     count = 0
-    for line_number, line in _numbered_lines(path):
+    for line_number, line in numbered_lines(path):
         line = line.strip()
         if not line:
             continue
@@ -146,7 +143,7 @@ def _fasta_record(path: Path, header: str, line_number: int, chunks: list[str],
 
 
 def _fastq_records(path: Path, check_letters) -> Iterator[SequenceRecord]:
-    lines = _numbered_lines(path)
+    lines = numbered_lines(path)
     count = 0
     for line_number, header in lines:
         header = header.rstrip("\r\n")
@@ -195,23 +192,33 @@ def _fastq_records(path: Path, check_letters) -> Iterator[SequenceRecord]:
         raise DataError(f"{path}: the file holds no FASTQ records (it is empty or blank)")
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) pairs; decoding and gzip damage become ``DataError``."""
+def numbered_lines(path: PathLike, encoding: str = "ascii") -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) pairs of a file, plain or gzipped (by its magic bytes), each
+    line decoded on its own so that an undecodable byte names its line exactly; line ends are kept
+    (``csv`` needs them inside quoted fields). A bad byte or a damaged gzip stream is a
+    ``DataError``. ``encoding``: ASCII for sequence files; text and tables use "utf-8-sig" (UTF-8,
+    without the byte-order mark that spreadsheet programs write)."""
     line_number = 0
     try:
-        with open_text(path) as handle:
+        with open_binary(path) as handle:
             for line_number, line in enumerate(handle, start=1):
-                yield line_number, line
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path}, line {line_number + 1}: not a text file (byte "
-            f"{error.object[error.start]:#04x} is not ASCII); sequence files hold ASCII letters"
-        ) from None
+                try:
+                    yield line_number, line.decode(encoding)
+                except UnicodeDecodeError as error:
+                    name, hint = _ENCODINGS.get(encoding, (encoding, "re-save the file"))
+                    raise DataError(
+                        f"{path}, line {line_number}: not {name} text (byte "
+                        f"{line[error.start]:#04x} at byte {error.start + 1} of the line); {hint}"
+                    ) from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise DataError(
             f"{path}: the gzip stream is damaged or truncated after line {line_number} ({error}); "
             "download or copy the file again"
         ) from None
+
+
+_ENCODINGS = {"ascii": ("ASCII", "sequence files hold ASCII letters"),
+              "utf-8-sig": ("UTF-8", "save the file as UTF-8")}
 
 
 def letter_checker(alphabet: Optional[str]):

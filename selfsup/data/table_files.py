@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import csv
 import functools
-import gzip
-import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
-from selfsup.data.fasta import GZIP_MAGIC, existing_file, letter_checker
+from selfsup.data.fasta import existing_file, letter_checker, numbered_lines
 from selfsup.data.sequence_files import (ALPHABETS, SNIFF_RECORDS, TEST_FRACTION, data_suffix,
                                          guess_alphabet, normalise)
 from selfsup.data.sequences import SequenceSource, file_version, split_indices
@@ -104,42 +102,52 @@ def read_text_rows(path: Path) -> list[Row]:
     return rows
 
 
+def read_table(path: Path, delimiter: Optional[str] = None
+               ) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, rows) of a CSV/TSV file, plain or gzipped, UTF-8: the first non-blank row's
+    stripped column names, then (line number, fields) of every other non-blank row, fields as
+    written. ``delimiter``: by default a tab for ``.tsv`` files and a comma otherwise.
+
+    An empty file and a malformed row (a quote left open, a field over ``csv``'s size limit) are
+    ``DataError``s naming the file (and line).
+    """
+    delimiter = delimiter or DELIMITERS.get(data_suffix(path), ",")
+    # TSV has no quoting convention: a quote in a text is a character like any other
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    reader = csv.reader(_lines(path), delimiter=delimiter, quoting=quoting)
+    try:
+        rows = [(reader.line_num, fields) for fields in reader if _filled(fields)]
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num}: not a valid row ({error})") from None
+    if not rows:
+        raise DataError(f"{path}: the file is empty; a table starts with a header row naming "
+                        f"its columns (e.g. {SEQUENCE_COLUMN}{delimiter}{LABEL_COLUMN})")
+    return [name.strip() for name in rows[0][1]], rows[1:]
+
+
 def read_table_rows(path: Path, sequence_column: str = SEQUENCE_COLUMN,
                     label_column: Optional[str] = None) -> list[Row]:
     """The rows of a CSV/TSV file: its sequence and (when there is a label column) label fields.
 
-    Named errors: an empty file, a missing column (listing the columns found), a row whose number
-    of fields differs from the header's, an empty sequence or label (file and line each).
+    Named errors: those of :func:`read_table`, a missing column (listing the columns found), a
+    row whose number of fields differs from the header's, an empty sequence or label (file and
+    line each).
     """
-    delimiter = DELIMITERS[data_suffix(path)]
-    # TSV has no quoting convention: a quote in a text is a character like any other
-    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-    reader = csv.reader(_lines(path), delimiter=delimiter, quoting=quoting)
+    columns, table = read_table(path)
+    sequence_index = _column(path, columns, sequence_column, "sequence_column")
+    label_index = (_column(path, columns, label_column, "label_column") if label_column
+                   else columns.index(LABEL_COLUMN) if LABEL_COLUMN in columns else None)
     rows: list[Row] = []
-    try:
-        header = next((fields for fields in reader if _filled(fields)), None)
-        if header is None:
-            raise DataError(f"{path}: the file is empty; a table starts with a header row naming "
-                            f"its columns (e.g. {SEQUENCE_COLUMN}{delimiter}{LABEL_COLUMN})")
-        columns = [name.strip() for name in header]
-        sequence_index = _column(path, columns, sequence_column, "sequence_column")
-        label_index = (_column(path, columns, label_column, "label_column") if label_column
-                       else columns.index(LABEL_COLUMN) if LABEL_COLUMN in columns else None)
-        for fields in reader:
-            if not _filled(fields):
-                continue
-            where = f"{path}, line {reader.line_num}"
-            if len(fields) != len(columns):
-                raise DataError(f"{where}: {len(fields)} field(s) where the header names "
-                                f"{len(columns)} ({', '.join(columns)}); the row is damaged or a "
-                                "field holds an unquoted separator")
-            row = len(rows) + 1
-            sequence = _field(fields, columns, sequence_index, where, row)
-            label = (None if label_index is None
-                     else _field(fields, columns, label_index, where, row))
-            rows.append(Row(reader.line_num, sequence, label))
-    except csv.Error as error:  # a quote left open, a field over csv's size limit
-        raise DataError(f"{path}, line {reader.line_num}: not a valid row ({error})") from None
+    for line, fields in table:
+        where = f"{path}, line {line}"
+        if len(fields) != len(columns):
+            raise DataError(f"{where}: {len(fields)} field(s) where the header names "
+                            f"{len(columns)} ({', '.join(columns)}); the row is damaged or a "
+                            "field holds an unquoted separator")
+        row = len(rows) + 1
+        sequence = _field(fields, columns, sequence_index, where, row)
+        label = None if label_index is None else _field(fields, columns, label_index, where, row)
+        rows.append(Row(line, sequence, label))
     if not rows:
         raise DataError(f"{path}: the file holds a header row but no records")
     return rows
@@ -173,25 +181,8 @@ def _check_alphabet(alphabet: str) -> None:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 file, plain or gzipped, ends kept (``csv`` needs them inside quoted
-    fields); an undecodable byte or a damaged gzip stream is a ``DataError`` naming the line.
-    ``fasta.open_text`` reads ASCII only, which text and tables outgrow; lines are decoded one by
-    one so that a bad byte's line is known."""
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == GZIP_MAGIC
-    line_number = 0
-    try:
-        with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                try:  # -sig: drop the byte-order mark spreadsheet programs write
-                    yield line.decode("utf-8-sig" if line_number == 1 else "utf-8")
-                except UnicodeDecodeError as error:
-                    raise DataError(f"{path}, line {line_number}: not UTF-8 text (byte "
-                                    f"{line[error.start]:#04x} at byte {error.start + 1} of the "
-                                    "line); save the file as UTF-8") from None
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{path}: the gzip stream is damaged or truncated after line "
-                        f"{line_number} ({error}); copy the file again") from None
+    """The lines of a UTF-8 file, plain or gzipped, ends kept (``fasta.numbered_lines``)."""
+    return (line for _, line in numbered_lines(path, "utf-8-sig"))
 
 
 @functools.lru_cache(maxsize=2)
