@@ -177,6 +177,9 @@ def test_a_checkpointed_queue_keeps_its_length_when_the_method_is_rebuilt_withou
     assert rebuilt.queue.keys.shape == (50, 16)
     assert torch.equal(rebuilt.queue.keys, trained.queue.keys)
     assert rebuilt.queue.pointer.item() == 32 % 50
+    given = MoCoV2(tiny_encoder(), MoCoV2Options(proj_dim=16, queue_size=64))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a size given outright must match
+        given.load_state_dict(trained.state_dict())
 
 
 def test_an_evaluation_pass_leaves_the_queue_alone():

@@ -148,15 +148,19 @@ class KeyQueue(nn.Module):
 
     The t-th key ever pushed lands in slot t mod size: each push overwrites the oldest keys, any
     batch size wraps around the end, and a batch larger than the queue leaves only its newest
-    ``size`` keys. It starts with random unit vectors, as in MoCo. Loading a state dict takes the
-    saved queue's length: MoCo v2 sizes its queue from the training set by default, which code
-    that rebuilds a method from its config alone (e.g. for pictures) does not know.
+    ``size`` keys. It starts with random unit vectors, as in MoCo.
+
+    ``size_from_checkpoint``: loading a state dict takes the saved queue's length. For a queue
+    sized from the training set (MoCo v2's default), which code that rebuilds a method from its
+    config alone (e.g. for pictures) does not know; a size given outright must match, as every
+    other buffer's.
     """
 
-    def __init__(self, size: int, dim: int) -> None:
+    def __init__(self, size: int, dim: int, size_from_checkpoint: bool = False) -> None:
         super().__init__()
         if size < 1:
             raise ConfigError(f"method.queue_size must be at least 1 (typically 4096), got {size}")
+        self.size_from_checkpoint = size_from_checkpoint
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))  # the oldest slot
 
@@ -172,7 +176,7 @@ class KeyQueue(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         saved = state_dict.get(prefix + "keys")
-        if (isinstance(saved, torch.Tensor) and saved.dim() == 2
+        if (self.size_from_checkpoint and isinstance(saved, torch.Tensor) and saved.dim() == 2
                 and saved.shape[1] == self.keys.shape[1] and len(saved) != len(self.keys)):
             self.keys = self.keys.new_empty(saved.shape)  # the load below fills it
         super()._load_from_state_dict(state_dict, prefix, *args)
@@ -289,7 +293,8 @@ class MoCoV2(MomentumContrast):
                               f"training set (4096, 65536 from a million samples), got "
                               f"{options.queue_size}")
         super().__init__(encoder, options, proj_layers=2, proj_last_bn=False)
-        self.queue = KeyQueue(options.queue_size or default_queue_size(num_train), options.proj_dim)
+        self.queue = KeyQueue(options.queue_size or default_queue_size(num_train), options.proj_dim,
+                              size_from_checkpoint=options.queue_size == 0)
         if options.bn_splits > 1:
             split_batchnorm(self.key_encoder.net)
         # The key order of a step is drawn from a generator seeded with (shuffle_seed, number of
