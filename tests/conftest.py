@@ -20,6 +20,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# A one-block MLM Transformer for end-to-end runs on sequence data (add data.dataset and out).
+TINY_MLM = [
+    "method.name=mlm", "backbone.name=transformer-tiny", "backbone.dim=16", "backbone.depth=1",
+    "backbone.ffn_dim=32", "backbone.num_heads=2", "data.max_length=32", "train.batch_size=32",
+    "train.epochs=1", "train.steps_per_epoch=2", "train.health_samples=512",
+    "train.progress=false", "train.device=cpu",
+]
+
 TINY = [
     "data.dataset=digits", "backbone.name=small-cnn", "backbone.widths=[8, 16]",
     "train.batch_size=64", "train.epochs=2", "train.steps_per_epoch=3",

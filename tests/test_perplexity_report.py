@@ -8,6 +8,7 @@ import re
 import shutil
 
 import pytest
+from conftest import TINY_MLM
 from PIL import Image
 
 from selfsup.config import load_config
@@ -17,13 +18,8 @@ from selfsup.report.plots import DPI
 from selfsup.train import Trainer
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
-TINY_MLM = [
-    "method.name=mlm", "backbone.name=transformer-tiny", "backbone.dim=16", "backbone.depth=1",
-    "backbone.ffn_dim=32", "backbone.num_heads=2", "data.max_length=32", "train.batch_size=32",
-    "train.epochs=2", "train.steps_per_epoch=2", "train.health_samples=512", "train.progress=false",
-    "train.device=cpu", "eval.seeds=1", "eval.label_fractions=[1.0]", "eval.tsne_samples=30",
-    "eval.knn_k=5", "eval.batch_size=64",
-]
+RUN = TINY_MLM + ["train.epochs=2", "eval.seeds=1", "eval.label_fractions=[1.0]",
+                  "eval.tsne_samples=30", "eval.knn_k=5", "eval.batch_size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def mlm_run(tmp_path_factory):
              "odd" if i % 2 else "even") for i in range(120)]
     table = folder / "proteins.csv"
     table.write_text("sequence,label\n" + "".join(f"{s},{label}\n" for s, label in rows))
-    config = load_config(None, TINY_MLM + [f"data.dataset={table}", f"out={folder / 'run'}"])
+    config = load_config(None, RUN + [f"data.dataset={table}", f"out={folder / 'run'}"])
     return Trainer(config).fit()
 
 

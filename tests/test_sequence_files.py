@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+from conftest import TINY_MLM
 
 from selfsup.config import load_config
 from selfsup.data import load_split
@@ -92,13 +93,7 @@ def test_pretraining_on_a_dna_file_uses_the_dna_tokeniser(tmp_path):
     reads = [(f"r{i}", "".join(rng.choice("ACGT") for _ in range(rng.randint(40, 80))))
              for i in range(200)]
     path = write_fasta(tmp_path / "reads.fna.gz", reads, compress=True)
-    config = load_config(None, [
-        "method.name=mlm", f"data.dataset={path}", "backbone.name=transformer-tiny",
-        "backbone.dim=16", "backbone.depth=1", "backbone.ffn_dim=32", "backbone.num_heads=2",
-        "data.max_length=48", "train.batch_size=32", "train.epochs=1", "train.steps_per_epoch=2",
-        "train.health_samples=512", "train.progress=false", "train.device=cpu",
-        f"out={tmp_path / 'run'}",
-    ])
+    config = load_config(None, TINY_MLM + [f"data.dataset={path}", f"out={tmp_path / 'run'}"])
     run_dir = Trainer(config).fit()
     spec = json.loads((run_dir / "encoder.json").read_text())
     assert spec["tokenizer"]["name"] == "dna"

@@ -6,6 +6,7 @@ import gzip
 import random
 
 import pytest
+from conftest import TINY_MLM
 
 from selfsup.data import load_split
 from selfsup.data.table_files import is_table_file, is_text_file
@@ -124,22 +125,22 @@ def test_labelled_tables_hold_out_a_fifth_of_each_class_and_unlabelled_ones_one_
     assert 1 <= len(load_split(unlabelled, "test")) <= 8
 
 
-def test_a_table_trains_an_mlm_encoder(tmp_path):
+def test_a_table_trains_an_mlm_encoder_on_its_train_split(tmp_path):
+    import json
+
     from selfsup.config import load_config
     from selfsup.train import Trainer
 
     rng = random.Random(1)
     path = write(tmp_path / "proteins.csv",
                  "sequence,label\n" + "".join(f"{random_protein(rng, 30)},c{i % 3}\n" for i in range(90)))
-    config = load_config(None, [
-        "method.name=mlm", f"data.dataset={path}", "backbone.name=transformer-tiny",
-        "backbone.dim=16", "backbone.depth=1", "backbone.ffn_dim=32", "backbone.num_heads=2",
-        "data.max_length=32", "train.batch_size=16", "train.epochs=1", "train.steps_per_epoch=2",
-        "train.health_samples=512", "train.progress=false", "train.device=cpu",
-        f"out={tmp_path / 'run'}",
-    ])
+    config = load_config(None, TINY_MLM + [f"data.dataset={path}", f"out={tmp_path / 'run'}",
+                                           "train.batch_size=16"])
     run_dir = Trainer(config).fit()
-    assert (run_dir / "encoder.safetensors").is_file()
+    start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["num_train"] == len(load_split(path, "train")) == 72  # 20 % of each class held out
+    spec = json.loads((run_dir / "encoder.json").read_text())
+    assert spec["tokenizer"]["name"] == "protein"
 
 
 # ------------------------------------------------------------------------------ named errors
