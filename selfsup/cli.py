@@ -18,7 +18,9 @@ def _pretrain_parser(sub) -> None:
                        description="Pretrain an encoder; writes config, metrics, checkpoints and "
                                    "the encoder to --out.")
     p.add_argument("--method", help="method name (see `selfsup list`); default simclr")
-    p.add_argument("--dataset", help="dataset name, a folder of images, or an .npy/.npz file")
+    p.add_argument("--dataset", help="dataset name (see `selfsup list`), a folder of images, an "
+                   ".npy/.npz file, a FASTA/FASTQ file, a .txt file (one text per line) or a "
+                   ".csv/.tsv table (plain or .gz)")
     p.add_argument("--data-dir", help="where the dataset's files are (else $SELFSUP_DATA, else the "
                                       "dataset's standard location)")
     p.add_argument("--backbone", help="backbone name, or torchvision:NAME / timm:NAME")
