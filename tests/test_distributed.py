@@ -29,7 +29,9 @@ numbers of chosen tokens (checked), so a per-process mean would fail the compari
 Random draws inside a forward pass (masks, noise, rotations) come from each process's global
 generator. The split reference draws them per half with the same seeds; a method whose loss also
 couples samples (equivariance) cannot be split, so its group elements are pinned to the sample's
-index in the global batch for both runs (``pinned_randint``).
+index in the global batch for both runs (``pinned_randint``). BEiT cannot be split either (its
+codebook learns from the patches of every process at once): the global reference draws its block
+masks b at a time from each process's forward seed, as the processes do (``masks_drawn_per_rank``).
 """
 
 from __future__ import annotations
@@ -194,6 +196,28 @@ def maybe_pinned(case: Case, method: nn.Module, first_index: int):
     return pinned_randint(method, first_index) if case.pin_randint else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def masks_drawn_per_rank(method: nn.Module, step: int):
+    """In the one-process reference, make the method's ``mask_patches`` draw the global batch's
+    masks as the processes do: b at a time, each rank's from that rank's forward seed (a process's
+    first draw of the step; ``distributed_run`` seeds it just before)."""
+    draw = method.mask_patches
+
+    def per_rank(batch: int, *args, **kwargs) -> torch.Tensor:
+        assert batch == WORLD * LOCAL_BATCH, "per-rank masks need the whole global batch at once"
+        masks = []
+        for rank in range(WORLD):
+            torch.manual_seed(forward_seed(step, rank))
+            masks.append(draw(LOCAL_BATCH, *args, **kwargs))
+        return torch.cat(masks)
+
+    method.mask_patches = per_rank
+    try:
+        yield
+    finally:
+        del method.mask_patches  # the instance attribute; the class's method shows through again
+
+
 def distributed_run(case: Case, info: ProcessInfo) -> dict[str, Any]:
     """STEPS data-parallel steps of ``case`` on this process; its final state and losses."""
     method = build(case)
@@ -223,7 +247,9 @@ def reference_run(case: Case, lr_scale: float = 1.0) -> dict[str, Any]:
             # micro-batch i of the global batch: micro-batch i of every process, in rank order
             per_rank = [split_views(views, case.accumulate) for views in halves]
             micro_batches = [[torch.cat(parts) for parts in zip(*micro)] for micro in zip(*per_rank)]
-            with maybe_pinned(case, method, 0):
+            per_rank_masks = (masks_drawn_per_rank(method, step) if hasattr(method, "mask_patches")
+                              else contextlib.nullcontext())
+            with maybe_pinned(case, method, 0), per_rank_masks:
                 loss, _ = train_step(method, micro_batches, optimizer, CPU)
         else:
             loss = torch.zeros(())
@@ -425,18 +451,9 @@ def spawned(tmp_path_factory):
 # exactness
 
 
-# Methods known not to be data-parallel exact yet, and why (strict: the test fails once they are).
-NOT_YET_EXACT = {
-    "beit": "BEiT draws its block masks per process from the forward seed, so the one-process "
-            "reference hides other patches (only randint is pinned by sample index here); its "
-            "codebook gathers patches across processes (tests/test_method_beit.py, fake gather)",
-}
-
-
-def groups() -> list:
-    names = METHODS.names() + [case_group(*extra[:2], **extra[2]) for extra in EXTRA_GROUPS]
-    return [pytest.param(name, marks=pytest.mark.xfail(reason=NOT_YET_EXACT[name], strict=True))
-            if name in NOT_YET_EXACT else name for name in names]
+def groups() -> list[str]:
+    """Every registered method, and the extra option groups."""
+    return METHODS.names() + [case_group(*extra[:2], **extra[2]) for extra in EXTRA_GROUPS]
 
 
 @pytest.mark.parametrize("group", groups())
