@@ -54,8 +54,7 @@ from torch import nn
 from selfsup.backbones.vit import INIT_STD, VisionTransformer
 from selfsup.codebook import PatchCodebook, code_perplexity
 from selfsup.errors import ConfigError, DataError
-from selfsup.losses import masked_token_accuracy as token_accuracy
-from selfsup.losses import masked_token_cross_entropy
+from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
 from selfsup.masking import normalize_patches, num_kept, patchify, random_masking
 from selfsup.methods.base import Method, StepOutput
 from selfsup.registry import METHODS
@@ -127,23 +126,6 @@ def block_masking(batch: int, grid: tuple[int, int], count: int, min_block: int 
     return mask | (rank < missing)
 
 
-# ------------------------------------------------------------------------------------ loss
-
-
-def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked positions of the cross-entropy of the predicted visual tokens.
-
-    logits: (B, N, K); targets: (B, N) token ids; mask: (B, N) bool, True where the loss applies.
-    The visible positions' logits do not enter the loss at all.
-    """
-    return masked_token_cross_entropy(logits, targets.masked_fill(~mask, IGNORE_LABEL))
-
-
-def masked_token_accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Share of masked positions whose most likely token is the target."""
-    return token_accuracy(logits, targets.masked_fill(~mask, IGNORE_LABEL))
-
-
 # ------------------------------------------------------------------------------------ method
 
 
@@ -212,8 +194,9 @@ class BEiT(Method):
         targets = self.targets(self.patches(x))
         tokens = self.encoder.forward_tokens(x, mask=mask, mask_token=self.mask_token)
         logits = self.head(tokens[:, 1:]).float()
-        loss = masked_token_loss(logits, targets, mask)
-        logs = {"token_accuracy": masked_token_accuracy(logits.detach(), targets, mask),
+        labels = targets.masked_fill(~mask, IGNORE_LABEL)  # visible patches take no part
+        loss = masked_token_cross_entropy(logits, labels)
+        logs = {"token_accuracy": masked_token_accuracy(logits.detach(), labels),
                 "codebook_perplexity": code_perplexity(targets, self.options.num_codes)}
         return StepOutput(loss=loss, embeddings=self.encoder.pool_tokens(tokens), logs=logs)
 
