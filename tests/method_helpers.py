@@ -18,7 +18,7 @@ from selfsup.momentum import momentum_at
 from selfsup.tokenize import make_tokenizer
 from selfsup.tokenize.base import Tokenizer
 from selfsup.train import Trainer
-from selfsup.train.checkpoint import save_encoder
+from selfsup.train.checkpoint import image_encoder_spec, save_encoder, token_encoder_spec
 from selfsup.views import make_views
 
 TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 2, "num_heads": 2,
@@ -115,8 +115,8 @@ def assert_health_watches_the_encoder_only(method: nn.Module, x: torch.Tensor) -
 
 
 def _save_run(run_dir: Path, encoder: nn.Module, spec: dict, overrides: list[str]) -> None:
-    """``run_dir`` as `selfsup pretrain` leaves it: config.yaml and the encoder (encoder.json in
-    Trainer._encoder_spec's layout, encoder.safetensors)."""
+    """``run_dir`` as `selfsup pretrain` leaves it: config.yaml and the encoder (encoder.json,
+    encoder.safetensors)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     load_config(None, overrides + [f"data.dataset={spec['dataset']}",
                                    f"out={run_dir}"]).save(run_dir / "config.yaml")
@@ -133,11 +133,10 @@ def save_token_run(run_dir: Path, tokenizer_name: str = "protein", max_length: i
     with torch.no_grad():
         for parameter in encoder.parameters():
             nn.init.normal_(parameter, std=0.5)
-    _save_run(Path(run_dir), encoder, {
-        "backbone": encoder.config(), "in_channels": 0, "image_size": 0, "dataset": dataset,
-        "tokenizer": tokenizer.config(), "max_length": max_length,
-    }, ["method.name=mlm", "backbone.name=transformer-tiny", f"data.max_length={max_length}",
-        "eval.batch_size=512"])
+    _save_run(Path(run_dir), encoder,
+              token_encoder_spec(encoder.config(), tokenizer.config(), dataset, max_length),
+              ["method.name=mlm", "backbone.name=transformer-tiny",
+               f"data.max_length={max_length}", "eval.batch_size=512"])
     return encoder.eval(), tokenizer
 
 
@@ -146,6 +145,6 @@ def save_image_run(run_dir: Path, dataset: str = "digits") -> nn.Module:
     torch.manual_seed(0)
     encoder = build_backbone(TINY_CNN, 1, 8)
     _save_run(Path(run_dir), encoder,
-              {"backbone": TINY_CNN, "in_channels": 1, "image_size": 8, "dataset": dataset},
+              image_encoder_spec(TINY_CNN, (1, 8, 8), dataset),
               ["backbone.name=small-cnn"])
     return encoder

@@ -38,6 +38,21 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
                         "it may be from another program or damaged") from None
 
 
+def image_encoder_spec(backbone: dict[str, Any], in_shape: tuple[int, int, int],
+                       dataset: str) -> dict[str, Any]:
+    """``encoder.json`` of an image encoder: its backbone section and input shape (C, H, W)."""
+    return {"backbone": dict(backbone), "in_channels": in_shape[0], "image_size": in_shape[1],
+            "dataset": dataset}
+
+
+def token_encoder_spec(encoder_config: dict[str, Any], tokenizer_config: dict[str, Any],
+                       dataset: str, max_length: int) -> dict[str, Any]:
+    """``encoder.json`` of a token encoder: its full options (vocabulary, reverse-complement
+    invariance set by the method: the backbone's own ``config()``) and its tokeniser's."""
+    return {"backbone": encoder_config, "in_channels": 0, "image_size": 0, "dataset": dataset,
+            "tokenizer": tokenizer_config, "max_length": max_length}
+
+
 def save_encoder(run_dir: str | Path, encoder: nn.Module, spec: dict[str, Any]) -> None:
     """Write ``encoder.safetensors`` and ``encoder.json`` (how to rebuild the module)."""
     run_dir = Path(run_dir)

@@ -39,7 +39,13 @@ from selfsup.evaluate.knn import knn_accuracy
 from selfsup.health import HealthMonitor
 from selfsup.methods import Method, build_method
 from selfsup.methods.base import StepOutput
-from selfsup.train.checkpoint import load_checkpoint, save_checkpoint, save_encoder
+from selfsup.train.checkpoint import (
+    image_encoder_spec,
+    load_checkpoint,
+    save_checkpoint,
+    save_encoder,
+    token_encoder_spec,
+)
 from selfsup.train.device import autocast, resolve_precision, seed_everything
 from selfsup.train.distributed import (
     all_reduce_sum_,
@@ -287,15 +293,12 @@ class Trainer:
         return TextTokenizer.load(path, sha256)
 
     def _encoder_spec(self) -> dict[str, Any]:
-        """How to rebuild the encoder (``encoder.json``): for token encoders their full options
-        (vocabulary, reverse-complement invariance set by the method) and the tokeniser."""
+        """How to rebuild the encoder (``encoder.json``)."""
         cfg = self.config
         if self.tokenizer is None:
-            return {"backbone": dict(cfg.backbone), "in_channels": self.in_shape[0],
-                    "image_size": self.in_shape[1], "dataset": cfg.data.dataset}
-        return {"backbone": self.method.export_encoder.config(), "in_channels": 0, "image_size": 0,
-                "dataset": cfg.data.dataset, "tokenizer": self.tokenizer.config(),
-                "max_length": cfg.data.max_length}
+            return image_encoder_spec(cfg.backbone, self.in_shape, cfg.data.dataset)
+        return token_encoder_spec(self.method.export_encoder.config(), self.tokenizer.config(),
+                                  cfg.data.dataset, cfg.data.max_length)
 
     def _inputs_of(self, source: Any, indices: torch.Tensor) -> torch.Tensor:
         """Samples ``indices`` of ``source`` on the device: uint8 images, or right-padded token ids
