@@ -6,7 +6,9 @@ variants on Fashion-MNIST with the same budget through the real ``selfsup.train.
 reads both runs' ``metrics.jsonl`` and prints, per epoch, the loss, the online k-NN probe and the
 health figures of the encoder and projector embeddings; whether the monitor flagged each run
 (``health_verdict.json`` and the first epoch with a collapse warning); and writes the two
-effective-rank curves side by side (``rank_curves.png``) and a JSON summary (``collapse.json``).
+effective-rank curves side by side (``rank_curves.png``), the two runs' online k-NN probe against
+their loss (``learning_curves.png``: the seeds' symptom of a loss that falls while the probe does
+not) and a JSON summary (``collapse.json``).
 
 The expectation: the run without stop-gradient is flagged within the first few epochs, the
 healthy run never. The exit status is 0 when that holds, 1 when it does not.
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from selfsup.config import Config, load_config
-from selfsup.report import plot_rank_curves
+from selfsup.report import plot_probe_curves, plot_rank_curves
 from selfsup.train import Trainer
 from selfsup.train.device import resolve_device
 from selfsup.train.metrics_log import read_metrics
@@ -127,7 +129,9 @@ def summarise(run_dir: Path) -> dict[str, Any]:
     first_warning = next((row["epoch"] for row in rows if row["warnings"]), None)
     return {"run_dir": str(run_dir), "verdict": verdict["status"], "verdict_messages": verdict["messages"],
             "first_collapse_warning_epoch": first_warning, "epochs": rows,
-            "health": [r for r in records if r["kind"] == "health"]}
+            "health": [r for r in records if r["kind"] == "health"],
+            "probes": [r for r in records if r["kind"] == "probe"],
+            "epoch_losses": [r for r in records if r["kind"] == "epoch"]}
 
 
 def format_table(name: str, rows: list[dict[str, Any]]) -> str:
@@ -153,18 +157,22 @@ def format_table(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def check_expectation(summaries: dict[str, dict[str, Any]]) -> tuple[bool, list[str]]:
-    """The collapsed run flagged by epoch ``EXPECTED_BY_EPOCH``, the healthy one never.
+    """The collapsed run flagged by epoch ``EXPECTED_BY_EPOCH`` and not called healthy at the end;
+    the healthy run never flagged.
 
-    Only collapse warnings count: a "stalled" verdict (loss/probe divergence) is reported but is
-    not a collapse flag.
+    Only collapse warnings count as the early flag: a "stalled" verdict (loss/probe divergence)
+    alone is not one. The collapsed run's final verdict may be "stalled" rather than "collapsed":
+    without stop-gradient the projector falls onto a few directions (its centred rank near the
+    2 % threshold of the dimensional-collapse warning), and on some seeds its last check lands just
+    above the threshold while the loss still falls and the probe does not.
     """
     healthy, collapsed = summaries["stop-gradient"], summaries["no stop-gradient"]
     problems = []
-    if healthy["first_collapse_warning_epoch"] is not None or healthy["verdict"] == "collapsed":
+    if healthy["first_collapse_warning_epoch"] is not None or healthy["verdict"] != "healthy":
         problems.append(f"the run with stop-gradient was flagged (verdict {healthy['verdict']}, first "
                         f"warning at epoch {healthy['first_collapse_warning_epoch']})")
     first = collapsed["first_collapse_warning_epoch"]
-    if first is None or first > EXPECTED_BY_EPOCH or collapsed["verdict"] != "collapsed":
+    if first is None or first > EXPECTED_BY_EPOCH or collapsed["verdict"] == "healthy":
         problems.append(f"the run without stop-gradient was not flagged by epoch {EXPECTED_BY_EPOCH} "
                         f"(first warning: {first}, verdict {collapsed['verdict']})")
     return not problems, problems
@@ -194,11 +202,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     plot = plot_rank_curves({f"SimSiam, {name}": s.pop("health") for name, s in summaries.items()},
                             out / "rank_curves.png")
+    curves = plot_probe_curves({f"SimSiam, {name}": (s.pop("probes"), s.pop("epoch_losses"))
+                                for name, s in summaries.items()}, out / "learning_curves.png")
     summary = {"benchmark": "simsiam-collapse", "config": configs["stop-gradient"].to_dict(),
                "differs_by": "method.stop_gradient", "expected_flag_by_epoch": EXPECTED_BY_EPOCH,
-               "expectation_met": met, "problems": problems, "plot": str(plot), "runs": summaries}
+               "expectation_met": met, "problems": problems, "plot": str(plot),
+               "learning_curves": str(curves), "runs": summaries}
     (out / "collapse.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {plot} and {out / 'collapse.json'}")
+    print(f"wrote {plot}, {curves} and {out / 'collapse.json'}")
     return 0 if met else 1
 
 

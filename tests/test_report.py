@@ -13,7 +13,13 @@ import yaml
 from PIL import Image
 
 from selfsup.errors import DataError
-from selfsup.report import format_eval_table, plot_rank_curves, read_metrics, write_report
+from selfsup.report import (
+    format_eval_table,
+    plot_probe_curves,
+    plot_rank_curves,
+    read_metrics,
+    write_report,
+)
 from selfsup.report.plots import DPI, ema
 
 EVAL = {
@@ -244,6 +250,22 @@ def test_plot_rank_curves_draws_one_panel_per_run(tmp_path):
         assert b.size[0] > 1.5 * a.size[0] and a.size[1] == b.size[1]
     with pytest.raises(ValueError):
         plot_rank_curves({}, tmp_path / "none.png")
+
+
+def test_plot_probe_curves_draws_one_panel_per_run(tmp_path):
+    def run(knn: list[float]) -> tuple[list[dict], list[dict]]:
+        probes = [{"kind": "probe", "epoch": e, "knn_top1": k} for e, k in enumerate(knn, 1)]
+        epochs = [{"kind": "epoch", "epoch": e, "loss": -e / 4} for e in range(1, len(knn) + 1)]
+        return probes, epochs
+
+    one = plot_probe_curves({"stop-gradient": run([0.5, 0.6, 0.7])}, tmp_path / "one.png")
+    two = plot_probe_curves({"stop-gradient": run([0.5, 0.6, 0.7]),
+                             "no stop-gradient": run([0.5, 0.45, 0.45])}, tmp_path / "two.png")
+    with Image.open(one) as a, Image.open(two) as b:
+        assert a.format == b.format == "PNG"
+        assert b.size[0] > 1.5 * a.size[0] and a.size[1] == b.size[1]
+    with pytest.raises(ValueError):
+        plot_probe_curves({}, tmp_path / "none.png")
 
 
 def test_report_embeds_the_pictures_of_a_vae_run(tiny_config):

@@ -259,12 +259,34 @@ def plot_probe(probes: Sequence[Record], epochs: Sequence[Record], path: str | P
     a shortcut or is collapsing; the two curves on one panel make that divergence visible.
     """
     fig = Figure(figsize=WIDE)
-    ax = fig.add_subplot()
+    _draw_probe(fig.add_subplot(), probes, epochs, "Online k-NN probe vs training loss")
+    return _save(fig, path)
+
+
+def plot_probe_curves(runs: dict[str, tuple[Sequence[Record], Sequence[Record]]],
+                      path: str | Path) -> Path:
+    """Several runs' probe-vs-loss panels (``plot_probe``) side by side, on a shared accuracy axis.
+
+    ``runs`` maps a run's name to its (probe records, epoch records) of metrics.jsonl.
+    """
+    if not runs:
+        raise ValueError("plot_probe_curves needs at least one run")
+    fig = Figure(figsize=(5.5 * len(runs) + 1, 4.8))
+    axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True))
+    for ax, (name, (probes, epochs)) in zip(axes, runs.items()):
+        _draw_probe(ax, probes, epochs, name)
+    for ax in axes[1:]:
+        ax.set_ylabel("")
+    fig.suptitle("Online k-NN probe vs training loss")
+    return _save(fig, path)
+
+
+def _draw_probe(ax: Axes, probes: Sequence[Record], epochs: Sequence[Record], title: str) -> None:
     ax.plot([r["epoch"] for r in probes], [100 * r["knn_top1"] for r in probes], marker="o",
             color="tab:green", label="online k-NN top-1")
     _epoch_axis(ax)
     ax.set_ylabel("online k-NN top-1 accuracy (%)")
-    ax.set_title("Online k-NN probe vs training loss")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if epochs:
@@ -275,7 +297,6 @@ def plot_probe(probes: Sequence[Record], epochs: Sequence[Record], path: str | P
         more_handles, more_labels = loss_ax.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, loc="best")
-    return _save(fig, path)
 
 
 def plot_held_out_perplexity(held_out: Sequence[Record], path: str | Path) -> Path:
