@@ -342,6 +342,7 @@ def test_cli_finetune_compare_scratch_then_report_section(tiny_config, capsys):
 
     section = finetune_section(run)
     assert section[0] == "## Fine-tuning"
+    assert not any(line.startswith("Run with other settings") for line in section)  # one protocol
     assert "![Fine-tuning label efficiency](finetune_label_efficiency.png)" in section
     with Image.open(run / "finetune_label_efficiency.png") as image:
         assert image.width > 200 and image.height > 150
@@ -365,6 +366,24 @@ def test_cli_finetune_help_names_the_study_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--labels-fraction", "--mode", "--scratch", "--compare-scratch", "--seeds", "--out"):
         assert flag in out
+
+
+def test_report_section_names_the_entries_run_with_another_schedule(tmp_path):
+    protocol = {"epochs": 10, "min_steps": 300, "batch_size": 256, "lr": 0.01, "augment": True,
+                "backbone_lr_scale": 0.1, "layer_decay": 0.75, "seeds": 3}
+
+    def entry(**changes) -> dict:
+        return {"accuracy": [0.8, 0.82], "mean": 0.81, "std": 0.01, "settings": {**protocol, **changes}}
+
+    scratch = {"backbone_lr_scale": 1.0, "layer_decay": 1.0}  # differ by design: not reported
+    results = {"datasets": {"digits": {"full": {
+        "pretrained": {"0.1": entry(), "1.0": entry(epochs=4, seeds=1)},
+        "scratch": {"0.1": entry(**scratch), "1.0": entry(**scratch, epochs=4, batch_size=128)},
+    }}}}
+    (tmp_path / "finetune.json").write_text(json.dumps(results))
+    notes = [line for line in finetune_section(tmp_path) if line.startswith("Run with other settings")]
+    assert notes == ["Run with other settings: pretrained, fine-tuned at 100% labels (digits): epochs 4; "
+                     "scratch, trained at 100% labels (digits): batch_size 128, epochs 4."]
 
 
 def test_report_section_without_results_says_how_to_make_them(tmp_path):

@@ -121,22 +121,51 @@ def plot_finetune_label_efficiency(results: dict[str, Any], path: str | Path) ->
     return plots._save(fig, path)
 
 
-def _settings_line(results: dict[str, Any]) -> Optional[str]:
-    """The protocol of the first pretrained entry, in one sentence."""
+def _protocol_settings(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(mode, settings) of the first pretrained entry with settings: the protocol line's."""
     for modes in results["datasets"].values():
         for mode, inits in modes.items():
             for entry in (inits.get("pretrained") or {}).values():
-                s = entry.get("settings") or {}
-                if not s:
-                    continue
-                rate = (f"backbone × {s.get('backbone_lr_scale')}"
-                        + (f", layer decay {s['layer_decay']}" if s.get("layer_decay") else ""))
-                return (f"Protocol ({mode}, pretrained): AdamW, head LR {s.get('lr')}, {rate}; "
-                        f"at least {s.get('epochs')} epochs and {s.get('min_steps')} steps, batch "
-                        f"{s.get('batch_size')}, label smoothing {s.get('label_smoothing')}, "
-                        f"{_augmentation(s)}. "
-                        "Scratch trains its backbone at the full head LR.")
-    return None
+                if entry.get("settings"):
+                    return mode, entry["settings"]
+    return "", {}
+
+
+def _settings_line(results: dict[str, Any]) -> Optional[str]:
+    """The protocol of the first pretrained entry, in one sentence."""
+    mode, s = _protocol_settings(results)
+    if not s:
+        return None
+    rate = (f"backbone × {s.get('backbone_lr_scale')}"
+            + (f", layer decay {s['layer_decay']}" if s.get("layer_decay") else ""))
+    return (f"Protocol ({mode}, pretrained): AdamW, head LR {s.get('lr')}, {rate}; "
+            f"at least {s.get('epochs')} epochs and {s.get('min_steps')} steps, batch "
+            f"{s.get('batch_size')}, label smoothing {s.get('label_smoothing')}, "
+            f"{_augmentation(s)}. "
+            "Scratch trains its backbone at the full head LR.")
+
+
+# Settings that differ between the pretrained and the scratch protocol by design, and the count of
+# seeds (the table shows it): not a deviation from the protocol line.
+BY_DESIGN = {"backbone_lr_scale", "layer_decay", "seeds"}
+
+
+def _deviations(results: dict[str, Any]) -> Optional[str]:
+    """The entries run with other settings than the protocol line's (e.g. fewer epochs at 100 %
+    labels), so a table that mixes schedules says so: None when every entry shares them."""
+    _, protocol = _protocol_settings(results)
+    reference = {k: v for k, v in protocol.items() if k not in BY_DESIGN}
+    notes = []
+    for dataset, by_init in _entries(results).items():
+        for mode, init in _ordered(by_init):
+            for fraction, entry in sorted(by_init[(mode, init)].items()):
+                settings = {k: v for k, v in (entry.get("settings") or {}).items() if k not in BY_DESIGN}
+                changed = [f"{key} {settings.get(key)}" for key in sorted(settings.keys() | reference.keys())
+                           if settings.get(key) != reference.get(key)]
+                if changed:
+                    notes.append(f"{_row_name(mode, init)} at {fraction:.0%} labels ({dataset}): "
+                                 + ", ".join(changed))
+    return ("Run with other settings: " + "; ".join(notes) + ".") if notes else None
 
 
 def _augmentation(settings: dict[str, Any]) -> str:
@@ -170,6 +199,9 @@ def finetune_section(run_dir: str | Path) -> list[str]:
     settings = _settings_line(results)
     if settings:
         lines += [settings, ""]
+    deviations = _deviations(results)
+    if deviations:
+        lines += [deviations, ""]
     lines.append(format_finetune_table(results))
     plot_finetune_label_efficiency(results, run_dir / PLOT_FILE)
     return lines + ["", f"![Fine-tuning label efficiency]({PLOT_FILE})"]
