@@ -158,6 +158,9 @@ def test_pool_from_fasta_plain_or_gzipped(tmp_path):
     with gzip.open(tmp_path / "p.fasta.gz", "wt") as handle:
         handle.write(fasta)
     assert read_pool(tmp_path / "p.fasta.gz") == ["ACD", "ACE"]
+    # named otherwise: the content says FASTA or FASTQ, not the CSV reader's missing header
+    assert read_pool(write(tmp_path / "pool.txt", fasta)) == ["ACD", "ACE"]
+    assert read_pool(write(tmp_path / "reads", "@a\nACD\n+\nIII\n")) == ["ACD"]
 
 
 @pytest.mark.parametrize("name,text,message", [

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from selfsup.apps.featurize import Featurizer, make_featurizer, variable_sites
-from selfsup.data.fasta import read_sequences
+from selfsup.data.fasta import first_byte, read_sequences
 from selfsup.data.sequence_files import is_sequence_file
 from selfsup.data.table_files import read_table
 from selfsup.errors import ConfigError, DataError
@@ -278,11 +278,11 @@ def _require_botorch() -> None:
 
 def read_pool(path: Union[str, Path]) -> list[str]:
     """Candidate sequences, upper case, from a FASTA or FASTQ file (named so, e.g. ``.fasta``,
-    ``.fa``, ``.fastq``, optionally gzipped: ``.fasta.gz``) or else a CSV with a ``sequence``
-    column. Unknown residues and duplicate sequences raise ``DataError`` naming the file and
-    line."""
+    ``.fa``, ``.fastq``, optionally gzipped: ``.fasta.gz``, or starting with ``>`` or ``@``
+    whatever its name) or else a CSV with a ``sequence`` column. Unknown residues and duplicate
+    sequences raise ``DataError`` naming the file and line."""
     path = Path(path)
-    if is_sequence_file(path):
+    if is_sequence_file(path) or first_byte(path) in (b">", b"@"):
         return _read_sequence_file_pool(path)
     rows = _read_csv(path, ("sequence",))
     if not rows:

@@ -74,12 +74,16 @@ def read_fastq(path: PathLike, alphabet: Optional[str] = None) -> Iterator[Seque
 
 def read_sequences(path: PathLike, alphabet: Optional[str] = None) -> Iterator[SequenceRecord]:
     """``read_fasta`` or ``read_fastq``, chosen by the file's first character (``>`` or ``@``)."""
-    path = existing_file(path)
-    with open_binary(path) as handle:
-        first = handle.read(1)
-    if first == b"@":
+    if first_byte(path) == b"@":
         return read_fastq(path, alphabet)
     return read_fasta(path, alphabet)
+
+
+def first_byte(path: PathLike) -> bytes:
+    """The first byte of ``path``'s content (after gzip), b"" for an empty file: ``>`` starts a
+    FASTA file and ``@`` a FASTQ file, whatever the file is called."""
+    with open_binary(path) as handle:
+        return handle.read(1)
 
 
 def open_binary(path: PathLike) -> BinaryIO:
