@@ -50,6 +50,7 @@ from selfsup.apps.bo import ACQUISITIONS, SHORTLIST, prepare_features, propose
 from selfsup.apps.featurize import BUILTIN_FEATURIZERS, ENCODER_FILE, POOLINGS, make_featurizer
 from selfsup.data.gb1 import MUTATED_SITES, load_gb1, normalised_fitness, top_variants
 from selfsup.errors import SelfsupError
+from selfsup.files import atomic_write
 
 DEFAULT_ARMS = "random,onehot:thompson,descriptors:thompson"
 
@@ -277,6 +278,10 @@ def plot(results: dict, arms: list[str], stages: list[int], path: Path) -> None:
     plt.close(fig)
 
 
+def save_results(path: Path, results: dict) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(results)))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     arms = parse_arms(args.arms)
@@ -313,11 +318,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                                     "measured": run["measured"]})
             print(f"seed {seed} {arm.label:<22} best {' '.join(f'{b:.3f}' for b in best)}  top-1% "
                   f"{found[-1]:.3f}  {np.mean(run['round_seconds']):.1f} s/round", flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results))
+            save_results(out, results)  # a kill between arms leaves a file --resume can read
     table = summarise(results, labels, stages)
     results["table"] = table
-    out.write_text(json.dumps(results))
+    save_results(out, results)
     plot(results, labels, stages, Path(args.plot))
     print(table)
     if args.reference in labels:

@@ -20,13 +20,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Optional, Union
 
 from selfsup.errors import DataError
+from selfsup.files import atomic_write
 
 PathLike = Union[str, os.PathLike]
 GZIP_MAGIC = b"\x1f\x8b"
@@ -270,37 +270,20 @@ def existing_file(path: PathLike) -> Path:
 
 
 def write_fasta(records: Iterable[SequenceRecord], path: PathLike, line_width: int = 60) -> Path:
-    """Write ``records`` as FASTA to ``path`` atomically (a temporary file, then a rename), so a
+    """Write ``records`` as FASTA to ``path`` atomically (``selfsup.files.atomic_write``), so a
     crash never leaves a half-written file behind. Returns the path."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_output(path) as handle:
-        for record in records:
-            header = f"{record.id} {record.description}".rstrip()
-            handle.write(f">{header}\n".encode("ascii"))
-            for start in range(0, len(record.sequence), line_width):
-                handle.write(record.sequence[start:start + line_width].encode("ascii") + b"\n")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            for record in records:
+                header = f"{record.id} {record.description}".rstrip()
+                handle.write(f">{header}\n".encode("ascii"))
+                for start in range(0, len(record.sequence), line_width):
+                    handle.write(record.sequence[start:start + line_width].encode("ascii") + b"\n")
+
+    atomic_write(path, write)
     return path
-
-
-class _atomic_output:
-    """A binary file in ``path``'s folder that replaces ``path`` only when the block succeeds."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self):
-        descriptor, self.temporary = tempfile.mkstemp(dir=self.path.parent,
-                                                      prefix=f".{self.path.name}.")
-        self.handle = os.fdopen(descriptor, "wb")
-        return self.handle
-
-    def __exit__(self, kind, value, traceback) -> None:
-        self.handle.close()
-        if kind is None:
-            os.replace(self.temporary, self.path)
-        else:
-            os.unlink(self.temporary)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,13 +322,16 @@ def dump_blast_db(db: PathLike, cache: Optional[PathLike] = None, refresh: bool 
     target = folder / f"{db.name}-{_fingerprint(database_files)}.fasta"
     if target.is_file() and not refresh:
         return target
-    with _atomic_output(target) as handle:
-        result = subprocess.run(
-            [program, "-entry", "all", "-db", str(db)], stdout=handle, stderr=subprocess.PIPE
-        )
+    def dump(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            result = subprocess.run(
+                [program, "-entry", "all", "-db", str(db)], stdout=handle, stderr=subprocess.PIPE
+            )
         if result.returncode != 0:
             message = result.stderr.decode(errors="replace").strip()
             raise DataError(f"blastdbcmd could not dump {db} (exit {result.returncode}): {message}")
+
+    atomic_write(target, dump)
     return target
 
 

@@ -69,7 +69,8 @@ from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.protocol import balanced_subset, fraction_key
 from selfsup.evaluate.run import extract_features, labelled_splits, load_run_config
 from selfsup.evaluate.sequence_finetune import sequence_inputs
-from selfsup.train.checkpoint import atomic_write, load_encoder
+from selfsup.files import atomic_write
+from selfsup.train.checkpoint import load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
 from selfsup.train.optim import decays, lr_factor
 from selfsup.views import make_views

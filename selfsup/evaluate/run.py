@@ -31,7 +31,8 @@ from selfsup.evaluate.sequence_baselines import (
 )
 from selfsup.evaluate.tsne import tsne_embedding
 from selfsup.health.metrics import health_metrics
-from selfsup.train.checkpoint import atomic_write, load_encoder
+from selfsup.files import atomic_write
+from selfsup.train.checkpoint import load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision
 from selfsup.train.metrics_log import last_held_out_perplexity, read_metrics
 from selfsup.views.image import to_input

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from selfsup.errors import DataError
-from selfsup.files import atomic_write  # noqa: F401  (also imported from here by evaluation)
+from selfsup.files import atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
