@@ -335,6 +335,8 @@ DISTRIBUTED_COMMANDS = ("pretrain", "demo")
 
 
 def _is_main_process() -> bool:
+    if "RANK" not in os.environ:  # not under torchrun: skip importing the training stack
+        return True
     from selfsup.train.distributed import is_main_process
 
     return is_main_process()
