@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -70,14 +71,22 @@ def assert_ema_step(method: nn.Module, online: Sequence[torch.Tensor], target: S
         torch.testing.assert_close(t, m * b + (1 - m) * o)
 
 
-def digits_losses(section: dict, steps: int = 15, batch: int = 64) -> list[float]:
-    """Per-step losses of a few Adam steps of a method (config section) on digits, fixed seeds."""
+def digits_losses(section: dict, steps: int = 15, batch: int = 64, lr: float = 1e-2) -> list[float]:
+    """Per-step losses of a few Adam steps at ``lr`` of a method (config section) on digits, with
+    fresh views each step; the same seeds, hence the same initial weights, batches and views, for
+    any ``lr`` (``lr=0`` is the frozen control)."""
     torch.manual_seed(0)
     images = load_split("digits", "train").get(torch.arange(512))
-    encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 8)
-    method = build_method(section, encoder)
-    optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
+    method = build_method(section, build_backbone(TINY_CNN, 1, 8))
+    optimizer = torch.optim.Adam(method.parameters(), lr=lr)
     return digit_step_losses(method, images, optimizer, steps=steps, batch=batch)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_loss_falls(losses: list[float], margin: float = 0.1) -> None:

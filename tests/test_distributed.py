@@ -40,7 +40,6 @@ import contextlib
 import copy
 import os
 import random
-import socket
 import subprocess
 import sys
 import warnings
@@ -84,6 +83,7 @@ from selfsup.train.trainer import split_views, train_step
 from selfsup.views import is_sequence_recipe, make_sequence_views, make_views
 
 from conftest import TINY
+from method_helpers import free_port
 
 WORLD = 2
 LOCAL_BATCH = 8  # b: the reference sees 2b
@@ -344,12 +344,6 @@ def all_cases() -> list[Case]:
 
 # ------------------------------------------------------------------------------------------------
 # the processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, cases: list[Case], runs: dict[str, Any], out: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,19 +25,18 @@ from selfsup.data.text_datasets import FILES
 from selfsup.tokenize.text import TOKENIZER_FILE, TextTokenizer
 from selfsup.train import Trainer
 
+from conftest import TINY_MLM
+from method_helpers import free_port
+
 WORLD = 2
 WORDS = ("the shuttle launch orbit moon comet brakes engine wheel doctor side effects patient "
          "graphics window screen driver hockey goal season church faith space").split()
 GROUPS = ("sci.space", "rec.autos", "sci.med", "comp.graphics")
-TINY_TEXT_RUN = [
-    "data.dataset=20newsgroups", "data.vocab_size=300", "data.max_length=32",
-    "method.name=mlm", "backbone.name=transformer-tiny", "backbone.dim=16", "backbone.depth=1",
-    "backbone.num_heads=2", "backbone.ffn_dim=32", "train.batch_size=8", "train.epochs=1",
-    "train.steps_per_epoch=1", "train.health_samples=512", "train.probe_every=1",
-    "train.probe_train_samples=16", "train.probe_test_samples=16", "train.progress=false",
-    "train.device=cpu",
+TINY_TEXT_RUN = TINY_MLM + [
+    "data.dataset=20newsgroups", "data.vocab_size=300", "train.batch_size=8",
+    "train.steps_per_epoch=1", "train.probe_every=1", "train.probe_train_samples=16",
+    "train.probe_test_samples=16",
 ]
-
 
 def write_texts(folder: Path) -> None:
     """Small train and test splits in the Orange ``.tab`` format of 20newsgroups."""
@@ -49,12 +47,6 @@ def write_texts(folder: Path) -> None:
                 for _ in range(count)]
         (folder / FILES[split]).write_text(header + "".join(row + "\n" for row in rows),
                                            encoding="utf-8")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, runs: dict[str, Config], out: str) -> None:
