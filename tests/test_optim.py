@@ -333,3 +333,22 @@ def test_accumulating_token_losses_weights_micro_batches_by_their_tokens(method_
     assert accumulated_loss == pytest.approx(whole_loss, rel=1e-5)
     for (name, a), b in zip(accumulated.named_parameters(), whole.parameters()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_accumulating_through_a_wrapper_without_the_method_is_refused():
+    """A DDP or compiled wrapper hides ``loss_weight``: equal weights would be silently wrong for
+    MLM, so train_step must be told the method inside."""
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, views):
+            return self.inner(views)
+
+    method = byol({"name": "small-cnn", "widths": [8, 16]})
+    micro = split_views(digit_views(method), 2)
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"got a Wrapper: pass train_step\(\.\.\., method=\.\.\.\)"):
+        train_step(Wrapper(method), micro, opt, CPU)

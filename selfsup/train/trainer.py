@@ -122,6 +122,10 @@ def micro_batch_weights(method: Method, micro_batches: Sequence[list[torch.Tenso
     """
     if len(micro_batches) == 1:
         return None
+    if not isinstance(method, Method):  # a DDP or compiled wrapper would hide loss_weight
+        raise TypeError(f"weighing micro-batches needs the method itself, got a "
+                        f"{type(method).__name__}: pass train_step(..., method=...) with the "
+                        "method inside the wrapper")
     raw = [method.loss_weight(views) for views in micro_batches]
     if any(weight is None for weight in raw):
         return None
