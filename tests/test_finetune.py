@@ -562,6 +562,13 @@ def test_sequence_runs_refuse_mismatched_data_and_image_settings(tmp_path, fake_
                      log=lambda line: pytest.fail(f"trained despite bad input: {line}"))
 
 
+def test_image_only_settings_are_refused_before_any_data_loads(tmp_path):
+    protein_run = save_protein_run(tmp_path / "protein")
+    with pytest.raises(ConfigError, match="finetune flip_prob applies to images only"):
+        finetune_run(protein_run, [1.0], settings=FinetuneSettings(flip_prob=0.0),
+                     dataset="no-such-data-set", device="cpu")  # loading it would be a DataError
+
+
 def test_image_run_refuses_sequences(run_dir, fake_corpora):
     with pytest.raises(DataError, match="'motif' holds protein sequences but .* holds an image encoder"):
         finetune_run(run_dir, [1.0], dataset="motif", device="cpu",

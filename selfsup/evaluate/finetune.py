@@ -68,7 +68,7 @@ from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.protocol import balanced_subset, fraction_key
 from selfsup.evaluate.run import extract_features, labelled_splits, load_run_config
-from selfsup.evaluate.sequence_finetune import sequence_inputs
+from selfsup.evaluate.sequence_finetune import check_sequence_settings, sequence_inputs
 from selfsup.files import atomic_write
 from selfsup.train.checkpoint import load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
@@ -494,9 +494,11 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
     check_choices(fractions, modes, inits)
     dev = resolve_device(device)
     encoder, spec = load_encoder(run_dir, dev)
+    token_encoder = bool(spec.get("tokenizer"))  # and so sequence data: labelled_splits checks it
+    if token_encoder:  # before any data loads
+        check_sequence_settings(dataset or config.data.dataset, settings)
     name, train, test = labelled_splits(config, spec, run_dir, dataset, data_dir)
-    inputs = (sequence_inputs(name, spec, settings) if isinstance(train, SequenceSource)
-              else ImageInputs.from_settings(settings))
+    inputs = sequence_inputs(spec, settings) if token_encoder else ImageInputs.from_settings(settings)
     study = _Study(encoder, spec, train, test, max(train.num_classes, test.num_classes), settings, dev,
                    config.eval.batch_size, log, inputs)
     out = Path(out) if out is not None else run_dir / RESULTS_FILE

@@ -90,9 +90,13 @@ class SequenceInputs:
         return {**used, "max_length": self.max_length}
 
 
-def sequence_inputs(dataset: str, spec: dict[str, Any], settings: FinetuneSettings) -> SequenceInputs:
-    """The inputs that fine-tune the run's token encoder (``spec``, its ``encoder.json``) on the
-    sequences of ``dataset``; a ConfigError if an image-only setting is changed."""
+def sequence_inputs(spec: dict[str, Any], settings: FinetuneSettings) -> SequenceInputs:
+    """The inputs that fine-tune the run's token encoder (``spec``, its ``encoder.json``)."""
+    return SequenceInputs(*token_encoder_inputs(spec), settings.augment)
+
+
+def check_sequence_settings(dataset: str, settings: FinetuneSettings) -> None:
+    """A ConfigError if an image-only setting is changed for the sequences of ``dataset``."""
     changed = settings.changed_from_default(IMAGE_ONLY_SETTINGS)
     if changed:
         raise ConfigError(f"finetune {', '.join(changed)} appl{'ies' if len(changed) == 1 else 'y'} "
@@ -100,4 +104,3 @@ def sequence_inputs(dataset: str, spec: dict[str, Any], settings: FinetuneSettin
                           f"{'it' if len(changed) == 1 else 'them'} at the default (long sequences "
                           "are cropped to random windows instead; --set augment=false crops at "
                           "the start)")
-    return SequenceInputs(*token_encoder_inputs(spec), settings.augment)
