@@ -376,12 +376,16 @@ def test_report_section_names_the_entries_run_with_another_schedule(tmp_path):
         return {"accuracy": [0.8, 0.82], "mean": 0.81, "std": 0.01, "settings": {**protocol, **changes}}
 
     scratch = {"backbone_lr_scale": 1.0, "layer_decay": 1.0}  # differ by design: not reported
+    # the quick 100 % run comes first in the file; the protocol is what most entries share
     results = {"datasets": {"digits": {"full": {
-        "pretrained": {"0.1": entry(), "1.0": entry(epochs=4, seeds=1)},
+        "pretrained": {"1.0": entry(epochs=4, seeds=1), "0.1": entry(), "0.01": entry()},
         "scratch": {"0.1": entry(**scratch), "1.0": entry(**scratch, epochs=4, batch_size=128)},
     }}}}
     (tmp_path / "finetune.json").write_text(json.dumps(results))
-    notes = [line for line in finetune_section(tmp_path) if line.startswith("Run with other settings")]
+    section = finetune_section(tmp_path)
+    assert any(line.startswith("Protocol (full, pretrained):") and "at least 10 epochs" in line
+               for line in section)
+    notes = [line for line in section if line.startswith("Run with other settings")]
     assert notes == ["Run with other settings: pretrained, fine-tuned at 100% labels (digits): epochs 4; "
                      "scratch, trained at 100% labels (digits): batch_size 128, epochs 4."]
 

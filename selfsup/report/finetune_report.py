@@ -8,6 +8,8 @@ canvas), as everywhere in :mod:`selfsup.report.plots`.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any, Optional
 
@@ -121,14 +123,25 @@ def plot_finetune_label_efficiency(results: dict[str, Any], path: str | Path) ->
     return plots._save(fig, path)
 
 
+# Not a deviation from the protocol line: what differs between the pretrained and the scratch
+# protocol by design, and the number of seeds (a row without ± had one).
+BY_DESIGN = {"backbone_lr_scale", "layer_decay", "seeds"}
+
+
 def _protocol_settings(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(mode, settings) of the first pretrained entry with settings: the protocol line's."""
-    for modes in results["datasets"].values():
-        for mode, inits in modes.items():
-            for entry in (inits.get("pretrained") or {}).values():
-                if entry.get("settings"):
-                    return mode, entry["settings"]
-    return "", {}
+    """(mode, settings) of the protocol line: the settings most pretrained entries share (the
+    first such entry's), so one quick run on a shorter schedule does not become the protocol."""
+    candidates = [(mode, entry["settings"]) for modes in results["datasets"].values()
+                  for mode, inits in modes.items()
+                  for entry in (inits.get("pretrained") or {}).values() if entry.get("settings")]
+    if not candidates:
+        return "", {}
+    keys = [json.dumps(_comparable(settings), sort_keys=True) for _, settings in candidates]
+    return candidates[keys.index(max(keys, key=keys.count))]
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in settings.items() if key not in BY_DESIGN}
 
 
 def _settings_line(results: dict[str, Any]) -> Optional[str]:
@@ -145,21 +158,17 @@ def _settings_line(results: dict[str, Any]) -> Optional[str]:
             "Scratch trains its backbone at the full head LR.")
 
 
-# Settings that differ between the pretrained and the scratch protocol by design, and the count of
-# seeds (the table shows it): not a deviation from the protocol line.
-BY_DESIGN = {"backbone_lr_scale", "layer_decay", "seeds"}
 
 
 def _deviations(results: dict[str, Any]) -> Optional[str]:
     """The entries run with other settings than the protocol line's (e.g. fewer epochs at 100 %
     labels), so a table that mixes schedules says so: None when every entry shares them."""
-    _, protocol = _protocol_settings(results)
-    reference = {k: v for k, v in protocol.items() if k not in BY_DESIGN}
+    reference = _comparable(_protocol_settings(results)[1])
     notes = []
     for dataset, by_init in _entries(results).items():
         for mode, init in _ordered(by_init):
             for fraction, entry in sorted(by_init[(mode, init)].items()):
-                settings = {k: v for k, v in (entry.get("settings") or {}).items() if k not in BY_DESIGN}
+                settings = _comparable(entry.get("settings") or {})
                 changed = [f"{key} {settings.get(key)}" for key in sorted(settings.keys() | reference.keys())
                            if settings.get(key) != reference.get(key)]
                 if changed:
