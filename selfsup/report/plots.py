@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -147,16 +147,7 @@ def plot_rank_curves(runs: dict[str, list[dict]], path: str | Path) -> Path:
 
     ``runs`` maps a run's name to its health records (``kind == "health"`` lines of metrics.jsonl).
     """
-    if not runs:
-        raise ValueError("plot_rank_curves needs at least one run")
-    fig = Figure(figsize=(4.5 * len(runs) + 1, 4.8))
-    axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True))
-    for ax, (name, health) in zip(axes, runs.items()):
-        _draw_rank(ax, health, name)
-    for ax in axes[1:]:
-        ax.set_ylabel("")
-    fig.suptitle("Effective rank per epoch")
-    return _save(fig, path)
+    return _side_by_side(runs, _draw_rank, "Effective rank per epoch", 4.5, path)
 
 
 def plot_spectrum(health: Sequence[Record], path: str | Path) -> Path:
@@ -269,15 +260,23 @@ def plot_probe_curves(runs: dict[str, tuple[Sequence[Record], Sequence[Record]]]
 
     ``runs`` maps a run's name to its (probe records, epoch records) of metrics.jsonl.
     """
+    return _side_by_side(runs, lambda ax, records, name: _draw_probe(ax, *records, name),
+                         "Online k-NN probe vs training loss", 5.5, path)
+
+
+def _side_by_side(runs: dict[str, Any], draw: Callable[[Axes, Any, str], None], title: str,
+                  panel_width: float, path: str | Path) -> Path:
+    """One panel per run, ``draw(ax, run's records, run's name)``, sharing the y axis (labelled
+    on the first panel only)."""
     if not runs:
-        raise ValueError("plot_probe_curves needs at least one run")
-    fig = Figure(figsize=(5.5 * len(runs) + 1, 4.8))
+        raise ValueError(f"{title}: needs at least one run")
+    fig = Figure(figsize=(panel_width * len(runs) + 1, 4.8))
     axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True))
-    for ax, (name, (probes, epochs)) in zip(axes, runs.items()):
-        _draw_probe(ax, probes, epochs, name)
+    for ax, (name, records) in zip(axes, runs.items()):
+        draw(ax, records, name)
     for ax in axes[1:]:
         ax.set_ylabel("")
-    fig.suptitle("Online k-NN probe vs training loss")
+    fig.suptitle(title)
     return _save(fig, path)
 
 
