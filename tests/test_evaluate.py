@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from selfsup.data.fasta import SequenceRecord, write_fasta
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate import (
     balanced_subset,
@@ -265,10 +266,9 @@ PROTEINS = ["MKVLAWY", "QRSTNPG", "MKWWDEF", "LLKVHIE"] * 5
 READS = ["ACGTTGCA", "GGATCCAA", "TTAGCATG", "CATGCATG"] * 5
 
 
-def write_fasta(path, sequences):
+def unlabelled_fasta(path, sequences):
     """An unlabelled FASTA file of ``sequences``, records s0, s1, …"""
-    path.write_text("".join(f">s{i}\n{sequence}\n" for i, sequence in enumerate(sequences)))
-    return path
+    return write_fasta([SequenceRecord(f"s{i}", "", s) for i, s in enumerate(sequences)], path)
 
 
 @pytest.mark.parametrize("run, sequences, message", [
@@ -279,7 +279,7 @@ def write_fasta(path, sequences):
 def test_evaluate_refuses_data_its_encoder_cannot_read(tmp_path, run, sequences, message):
     run_dir = tmp_path / run
     save_token_run(run_dir) if run == "protein" else save_image_run(run_dir)
-    fasta = write_fasta(tmp_path / "data.fasta", sequences)
+    fasta = unlabelled_fasta(tmp_path / "data.fasta", sequences)
     with pytest.raises(DataError, match=message):
         evaluate_run(run_dir, dataset=str(fasta), device="cpu",
                      log=lambda line: pytest.fail(f"evaluated despite bad input: {line}"))
@@ -287,7 +287,7 @@ def test_evaluate_refuses_data_its_encoder_cannot_read(tmp_path, run, sequences,
 
 def test_embed_reads_the_run_data_with_its_options(tmp_path):
     # protein sequences that happen to use nucleotide letters only: the file alone reads as DNA
-    fasta = write_fasta(tmp_path / "acgt-proteins.fasta", READS[:4])
+    fasta = unlabelled_fasta(tmp_path / "acgt-proteins.fasta", READS[:4])
     run_dir = tmp_path / "run"
     encoder, tokenizer = save_token_run(run_dir, dataset=str(fasta))
     with pytest.raises(DataError, match="holds dna sequences"):

@@ -63,8 +63,8 @@ class MoCoV2Options:
         holds the last queue_size / 2 images: keep that well below N, or a query's own image,
         seen in the last epoch, shows up among its negatives. A number > 0 is used as given.
     batch_negatives: true (default) contrasts each query with the queue *and* the keys of the
-        other images of the current (global) batch, the "InfoNCE over queue + batch" the issue asks
-        for; false is the paper's loss, whose only negatives are the queue's. The batch's keys are
+        other images of the current (global) batch (InfoNCE over queue + batch); false is the
+        paper's loss, whose only negatives are the queue's. The batch's keys are
         the freshest negatives (from this step's key encoder; the queue's are up to
         queue_size / (2 × batch) steps old) and each already comes from one random sub-batch of
         shuffling BN, as the positive does, so they add no batch signature that would give the
