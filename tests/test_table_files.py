@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import random
 
@@ -100,6 +101,15 @@ def test_nucleotide_columns_are_read_as_dna(tmp_path):
     source = load_split(write(tmp_path / "reads.csv", "sequence\nacgtRY\nACGU\n"), "all")
     assert source.alphabet == "dna" and source.sequences == ["ACGTNN", "ACGT"]
     assert source.labels is None
+
+
+def test_a_genome_length_field_reads_and_csv_keeps_the_callers_field_limit(tmp_path):
+    limit = csv.field_size_limit()
+    genome = "".join(random.Random(0).choice("ACGT") for _ in range(2 * limit))
+    text = f'sequence,label\n"{genome}",phage\nACGTAC,plasmid\n'
+    source = load_split(write(tmp_path / "genomes.csv", text), "all")
+    assert source.sequences == [genome, "ACGTAC"] and source.classes == ["phage", "plasmid"]
+    assert csv.field_size_limit() == limit  # the reader's raised limit is not left behind
 
 
 def test_columns_are_chosen_by_the_options(tmp_path):

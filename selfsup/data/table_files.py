@@ -28,6 +28,7 @@ adding rows leaves the other rows where they were.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 from pathlib import Path
@@ -47,6 +48,9 @@ TABLE_FILE_OPTIONS = ("sequence_column", "label_column", "alphabet")
 SEQUENCE_COLUMN = "sequence"
 LABEL_COLUMN = "label"
 LABELLED_TEST_FRACTION = 0.2  # as the labelled sequence data sets (swissprot-loc, 16s-gold)
+# csv refuses fields over 128 KiB by default; a genome or a long document is one field here. The
+# cap is what a C long holds on every platform (sys.maxsize overflows it on Windows).
+FIELD_SIZE_LIMIT = 2**31 - 1
 TABLE_ALPHABETS = {**ALPHABETS, "text": None}  # alphabet → letters allowed (None: any text)
 
 
@@ -108,15 +112,16 @@ def read_table(path: Path, delimiter: Optional[str] = None
     stripped column names, then (line number, fields) of every other non-blank row, fields as
     written. ``delimiter``: by default a tab for ``.tsv`` files and a comma otherwise.
 
-    An empty file and a malformed row (a quote left open, a field over ``csv``'s size limit) are
-    ``DataError``s naming the file (and line).
+    A field may be of any length (a whole genome). An empty file and a row ``csv`` cannot parse are ``DataError``s naming the file (and line); a quote left open swallows the rows after
+    it, which then fail the field count of :func:`read_table_rows`.
     """
     delimiter = delimiter or DELIMITERS.get(data_suffix(path), ",")
     # TSV has no quoting convention: a quote in a text is a character like any other
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     reader = csv.reader(_lines(path), delimiter=delimiter, quoting=quoting)
     try:
-        rows = [(reader.line_num, fields) for fields in reader if _filled(fields)]
+        with _field_size_limit(FIELD_SIZE_LIMIT):
+            rows = [(reader.line_num, fields) for fields in reader if _filled(fields)]
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.line_num}: not a valid row ({error})") from None
     if not rows:
@@ -151,6 +156,16 @@ def read_table_rows(path: Path, sequence_column: str = SEQUENCE_COLUMN,
     if not rows:
         raise DataError(f"{path}: the file holds a header row but no records")
     return rows
+
+
+@contextlib.contextmanager
+def _field_size_limit(limit: int) -> Iterator[None]:
+    """csv's field size limit is process-wide: raise it for one read and put the caller's back."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _filled(fields: list[str]) -> bool:
