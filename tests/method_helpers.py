@@ -82,6 +82,20 @@ def digits_losses(section: dict, steps: int = 15, batch: int = 64, lr: float = 1
     return digit_step_losses(method, images, optimizer, steps=steps, batch=batch)
 
 
+def assert_learns_on_digits(section: dict, gap: float = 0.3, batch: int = 64) -> None:
+    """The method's loss falls over a few Adam steps on digits, and ends at least ``gap`` below the
+    loss of frozen weights (``lr=0``) on the very same batches and views.
+
+    The frozen control is what makes the check fail for a method that does not learn: fresh views
+    move the loss by ±0.15 from step to step even with frozen weights (SimCLR: 5.43 → 5.29, which
+    alone would pass ``assert_loss_falls``). Measured gaps over the last 5 of 15 steps: 0.5–1.3.
+    """
+    learnt, frozen = (digits_losses(section, batch=batch, lr=lr) for lr in (1e-2, 0.0))
+    assert frozen[0] == pytest.approx(learnt[0])  # the same start: the comparison is paired
+    assert_loss_falls(learnt)
+    assert np.mean(frozen[-5:]) - np.mean(learnt[-5:]) > gap, (learnt, frozen)
+
+
 def free_port() -> int:
     """A TCP port on localhost that is free now, for a process group's rendezvous."""
     with socket.socket() as s:
