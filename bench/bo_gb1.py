@@ -164,9 +164,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resumable_runs(out: Path, protocol: dict) -> list[dict]:
-    """The runs stored in ``out``; SystemExit when they followed another protocol (the thread
-    count aside), since their curves could not be compared or averaged with new ones."""
+def resumable_results(out: Path, protocol: dict) -> dict:
+    """The runs stored in ``out`` and the encoder hashes they were run with (``runs``,
+    ``encoders``); SystemExit when they followed another protocol (the thread count aside), since
+    their curves could not be compared or averaged with new ones."""
     stored = json.loads(out.read_text())
     changed = sorted(key for key in protocol.keys() | stored["protocol"].keys()
                      if key != "threads" and protocol.get(key) != stored["protocol"].get(key))
@@ -176,7 +177,7 @@ def resumable_runs(out: Path, protocol: dict) -> list[dict]:
 
         raise SystemExit(f"--resume: {out} holds runs with {settings(stored['protocol'])}, not "
                          f"{settings(protocol)}; resume with its settings or use another --out")
-    return stored["runs"]
+    return {"runs": stored["runs"], "encoders": stored.get("encoders", {})}
 
 
 def run_arm(acquisition: Optional[str], features: Optional[np.ndarray], fitness: np.ndarray,
@@ -296,7 +297,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                             "threads": torch.get_num_threads()},
                "runs": []}
     if args.resume and out.is_file():
-        results["runs"] = resumable_runs(out, results["protocol"])
+        # the stored hashes too: without them check_same_encoders cannot see a retrained encoder
+        results.update(resumable_results(out, results["protocol"]))
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     done = {(r["arm"], r["seed"]) for r in results["runs"]}
     # only arms with a seed still to run need their features (a finished encoder arm's run
