@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-all install install-test data data-all torch bench-gpu clean
+.PHONY: demo test test-all install install-test data data-all torch clean
 
 demo: install data
 	$(VENV)/bin/selfsup demo
