@@ -32,7 +32,8 @@ def _pretrain_parser(sub) -> None:
                    help="override any config key, e.g. --set optim.lr=0.5 (repeatable)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint, with its saved config")
+                   help="continue the run in --out from its last checkpoint, with its saved config "
+                        "(the flags and --set change it, e.g. --epochs to train longer)")
     p.add_argument("--evaluate", action="store_true", help="evaluate and report after training")
 
 
@@ -157,18 +158,6 @@ def _pretrain_config(args):
     from selfsup.config import Config, load_config
     from selfsup.evaluate.run import load_run_config
 
-    if args.resume:
-        if not args.out:
-            raise SelfsupError("--resume needs --out DIR: the run directory to continue")
-        config = load_run_config(args.out)
-        if args.set:
-            from selfsup.config import set_key, from_dict, Config
-
-            data = config.to_dict()
-            for item in args.set:
-                set_key(data, item)
-            config = from_dict(Config, data)
-        return config
     flags = []
     for key, value in (("method.name", args.method), ("data.dataset", args.dataset),
                        ("data.data_dir", args.data_dir), ("backbone.name", args.backbone),
@@ -176,6 +165,21 @@ def _pretrain_config(args):
                        ("train.device", args.device), ("out", args.out)):
         if value is not None:
             flags.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    if args.resume:
+        if not args.out:
+            raise SelfsupError("--resume needs --out DIR: the run directory to continue")
+        if args.config:
+            raise SelfsupError("--resume continues the config saved in the run directory; change "
+                               "it with --set KEY=VALUE (or the flags), not --config")
+        # The run continues where it is now, not where config.yaml says it was written (a copied
+        # or moved run would otherwise train into the original); the flags override as --set does
+        # (e.g. --epochs 20 extends a run).
+        from selfsup.config import Config, from_dict, set_key
+
+        data = load_run_config(args.out).to_dict()
+        for item in flags + args.set:
+            set_key(data, item)
+        return from_dict(Config, data)
     config = load_config(args.config, flags + args.set)
     if config.out == Config().out:  # nobody chose a run dir: name it after method and data
         dataset = Path(config.data.dataset).name or "data"

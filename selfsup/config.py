@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -18,6 +19,27 @@ import yaml
 from selfsup.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def check_ranges(section: object, where: str, bounds: dict[str, tuple[float, float]],
+                 above: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError naming the first field of ``section`` outside its ``bounds`` (inclusive
+    (low, high)); the fields in ``above`` must also differ from their low bound. Checked when a
+    section is built, so a bad value stops a run before it writes anything, not after an epoch.
+    Every value must be finite."""
+    for name, (low, high) in bounds.items():
+        value = getattr(section, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not low <= value <= high or (
+                name in above and value == low):
+            relation = "above" if name in above else "at least"
+            limit = f"{relation} {low:g}" + (f" and at most {high:g}" if high != math.inf else "")
+            raise ConfigError(f"{where}.{name} must be a number {limit}, got {value!r}")
+
+
+ANY = (0, math.inf)
+COUNT = (1, math.inf)
+FRACTION = (0, 1)
 
 
 @dataclass
@@ -33,6 +55,12 @@ class DataConfig:
     # keyword options of a registered data set, e.g. {reads_per_gene: 2} for 16s-reads
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ConfigError("data.dataset is empty: name a data set (selfsup list) or a file")
+        check_ranges(self, "data", {"device_max_gb": ANY, "num_workers": ANY, "max_length": COUNT,
+                                    "kmer": COUNT, "vocab_size": COUNT, "bucket_batches": COUNT})
+
 
 @dataclass
 class OptimConfig:
@@ -45,6 +73,15 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     clip_grad: float = 0.0  # max global grad norm; 0 disables clipping
     lars_eta: float = 0.02  # LARS trust coefficient
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "optim", {"lr": ANY, "weight_decay": ANY, "momentum": FRACTION,
+                                     "warmup_epochs": ANY, "min_lr_ratio": FRACTION,
+                                     "clip_grad": ANY, "lars_eta": ANY}, above=("lr", "lars_eta"))
+        betas = self.betas
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
 
 
 @dataclass
@@ -67,6 +104,15 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the data; >0: cap (for quick runs)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        check_ranges(self, "train", {name: COUNT for name in (
+            "epochs", "batch_size", "accumulate_steps", "log_every", "health_every", "probe_every",
+            "health_samples", "probe_train_samples", "probe_test_samples")}
+            | {"seed": ANY, "steps_per_epoch": ANY})
+        if self.sync_bn not in (None, True, False):
+            raise ConfigError(f"train.sync_bn must be true, false or null (automatic), got "
+                              f"{self.sync_bn!r}")
+
 
 @dataclass
 class EvalConfig:
@@ -77,6 +123,17 @@ class EvalConfig:
     baselines: bool = True
     tsne_samples: int = 2000
     batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "eval", {"knn_k": COUNT, "knn_temperature": ANY, "seeds": COUNT,
+                                    "tsne_samples": ANY, "batch_size": COUNT},
+                     above=("knn_temperature",))
+        fractions = self.label_fractions
+        if not (isinstance(fractions, (list, tuple)) and fractions and all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
+                for f in fractions)):
+            raise ConfigError(f"eval.label_fractions must be a list of fractions in (0, 1], e.g. "
+                              f"[0.01, 0.1, 1.0]; got {fractions!r}")
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from PIL import Image
 
 from selfsup.cli import main
 from selfsup.data import load_split
+from selfsup.evaluate.run import load_run_config
+from selfsup.train.metrics_log import read_metrics
 from conftest import TINY
 
 PLOTS = ("loss_lr.png", "effective_rank.png", "spectrum.png", "tsne.png", "label_efficiency.png")
@@ -58,6 +62,9 @@ def test_saved_config_reproduces_the_run(tmp_path):
     (["pretrain", "--dataset", "digits", "--set", "optim.lr=fast"], "optim.lr must be a number"),
     (["pretrain", "--dataset", "digits", "--set", "train.nonsense=1"], "unknown config key train.nonsense"),
     (["evaluate", "/no/such/run"], "not a selfsup run dir"),
+    (["pretrain", "--dataset", "digits", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
+    (["pretrain", "--dataset", "digits", "--epochs", "0"], "train.epochs must be a number at least 1"),
+    (["pretrain", "--dataset", ""], "data.dataset is empty"),  # not the working directory's images
 ])
 def test_bad_input_gets_a_named_error(args, message, capsys, tmp_path):
     if args[0] == "pretrain":
@@ -71,6 +78,34 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "a"), *sets]) == 0
     assert main(["pretrain", "--out", str(tmp_path / "a"), *sets]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_continues_the_copy_named_by_out_with_the_flags_applied(tmp_path):
+    sets = [a for item in TINY for a in ("--set", item)]
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    assert main(["pretrain", "--out", str(original), *sets, "--set", "train.epochs=1"]) == 0
+    shutil.copytree(original, copy)
+    untouched = {p.name: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    assert main(["pretrain", "--out", str(copy), "--resume", "--epochs", "2"]) == 0
+    # config.yaml still says out: .../original; the run continues in the copy regardless
+    assert {p.name: p.read_bytes() for p in original.rglob("*") if p.is_file()} == untouched
+    config = load_run_config(copy)
+    assert config.train.epochs == 2 and Path(config.out) == copy
+    epochs = [r["epoch"] for r in read_metrics(copy / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert epochs == [1, 2]  # the second epoch trained on top of the first
+
+
+def test_a_resume_that_changes_the_model_is_named_and_leaves_the_run_resumable(tmp_path, capsys):
+    sets = [a for item in TINY for a in ("--set", item)]
+    run = tmp_path / "run"
+    assert main(["pretrain", "--out", str(run), *sets, "--set", "train.epochs=1"]) == 0
+    saved = (run / "config.yaml").read_text()
+    assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "2",
+                 "--set", "backbone.widths=[4, 4]"]) == 2
+    assert "does not fit the model this config builds" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == saved  # not the refused change
+    assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert load_run_config(run).train.epochs == 2
 
 
 def test_list_names_the_registered_components(capsys):

@@ -11,13 +11,25 @@ import torch
 from selfsup.errors import ConfigError
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; an unavailable CUDA request is a named error."""
+    """``auto`` → CUDA when present, else CPU; an unavailable CUDA request is a named error, as is
+    any other device (``torch.device`` knows many this library does not train on)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or not (device.type == "cuda" or str(device) == "cpu"):
+        raise ConfigError(f"device {name!r}: choose {DEVICES}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but this machine has no CUDA GPU; use cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

@@ -64,6 +64,7 @@ from selfsup.views import make_sequence_views, make_views
 from selfsup.views.image import to_input
 
 CHECKPOINT = "checkpoints/last.pt"
+CHECKPOINT_KEYS = ("method", "optimizer", "epoch", "step", "monitor")  # what _state always writes
 VIEW_STREAM, FORWARD_STREAM = 1, 2  # the random streams of an epoch besides the data order
 HEALTH_MAX_TOKENS = 512  # sequences in the health batch and probe bank keep their first 512 tokens
 HELD_OUT_SAMPLES = 256  # health-batch samples the held-out loss (perplexity) is measured on
@@ -182,14 +183,13 @@ class Trainer:
                               "or choose another --out")
         if self.process.is_main:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir / "config.yaml")
+            if not self.resume:  # a resumed run's config is saved once its checkpoint fits it
+                self.config.save(self.run_dir / "config.yaml")
 
     def _micro_batch_size(self) -> int:
         """Images per forward pass of one process; the global batch must split evenly."""
         train = self.config.train
         accumulate = train.accumulate_steps
-        if accumulate < 1:
-            raise ConfigError(f"train.accumulate_steps must be at least 1, got {accumulate}")
         parts = self.process.world_size * accumulate
         if train.batch_size % parts:
             raise ConfigError(
@@ -372,9 +372,22 @@ class Trainer:
 
     def _restore(self) -> tuple[int, int]:
         """Every process loads the checkpoint (the processes must agree on all of it)."""
-        state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
-        self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        path = self.run_dir / CHECKPOINT
+        state = load_checkpoint(path, map_location=self.device)
+        missing = [key for key in CHECKPOINT_KEYS
+                   if not isinstance(state, dict) or key not in state]
+        if missing:
+            raise DataError(f"checkpoint {path} lacks {', '.join(missing)}: it is not a selfsup "
+                            "training checkpoint, or it is damaged; start the run afresh")
+        try:
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ConfigError(f"checkpoint {path} does not fit the model this config builds "
+                              f"({first_line}); a resumed run keeps the method, backbone and "
+                              "optimiser it was trained with: drop the --set that changes them"
+                              ) from None
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.monitor.load_state_dict(state["monitor"])
@@ -391,6 +404,8 @@ class Trainer:
             self._build()
             self.wall_seconds = 0.0
             start_epoch, step = (self._restore() if self.resume else (0, 0))
+            if self.resume and self.process.is_main:
+                self.config.save(self.run_dir / "config.yaml")  # with this resume's changes
             self._write({"kind": "run", "event": "resume" if self.resume else "start",
                          "time": time.time(), "epoch": start_epoch, "step": step,
                          "device": str(self.device), "device_name": self._device_name(),
