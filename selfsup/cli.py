@@ -216,6 +216,10 @@ def cmd_evaluate(args) -> int:
     from selfsup.evaluate.run import load_run_config
 
     eval_config = None
+    for item in args.set:
+        if not item.startswith("eval."):  # anything else would be silently ignored
+            raise ConfigError(f"--set {item}: evaluate takes eval.* settings (e.g. "
+                              "eval.knn_k=20); the rest of the run's config is fixed by training")
     if args.set:
         data = {"eval": load_run_config(args.run_dir).to_dict()["eval"]}
         for item in args.set:

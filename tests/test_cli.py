@@ -12,6 +12,8 @@ from PIL import Image
 
 from selfsup.cli import main
 from selfsup.data import load_split
+from selfsup.errors import DataError
+from selfsup.evaluate.finetune import read_results
 from selfsup.evaluate.run import load_run_config
 from selfsup.train.metrics_log import read_metrics
 from conftest import TINY
@@ -65,6 +67,8 @@ def test_saved_config_reproduces_the_run(tmp_path):
     (["pretrain", "--dataset", "digits", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
     (["pretrain", "--dataset", "digits", "--epochs", "0"], "train.epochs must be a number at least 1"),
     (["pretrain", "--dataset", ""], "data.dataset is empty"),  # not the working directory's images
+    (["embed", "/no/such/run", "--out", "feats.txt"], "name the .npy file to write"),
+    (["evaluate", "/no/such/run", "--set", "knn_k=5"], "evaluate takes eval.* settings"),
 ])
 def test_bad_input_gets_a_named_error(args, message, capsys, tmp_path):
     if args[0] == "pretrain":
@@ -106,6 +110,16 @@ def test_a_resume_that_changes_the_model_is_named_and_leaves_the_run_resumable(t
     assert (run / "config.yaml").read_text() == saved  # not the refused change
     assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "2"]) == 0
     assert load_run_config(run).train.epochs == 2
+
+
+def test_output_paths_of_the_wrong_kind_are_named_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a run directory")
+    sets = [a for item in TINY for a in ("--set", item)]
+    assert main(["pretrain", "--out", str(a_file), *sets]) == 2
+    assert "is a file; the run directory must be a folder" in capsys.readouterr().err
+    with pytest.raises(DataError, match="is a folder; name the results file"):
+        read_results(tmp_path)
 
 
 def test_list_names_the_registered_components(capsys):

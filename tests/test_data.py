@@ -71,6 +71,14 @@ def assert_same_batches(first: list, second: list) -> None:
 # ---------------------------------------------------------------- IDX
 
 
+def test_a_data_dir_that_is_not_a_folder_is_named_not_passed_over(tmp_path):
+    # fashion-mnist would otherwise be read from $SELFSUP_DATA or the system copy without a word
+    (tmp_path / "a-file").write_text("")
+    for data_dir in (tmp_path / "absent", tmp_path / "a-file"):
+        with pytest.raises(DataError, match=r"--data-dir .* is not a folder"):
+            load_split("fashion-mnist", "train", data_dir=str(data_dir))
+
+
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_idx_round_trip_uint8(tmp_path, gzipped):
     array = numbered_images(6, 3, 5)

@@ -63,6 +63,9 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None,
     ``{"label_column": "location"}`` for a table.
     """
     options = options or {}
+    if data_dir and not Path(data_dir).expanduser().is_dir():  # not a silent fall-back elsewhere
+        raise DataError(f"--data-dir {data_dir} is not a folder; point it at the folder holding "
+                        "the data set's files, or leave it out to use the standard locations")
     if name in DATASETS:
         factory = DATASETS.get(name)
         known = [p for p in inspect.signature(factory).parameters if p not in ("split", "data_dir")]

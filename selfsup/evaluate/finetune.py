@@ -569,6 +569,8 @@ def results_entry(runs: Sequence[tuple[int, FinetuneOutcome]], settings: dict[st
 def read_results(path: str | Path) -> dict[str, Any]:
     """The contents of a finetune.json (``{"datasets": {}}`` when there is none yet)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; name the results file (e.g. {path / RESULTS_FILE})")
     if not path.is_file():
         return {"datasets": {}}
     try:

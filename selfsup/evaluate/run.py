@@ -24,7 +24,7 @@ from selfsup.data import load_split
 from selfsup.data.base import ImageSource
 from selfsup.data.loader import iterate_in_order
 from selfsup.data.sequences import SequenceSource
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.protocol import evaluate_feature_sets
 from selfsup.evaluate.sequence_baselines import (
     encoder_features, sequence_feature_sets, token_encoder_inputs,
@@ -226,6 +226,11 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
               data_dir: Optional[str] = None, device: str = "auto") -> np.ndarray:
     """Encoder features of every image or sequence of a split (of the data set the run's encoder
     reads; :func:`run_split`'s defaults), saved as a float32 .npy of shape (N, D)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name a .npy file in it")
+    if out.suffix != ".npy":  # numpy would append .npy and write another file than the one named
+        raise ConfigError(f"--out {out}: name the .npy file to write, e.g. {out.with_suffix('.npy')}")
     config = load_run_config(run_dir)
     dev = resolve_device(device)
     encoder, spec = load_encoder(run_dir, dev)
@@ -239,7 +244,6 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
     else:
         feats = extract_features(encoder_fn(encoder), source, dev, config.eval.batch_size,
                                  precision).cpu().numpy()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)
     return feats

@@ -172,6 +172,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _prepare_run_dir(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"--out {self.run_dir} is a file; the run directory must be a folder")
         checkpoint = self.run_dir / CHECKPOINT
         if self.resume and not checkpoint.is_file():
             shared = (" (every process reads it: on several nodes the run directory must be on a "
