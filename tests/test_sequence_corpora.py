@@ -88,7 +88,8 @@ def test_uniprot_go_is_dumped_once_into_the_cache(tmp_path):
 def test_missing_uniprot_go_names_the_folders_and_the_install_command(tmp_path, monkeypatch):
     from selfsup.data import uniprot_go
     monkeypatch.setattr(uniprot_go, "SYSTEM_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(DataError, match=r"(?s)MFO/goasp.fasta.psq.*nowhere.*metastudent-data"):
+    (tmp_path / "empty").mkdir()  # a --data-dir that exists but lacks the files
+    with pytest.raises(DataError, match=r"(?s)MFO/goasp.fasta.psq.*empty.*nowhere.*metastudent-data"):
         load_split("uniprot-go", "train", str(tmp_path / "empty"))
 
 
