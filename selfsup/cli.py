@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pretrain_config(args):
-    from selfsup.config import Config, load_config
+    from selfsup.config import Config, from_dict, load_config, set_key
     from selfsup.evaluate.run import load_run_config
 
     flags = []
@@ -174,8 +174,6 @@ def _pretrain_config(args):
         # The run continues where it is now, not where config.yaml says it was written (a copied
         # or moved run would otherwise train into the original); the flags override as --set does
         # (e.g. --epochs 20 extends a run).
-        from selfsup.config import Config, from_dict, set_key
-
         data = load_run_config(args.out).to_dict()
         for item in flags + args.set:
             set_key(data, item)

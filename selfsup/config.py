@@ -21,20 +21,28 @@ from selfsup.errors import ConfigError
 T = TypeVar("T")
 
 
+def check_number(value: Any, key: str, low: float = 0.0, high: float = math.inf, *,
+                 above: bool = False, whole: bool = False) -> float:
+    """``value`` as a float when it is a finite number in [``low``, ``high``] (``above``: ``low``
+    itself excluded; ``whole``: an int); else a ConfigError naming ``key``. The one range check of
+    config sections, view recipes and fine-tuning settings."""
+    number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not low <= value <= high or (above and value == low):
+        if high == math.inf:
+            limit = f"{'>' if above else '≥'} {low:g}"
+        else:
+            limit = f"in {'(' if above else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"{key} must be a {'whole ' if whole else ''}number {limit}, got {value!r}")
+    return float(value)
+
+
 def check_ranges(section: object, where: str, bounds: dict[str, tuple[float, float]],
                  above: tuple[str, ...] = ()) -> None:
-    """Raise ConfigError naming the first field of ``section`` outside its ``bounds`` (inclusive
-    (low, high)); the fields in ``above`` must also differ from their low bound. Checked when a
-    section is built, so a bad value stops a run before it writes anything, not after an epoch.
-    Every value must be finite."""
+    """:func:`check_number` on each field of ``section`` named in ``bounds`` ((low, high)), low
+    excluded for those in ``above``. Run when a section is built, so a bad value stops a run before
+    it writes anything, not after an epoch."""
     for name, (low, high) in bounds.items():
-        value = getattr(section, name)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or not low <= value <= high or (
-                name in above and value == low):
-            relation = "above" if name in above else "at least"
-            limit = f"{relation} {low:g}" + (f" and at most {high:g}" if high != math.inf else "")
-            raise ConfigError(f"{where}.{name} must be a number {limit}, got {value!r}")
+        check_number(getattr(section, name), f"{where}.{name}", low, high, above=name in above)
 
 
 ANY = (0, math.inf)
@@ -79,8 +87,9 @@ class OptimConfig:
                                      "warmup_epochs": ANY, "min_lr_ratio": FRACTION,
                                      "clip_grad": ANY, "lars_eta": ANY}, above=("lr", "lars_eta"))
         betas = self.betas
-        if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        pair = isinstance(betas, (list, tuple)) and len(betas) == 2
+        # a beta of 1 would freeze Adam's running average
+        if not pair or any(check_number(beta, "optim.betas", 0, 1) == 1 for beta in betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
 
 
@@ -129,11 +138,11 @@ class EvalConfig:
                                     "tsne_samples": ANY, "batch_size": COUNT},
                      above=("knn_temperature",))
         fractions = self.label_fractions
-        if not (isinstance(fractions, (list, tuple)) and fractions and all(
-                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
-                for f in fractions)):
+        if not (isinstance(fractions, (list, tuple)) and fractions):
             raise ConfigError(f"eval.label_fractions must be a list of fractions in (0, 1], e.g. "
                               f"[0.01, 0.1, 1.0]; got {fractions!r}")
+        for fraction in fractions:
+            check_number(fraction, "eval.label_fractions", 0, 1, above=True)
 
 
 @dataclass

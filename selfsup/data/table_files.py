@@ -112,8 +112,9 @@ def read_table(path: Path, delimiter: Optional[str] = None
     stripped column names, then (line number, fields) of every other non-blank row, fields as
     written. ``delimiter``: by default a tab for ``.tsv`` files and a comma otherwise.
 
-    A field may be of any length (a whole genome). An empty file and a row ``csv`` cannot parse are ``DataError``s naming the file (and line); a quote left open swallows the rows after
-    it, which then fail the field count of :func:`read_table_rows`.
+    A field may be of any length (a whole genome). An empty file and a row ``csv`` cannot parse
+    are ``DataError``s naming the file (and line); a quote left open swallows the rows after it,
+    which then fail the field count of :func:`read_table_rows`.
     """
     delimiter = delimiter or DELIMITERS.get(data_suffix(path), ",")
     # TSV has no quoting convention: a quote in a text is a character like any other

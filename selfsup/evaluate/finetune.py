@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones import build_backbone
-from selfsup.config import from_dict, set_key
+from selfsup.config import check_number, from_dict, set_key
 from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream
 from selfsup.data.sequences import SequenceSource
@@ -111,9 +111,7 @@ class FinetuneSettings:
     def check(self) -> None:
         """Raise ConfigError naming the first field with an impossible value."""
         for name, low in (("epochs", 1), ("batch_size", 1), ("seeds", 1), ("min_steps", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"finetune {name} must be a whole number ≥ {low}, got {value!r}")
+            check_number(getattr(self, name), f"finetune {name}", low, whole=True)
         ranges = {"lr": (0, math.inf), "weight_decay": (0, math.inf), "warmup_fraction": (0, 1),
                   "label_smoothing": (0, 1), "flip_prob": (0, 1),
                   "backbone_lr_scale": (0, 1), "layer_decay": (0, 1)}
@@ -121,8 +119,7 @@ class FinetuneSettings:
             value = getattr(self, name)
             if value is None and name == "layer_decay":
                 continue  # the backbone's default
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ConfigError(f"finetune {name} must be a number in [{low}, {high}], got {value!r}")
+            check_number(value, f"finetune {name}", low, high)
         if self.lr == 0 or self.backbone_lr_scale == 0 or self.layer_decay == 0:
             raise ConfigError("finetune lr, backbone_lr_scale and layer_decay must be above 0; "
                               "for a backbone that does not train use --mode frozen")

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from numbers import Real
 from typing import Any, Sequence
 
 import torch
 
-from selfsup.config import build_options
+from selfsup.config import build_options, check_number
 from selfsup.errors import ConfigError, DataError
 from selfsup.registry import VIEW_RECIPES
 from selfsup.views.image import (
@@ -200,16 +199,11 @@ class InputOptions:
     num_views: int = 2
 
 
-def _number(value: Any, key: str, low: float = 0.0, high: float = float("inf")) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not low <= value <= high:
-        raise ConfigError(f"views.{key} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
 def _pair(value: Any, key: str, low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ConfigError(f"views.{key} must be a pair [a, b], got {value!r}")
-    return _number(value[0], key, low, high), _number(value[1], key, low, high)
+    return (check_number(value[0], f"views.{key}", low, high),
+            check_number(value[1], f"views.{key}", low, high))
 
 
 def _view_size(value: Any, in_shape: tuple[int, int, int], key: str = "size") -> tuple[int, int]:
@@ -242,13 +236,14 @@ def _jitter(strengths: tuple[float, float, float, float], scale: float) -> tuple
 def _common_spec(options: AugmentOptions, in_shape: tuple[int, int, int],
                  jitter: tuple[float, float, float, float]) -> ViewSpec:
     """The ViewSpec fields every augmenting recipe shares, validated."""
+    strength = check_number(options.jitter_strength, "views.jitter_strength")
     return ViewSpec(
         size=_view_size(options.size, in_shape),
         crop_scale=_crop_scale(options.crop_scale, in_shape),
-        flip_prob=_number(options.flip_prob, "flip_prob", 0, 1),
-        jitter_prob=_number(options.jitter_prob, "jitter_prob", 0, 1),
-        jitter=_jitter(jitter, _number(options.jitter_strength, "jitter_strength")),  # type: ignore[arg-type]
-        grayscale_prob=_number(options.grayscale_prob, "grayscale_prob", 0, 1),
+        flip_prob=check_number(options.flip_prob, "views.flip_prob", 0, 1),
+        jitter_prob=check_number(options.jitter_prob, "views.jitter_prob", 0, 1),
+        jitter=_jitter(jitter, strength),  # type: ignore[arg-type]
+        grayscale_prob=check_number(options.grayscale_prob, "views.grayscale_prob", 0, 1),
     )
 
 
@@ -266,8 +261,9 @@ def simclr_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> Vie
     opts = build_options(SimCLROptions, options, "views")
     spec = _common_spec(opts, _checked_shape(in_shape), (0.4, 0.4, 0.4, 0.1))
     default_blur = 0.0 if _is_small(spec.size) else 0.5
-    blur = default_blur if opts.blur_prob is None else _number(opts.blur_prob, "blur_prob", 0, 1)
-    spec = replace(spec, blur_prob=blur)
+    if opts.blur_prob is not None:
+        default_blur = check_number(opts.blur_prob, "views.blur_prob", 0, 1)
+    spec = replace(spec, blur_prob=default_blur)
     return ImageViews(in_shape, [spec, spec])
 
 
@@ -336,7 +332,7 @@ def _multicrop_blur(value: Any, global_size: tuple[int, int],
         return (*global_blur, 0.0 if _is_small(local_size) else 0.5)
     if not isinstance(value, (list, tuple)) or len(value) != 3:
         raise ConfigError(f"views.blur_probs must be [global 1, global 2, locals], got {value!r}")
-    return tuple(_number(p, "blur_probs", 0, 1) for p in value)  # type: ignore[return-value]
+    return tuple(check_number(p, "views.blur_probs", 0, 1) for p in value)  # type: ignore[return-value]
 
 
 @VIEW_RECIPES.register("multicrop", "2 global + N small local views (DINO); options num_local_views, "
@@ -391,7 +387,7 @@ def crop_flip_views(in_shape: tuple[int, int, int], options: dict[str, Any]) -> 
     if isinstance(opts.num_views, bool) or not isinstance(opts.num_views, int) or opts.num_views < 1:
         raise ConfigError(f"views.num_views must be an integer ≥ 1, got {opts.num_views!r}")
     spec = ViewSpec(size=_view_size(opts.size, in_shape), crop_scale=_crop_scale(opts.crop_scale, in_shape),
-                    flip_prob=_number(opts.flip_prob, "flip_prob", 0, 1), jitter_prob=0.0,
+                    flip_prob=check_number(opts.flip_prob, "views.flip_prob", 0, 1), jitter_prob=0.0,
                     grayscale_prob=0.0)
     return ImageViews(in_shape, [spec] * opts.num_views)
 

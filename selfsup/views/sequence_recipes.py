@@ -19,12 +19,11 @@ into micro-batches (``tensor_split`` along the batch) slices these too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any, Callable, Union
 
 import torch
 
-from selfsup.config import build_options
+from selfsup.config import build_options, check_number
 from selfsup.errors import ConfigError, DataError
 from selfsup.registry import VIEW_RECIPES
 from selfsup.tokenize.base import TokenBatch, Tokenizer
@@ -87,12 +86,6 @@ def sequence_recipe_names() -> list[str]:
     return [name for name in VIEW_RECIPES.names() if is_sequence_recipe(name)]
 
 
-def _probability(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"views.{key} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def _where_drawn(p: float, changed: torch.Tensor, unchanged: torch.Tensor,
                  generator: torch.Generator) -> torch.Tensor:
     """Per sample (row): ``changed`` with probability ``p``, else ``unchanged``."""
@@ -134,9 +127,9 @@ class MaskedTokenViews(SequenceViewMaker):
                         "mask_fraction, random_fraction")
 def masked_token_views(tokenizer: Tokenizer, options: dict[str, Any]) -> SequenceViewMaker:
     opts = build_options(MaskedTokenOptions, options, "views")
-    _probability(opts.rate, "rate")
-    _probability(opts.mask_fraction, "mask_fraction")
-    _probability(opts.random_fraction, "random_fraction")
+    check_number(opts.rate, "views.rate", 0, 1)
+    check_number(opts.mask_fraction, "views.mask_fraction", 0, 1)
+    check_number(opts.random_fraction, "views.random_fraction", 0, 1)
     return MaskedTokenViews(tokenizer, opts)
 
 
@@ -240,7 +233,7 @@ def dna_contrastive_views(tokenizer: Tokenizer, options: dict[str, Any]) -> Sequ
     opts = build_options(DnaViewOptions, options, "views")
     for key in ("crop_prob", "crop_min_fraction", "shift_prob", "rc_prob", "substitution_prob",
                 "substitution_rate", "mask_prob", "mask_rate"):
-        _probability(getattr(opts, key), key)
+        check_number(getattr(opts, key), f"views.{key}", 0, 1)
     if opts.crop_min_fraction == 0:
         raise ConfigError("views.crop_min_fraction must be above 0 (a window keeps at least one token)")
     if isinstance(opts.max_shift, bool) or not isinstance(opts.max_shift, int) or opts.max_shift < 0:
