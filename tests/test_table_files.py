@@ -67,6 +67,12 @@ def test_a_text_file_of_sequences_takes_the_alphabet_option(tmp_path):
     assert source.alphabet == "dna" and source.sequences == ["ACGTN", "ACGNN"]
 
 
+def test_only_the_byte_order_mark_that_opens_the_file_is_dropped(tmp_path):
+    # a spreadsheet's BOM starts the file; U+FEFF starting a later line is a character of the text
+    path = write(tmp_path / "notes.txt", "\ufefffirst note\n\ufeffsecond note\n")
+    assert load_split(path, "all").sequences == ["first note", "\ufeffsecond note"]
+
+
 def test_an_empty_text_file_is_named(tmp_path):
     path = write(tmp_path / "blank.txt", "\n  \n")
     with pytest.raises(DataError, match=r"blank\.txt: the file holds no text"):

@@ -99,7 +99,7 @@ def load_table_file(path: Path, split: str, sequence_column: str = SEQUENCE_COLU
 
 def read_text_rows(path: Path) -> list[Row]:
     """The non-blank lines of a text file, stripped, as rows without labels."""
-    rows = [Row(number, line.strip()) for number, line in enumerate(_lines(path), start=1)
+    rows = [Row(number, line.strip()) for number, line in numbered_lines(path, "utf-8-sig")
             if line.strip()]
     if not rows:
         raise DataError(f"{path}: the file holds no text (it is empty or blank)")
