@@ -87,3 +87,14 @@ def test_read_metrics_keeps_held_out_records_and_the_last_perplexity_is_the_late
     assert metrics.held_out == [records[0], records[2], records[3]]
     assert last_held_out_perplexity(metrics.held_out) == (2, 12.2)
     assert last_held_out_perplexity(records[1:2]) is None
+
+
+def test_lines_that_are_not_json_objects_are_skipped_not_fatal(tmp_path):
+    # a damaged or hand-edited log must not cost the evaluation: every record has to answer .get
+    from selfsup.train.metrics_log import last_held_out_perplexity, read_metrics as records_of
+
+    path = tmp_path / "metrics.jsonl"
+    held_out = {"kind": "held_out", "epoch": 1, "step": 2, "loss": 3.0, "perplexity": 20.1}
+    path.write_text(json.dumps(held_out) + "\n3\n[1, 2]\n\"text\"\n{\"kind\": \"ep")
+    assert records_of(path) == [held_out]
+    assert last_held_out_perplexity(records_of(path)) == (1, 20.1)

@@ -25,7 +25,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All complete records; a torn last line (a killed run) is skipped."""
+    """All complete records; a torn last line (a killed run) and any line that is not a JSON
+    object (a damaged or hand-edited log) are skipped, so every record answers ``.get``."""
     return list(_records(Path(path)))
 
 
@@ -47,9 +48,11 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            yield record
 
 
 def _finite(value: Any) -> Any:
