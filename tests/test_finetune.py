@@ -389,6 +389,13 @@ def test_report_section_names_the_entries_run_with_another_schedule(tmp_path):
     assert notes == ["Run with other settings: pretrained, fine-tuned at 100% labels (digits): epochs 4; "
                      "scratch, trained at 100% labels (digits): batch_size 128, epochs 4."]
 
+    # one entry each way, the quick one first: the tie goes to the longer schedule
+    tied = {"datasets": {"digits": {"full": {"pretrained": {"1.0": entry(epochs=4), "0.1": entry()}}}}}
+    (tmp_path / "finetune.json").write_text(json.dumps(tied))
+    section = finetune_section(tmp_path)
+    assert any(line.startswith("Protocol (full, pretrained):") and "at least 10 epochs" in line
+               for line in section)
+
 
 def test_report_section_without_results_says_how_to_make_them(tmp_path):
     assert "selfsup finetune" in " ".join(finetune_section(tmp_path))

@@ -9,7 +9,7 @@ canvas), as everywhere in :mod:`selfsup.report.plots`.
 from __future__ import annotations
 
 import json
-
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -128,27 +128,29 @@ def plot_finetune_label_efficiency(results: dict[str, Any], path: str | Path) ->
 BY_DESIGN = {"backbone_lr_scale", "layer_decay", "seeds"}
 
 
-def _protocol_settings(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(mode, settings) of the protocol line: the settings most pretrained entries share (the
-    first such entry's), so one quick run on a shorter schedule does not become the protocol."""
-    candidates = [(mode, entry["settings"]) for modes in results["datasets"].values()
-                  for mode, inits in modes.items()
-                  for entry in (inits.get("pretrained") or {}).values() if entry.get("settings")]
+def _protocol(entries: dict[str, dict[tuple[str, str], dict[float, dict]]]
+              ) -> tuple[str, dict[str, Any]]:
+    """(mode, settings) of the protocol line: the settings most pretrained entries share, a tie
+    going to the longer schedule, so a quick run on a shorter schedule never becomes the
+    protocol; ("", {}) when no entry recorded its settings."""
+    candidates = [(mode, entry["settings"]) for by_init in entries.values()
+                  for (mode, init), by_fraction in by_init.items() if init == "pretrained"
+                  for entry in by_fraction.values() if entry.get("settings")]
     if not candidates:
         return "", {}
     keys = [json.dumps(_comparable(settings), sort_keys=True) for _, settings in candidates]
-    return candidates[keys.index(max(keys, key=keys.count))]
+    counts = Counter(keys)
+    best = max(range(len(candidates)),
+               key=lambda i: (counts[keys[i]], candidates[i][1].get("epochs") or 0))
+    return candidates[best]
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if key not in BY_DESIGN}
 
 
-def _settings_line(results: dict[str, Any]) -> Optional[str]:
-    """The protocol of the first pretrained entry, in one sentence."""
-    mode, s = _protocol_settings(results)
-    if not s:
-        return None
+def _settings_line(mode: str, s: dict[str, Any]) -> str:
+    """The protocol (``_protocol``) in one sentence."""
     rate = (f"backbone × {s.get('backbone_lr_scale')}"
             + (f", layer decay {s['layer_decay']}" if s.get("layer_decay") else ""))
     return (f"Protocol ({mode}, pretrained): AdamW, head LR {s.get('lr')}, {rate}; "
@@ -158,14 +160,13 @@ def _settings_line(results: dict[str, Any]) -> Optional[str]:
             "Scratch trains its backbone at the full head LR.")
 
 
-
-
-def _deviations(results: dict[str, Any]) -> Optional[str]:
+def _deviations(entries: dict[str, dict[tuple[str, str], dict[float, dict]]],
+                protocol: dict[str, Any]) -> Optional[str]:
     """The entries run with other settings than the protocol line's (e.g. fewer epochs at 100 %
     labels), so a table that mixes schedules says so: None when every entry shares them."""
-    reference = _comparable(_protocol_settings(results)[1])
+    reference = _comparable(protocol)
     notes = []
-    for dataset, by_init in _entries(results).items():
+    for dataset, by_init in entries.items():
         for mode, init in _ordered(by_init):
             for fraction, entry in sorted(by_init[(mode, init)].items()):
                 settings = _comparable(entry.get("settings") or {})
@@ -200,15 +201,16 @@ def finetune_section(run_dir: str | Path) -> list[str]:
         return lines + [f"No fine-tuning results ({RESULTS_FILE} is missing); run `selfsup finetune "
                         f"{run_dir} --compare-scratch` and then `selfsup report {run_dir}`."]
     results = read_results(run_dir / RESULTS_FILE)
-    if not _entries(results):
+    entries = _entries(results)
+    if not entries:
         return lines + [f"{RESULTS_FILE} holds no results yet."]
     lines += ["Test top-1 after a fixed schedule (nothing chosen on the test split), mean ± std in "
               "percentage points over seeds; each seed has its own class-balanced label subset, head "
               "init and data order.", ""]
-    settings = _settings_line(results)
-    if settings:
-        lines += [settings, ""]
-    deviations = _deviations(results)
+    mode, protocol = _protocol(entries)
+    if protocol:
+        lines += [_settings_line(mode, protocol), ""]
+    deviations = _deviations(entries, protocol)
     if deviations:
         lines += [deviations, ""]
     lines.append(format_finetune_table(results))
