@@ -188,6 +188,7 @@ def test_bad_pool_files_get_named_errors(tmp_path, name, text, message):
     ("sequence,value\nACD,1.0\nWWW,2.0\n",
      r"m.csv, line 3: sequence 'WWW' is not in the candidate pool"),
     ("sequence,fitness\nACD,1.0\n", r"lacks column\(s\) value"),
+    ("", r"m.csv: the file is empty; .*e\.g\. sequence,value\)"),  # BO's columns, not a table's
     (BYTE_ORDER_MARK + "sequence,value\nACD,1.0\nACE,high\n", r"m.csv, line 3: value 'high'"),
 ])
 def test_bad_measurement_files_get_named_errors(tmp_path, text, message):

@@ -363,7 +363,7 @@ def _read_sequence_file_pool(path: Path) -> list[str]:
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     """(line number, {column: stripped text}) per data row; the header names the columns (any
     case); sequences are upper-cased and checked against the 20 standard amino acids."""
-    header, table = read_table(path, delimiter=",")
+    header, table = read_table(path, delimiter=",", columns=columns)
     header = [name.lower() for name in header]
     missing = [c for c in columns if c not in header]
     if missing:

@@ -32,7 +32,7 @@ import contextlib
 import csv
 import functools
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 from selfsup.data.fasta import existing_file, letter_checker, numbered_lines
 from selfsup.data.sequence_files import (ALPHABETS, SNIFF_RECORDS, TEST_FRACTION, data_suffix,
@@ -106,11 +106,13 @@ def read_text_rows(path: Path) -> list[Row]:
     return rows
 
 
-def read_table(path: Path, delimiter: Optional[str] = None
+def read_table(path: Path, delimiter: Optional[str] = None,
+               columns: Sequence[str] = (SEQUENCE_COLUMN, LABEL_COLUMN)
                ) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, rows) of a CSV/TSV file, plain or gzipped, UTF-8: the first non-blank row's
     stripped column names, then (line number, fields) of every other non-blank row, fields as
-    written. ``delimiter``: by default a tab for ``.tsv`` files and a comma otherwise.
+    written. ``delimiter``: by default a tab for ``.tsv`` files and a comma otherwise;
+    ``columns``: the caller's columns, the example header an empty file's error gives.
 
     A field may be of any length (a whole genome). An empty file and a row ``csv`` cannot parse
     are ``DataError``s naming the file (and line); a quote left open swallows the rows after it,
@@ -127,7 +129,7 @@ def read_table(path: Path, delimiter: Optional[str] = None
         raise DataError(f"{path}, line {reader.line_num}: not a valid row ({error})") from None
     if not rows:
         raise DataError(f"{path}: the file is empty; a table starts with a header row naming "
-                        f"its columns (e.g. {SEQUENCE_COLUMN}{delimiter}{LABEL_COLUMN})")
+                        f"its columns (e.g. {delimiter.join(columns)})")
     return [name.strip() for name in rows[0][1]], rows[1:]
 
 
