@@ -29,3 +29,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def save_npy(path: str | Path, array) -> None:
+    """``np.save`` of ``array`` to exactly ``path`` (given a name, numpy would append ``.npy``),
+    through :func:`atomic_write`."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(path, write)

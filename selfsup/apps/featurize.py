@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.files import atomic_write
+from selfsup.files import save_npy
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
 # Per-residue descriptors, one row per amino acid: (hydropathy, volume, charge, polarity).
@@ -187,7 +187,7 @@ class RunEmbedding:
                              for part in _residue_slices(sequences, RESIDUES_PER_CALL)
                              for residues, sequence in zip(self.encode(part), part, strict=True)])
         features = features.astype(np.float32)
-        atomic_write(path, lambda tmp: _save_array(tmp, features))  # never a half-written cache
+        save_npy(path, features)  # atomically: never a half-written cache
         return features
 
     def _pool(self, residues: np.ndarray, sequence: str) -> np.ndarray:
@@ -202,12 +202,6 @@ class RunEmbedding:
             raise DataError(f"site {max(self.sites)} is beyond a sequence of {len(sequence)} "
                             "residues")
         return residues[[s - 1 for s in self.sites]].mean(0)
-
-
-def _save_array(path: Path, array: np.ndarray) -> None:
-    """``np.save`` under exactly ``path`` (given a name, it would append ``.npy``)."""
-    with open(path, "wb") as handle:
-        np.save(handle, array)
 
 
 def make_featurizer(spec: str, sites: Optional[Sequence[int]] = None,

@@ -31,7 +31,7 @@ from selfsup.evaluate.sequence_baselines import (
 )
 from selfsup.evaluate.tsne import tsne_embedding
 from selfsup.health.metrics import health_metrics
-from selfsup.files import atomic_write
+from selfsup.files import atomic_write, save_npy
 from selfsup.train.checkpoint import load_encoder
 from selfsup.train.device import autocast, resolve_device, resolve_precision
 from selfsup.train.metrics_log import last_held_out_perplexity, read_metrics
@@ -244,6 +244,5 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
     else:
         feats = extract_features(encoder_fn(encoder), source, dev, config.eval.batch_size,
                                  precision).cpu().numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, feats)
+    save_npy(out, feats)
     return feats
