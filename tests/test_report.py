@@ -20,6 +20,7 @@ from selfsup.report import (
     read_metrics,
     write_report,
 )
+from selfsup.report import plots
 from selfsup.report.plots import DPI, ema
 
 EVAL = {
@@ -252,20 +253,26 @@ def test_plot_rank_curves_draws_one_panel_per_run(tmp_path):
         plot_rank_curves({}, tmp_path / "none.png")
 
 
-def test_plot_probe_curves_draws_one_panel_per_run(tmp_path):
+def test_plot_probe_curves_draws_each_runs_probe_and_loss_in_its_own_panel(tmp_path, monkeypatch):
+    # the panel layout and the empty-input error are _side_by_side's, checked through
+    # plot_rank_curves above; here: what lands in each panel
     def run(knn: list[float]) -> tuple[list[dict], list[dict]]:
         probes = [{"kind": "probe", "epoch": e, "knn_top1": k} for e, k in enumerate(knn, 1)]
-        epochs = [{"kind": "epoch", "epoch": e, "loss": -e / 4} for e in range(1, len(knn) + 1)]
+        epochs = [{"kind": "epoch", "epoch": e, "loss": -e / 4 - k} for e, k in enumerate(knn, 1)]
         return probes, epochs
 
-    one = plot_probe_curves({"stop-gradient": run([0.5, 0.6, 0.7])}, tmp_path / "one.png")
-    two = plot_probe_curves({"stop-gradient": run([0.5, 0.6, 0.7]),
-                             "no stop-gradient": run([0.5, 0.45, 0.45])}, tmp_path / "two.png")
-    with Image.open(one) as a, Image.open(two) as b:
-        assert a.format == b.format == "PNG"
-        assert b.size[0] > 1.5 * a.size[0] and a.size[1] == b.size[1]
-    with pytest.raises(ValueError):
-        plot_probe_curves({}, tmp_path / "none.png")
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    runs = {"stop-gradient": run([0.5, 0.6, 0.7]), "no stop-gradient": run([0.5, 0.45, 0.45])}
+    plot_probe_curves(runs, tmp_path / "two.png")
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_title()]  # the loss twins carry no title
+    twins = [ax for ax in fig.axes if not ax.get_title()]
+    assert [ax.get_title() for ax in panels] == list(runs)
+    for panel, twin, (probes, epochs) in zip(panels, twins, runs.values(), strict=True):
+        (probe_line,), (loss_line,) = panel.get_lines(), twin.get_lines()
+        assert list(probe_line.get_ydata()) == [100 * r["knn_top1"] for r in probes]
+        assert list(loss_line.get_ydata()) == [r["loss"] for r in epochs]
 
 
 def test_report_embeds_the_pictures_of_a_vae_run(tiny_config):
