@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.backbones import build_backbone
-from selfsup.config import load_config
+from selfsup.config import Config, load_config
 from selfsup.data import load_split
 from selfsup.errors import ConfigError
 from selfsup.evaluate.run import evaluate_run
+from selfsup.files import atomic_write
 from selfsup.methods import build_method
 from selfsup.registry import METHODS
 from selfsup.train import pretrain
@@ -35,8 +36,8 @@ from selfsup.train.metrics_log import read_metrics
 from selfsup.views.sequence_recipes import is_sequence_recipe
 
 
-def run_method(name: str, args, out_dir: Path, baselines: bool) -> dict:
-    run_dir = out_dir / name
+def method_config(name: str, args, run_dir: Path) -> Config:
+    """The config method ``name`` runs with at the bench's budget, --set and --smoke included."""
     overrides = [f"method.name={name}", f"data.dataset={args.dataset}",
                  f"backbone.name={args.backbone}", f"train.epochs={args.epochs}",
                  f"train.batch_size={args.batch_size}", f"train.device={args.device}",
@@ -47,8 +48,13 @@ def run_method(name: str, args, out_dir: Path, baselines: bool) -> dict:
         overrides += ["backbone.widths=[16, 32]", "train.health_samples=512",
                       "train.probe_train_samples=512", "train.probe_test_samples=256",
                       "eval.tsne_samples=100"]
+    return load_config(None, overrides)
+
+
+def run_method(name: str, args, out_dir: Path, baselines: bool) -> dict:
+    run_dir = out_dir / name
     started = time.perf_counter()
-    pretrain(load_config(None, overrides))
+    pretrain(method_config(name, args, run_dir))
     train_seconds = time.perf_counter() - started
     result = evaluate_run(run_dir, device=args.device, baselines=baselines, log=lambda _: None)
     epochs = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
@@ -60,11 +66,12 @@ def run_method(name: str, args, out_dir: Path, baselines: bool) -> dict:
     }
 
 
-def refuses_backbone(name: str, args) -> Optional[str]:
-    """Why method ``name`` cannot be built on the bench's backbone (its ConfigError), or None."""
-    shape = load_split(args.dataset, "train").shape
+def refuses_backbone(name: str, args, shape: tuple[int, int, int]) -> Optional[str]:
+    """Why method ``name`` cannot be built on the bench's backbone as its run would configure it
+    (its ConfigError), or None. ``shape``: the data's (C, H, W)."""
     try:
-        build_method({"name": name}, build_backbone({"name": args.backbone}, shape[0], shape[1]), shape)
+        config = method_config(name, args, Path(args.out_dir) / name)
+        build_method(config.method, build_backbone(config.backbone, shape[0], shape[1]), shape)
     except ConfigError as error:
         return str(error)
     return None
@@ -112,8 +119,9 @@ def main() -> None:
     names = args.methods or [n for n in METHODS.names()
                              if not is_sequence_recipe(METHODS.get(n).view_recipe)]
     # e.g. MAE and BEiT need a ViT: they belong to another table, not to this backbone's
+    shape = load_split(args.dataset, "train").shape
     skipped = {} if args.methods else {n: reason for n in names
-                                       if (reason := refuses_backbone(n, args)) is not None}
+                                       if (reason := refuses_backbone(n, args, shape)) is not None}
     names = [n for n in names if n not in skipped]
     rows = []
     for i, name in enumerate(names):
@@ -136,10 +144,10 @@ def main() -> None:
               " ".join(f"{b['linear_top1'][k]:>9.3f}" for k in keys))
     for name, reason in skipped.items():
         print(f"{name:<16} skipped: {reason}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "date": time.strftime("%Y-%m-%d"),
-                                           "rows": rows, "baselines": baselines,
-                                           "skipped": skipped}, indent=2))
+    table = {"args": vars(args), "date": time.strftime("%Y-%m-%d"), "rows": rows,
+             "baselines": baselines, "skipped": skipped}
+    # atomically: --merge reads this file back in a later session
+    atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(table, indent=2)))
     print(f"wrote {args.json}")
 
 
