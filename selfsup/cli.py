@@ -341,9 +341,7 @@ DISTRIBUTED_COMMANDS = ("pretrain", "demo")
 
 
 def _is_main_process() -> bool:
-    if "RANK" not in os.environ:  # not under torchrun: skip importing the training stack
-        return True
-    from selfsup.train.distributed import is_main_process
+    from selfsup.train.process import is_main_process  # torch-free: no training stack loads
 
     return is_main_process()
 

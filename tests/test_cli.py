@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +141,16 @@ def test_run_dir_comes_from_the_config_file_else_from_method_and_data(tmp_path, 
     assert _pretrain_config(args).out == str(tmp_path / "from-file")
     args = build_parser().parse_args(["pretrain", "--method", "simsiam", "--dataset", "digits"])
     assert _pretrain_config(args).out == "runs/simsiam-digits"
+
+
+def test_other_ranks_decide_to_do_nothing_without_loading_torch():
+    # a fresh interpreter: this one has torch loaded already
+    code = ("import sys; from selfsup.cli import main; code = main(['report', '/no/such/run']); "
+            "print(code, 'torch' in sys.modules, 'selfsup.train.trainer' in sys.modules)")
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["0", "False", "False"]
 
 
 def test_commands_after_training_run_on_rank_0_alone_under_torchrun(tmp_path, monkeypatch, capsys):

@@ -70,15 +70,14 @@ from selfsup.tokenize import IGNORE_LABEL, Tokenizer, make_tokenizer
 from selfsup.train import Trainer
 from selfsup.train.distributed import (
     CPUSyncBatchNorm,
-    ProcessInfo,
     all_reduce_sum_,
     convert_sync_batchnorm,
     prepare_method,
-    process_info,
     sync_batchnorm_default,
 )
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer, scaled_lr
+from selfsup.train.process import ProcessInfo, process_info
 from selfsup.train.trainer import split_views, train_step
 from selfsup.views import is_sequence_recipe, make_sequence_views, make_views
 

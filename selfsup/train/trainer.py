@@ -53,10 +53,10 @@ from selfsup.train.distributed import (
     no_sync,
     prepare_method,
     process_group,
-    process_info,
     training_device,
 )
 from selfsup.train.metrics_log import MetricsLog
+from selfsup.train.process import process_info
 from selfsup.train.optim import build_optimizer, lr_factor, set_learning_rates
 from selfsup.tokenize import make_tokenizer
 from selfsup.tokenize.base import Tokenizer
