@@ -45,7 +45,7 @@ def _finetune_parser(sub) -> None:
     p = sub.add_parser(
         "finetune", help="fine-tune the encoder with a fraction of the labels (vs from scratch)",
         description="Fine-tune a run's encoder (image or sequence) with a new linear head on a "
-                    "class-balanced fraction of the training labels and report test top-1 over "
+                    "stratified fraction of the training labels and report test top-1 over "
                     "seeds; with --compare-scratch "
                     "also the same backbone from a random init (the baseline). Results are merged "
                     "into RUN/finetune.json; `selfsup report RUN` draws the label-efficiency plot.")

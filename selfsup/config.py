@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, Union
 
 import yaml
 
@@ -125,7 +125,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    knn_k: int = 200
+    # a whole number, or "auto" (the default; None reads as auto): chosen per feature set from the
+    # training labels (selfsup.evaluate.knn.choose_knn_k)
+    knn_k: Union[int, str, None] = None
     knn_temperature: float = 0.1
     label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: int = 3  # repeats for label fractions below 1
@@ -134,7 +136,13 @@ class EvalConfig:
     batch_size: int = 1024
 
     def __post_init__(self) -> None:
-        check_ranges(self, "eval", {"knn_k": COUNT, "knn_temperature": ANY, "seeds": COUNT,
+        if self.knn_k in (None, "auto"):
+            self.knn_k = "auto"
+        elif isinstance(self.knn_k, str):
+            raise ConfigError(f"eval.knn_k must be a whole number ≥ 1 or auto, got {self.knn_k!r}")
+        else:
+            check_number(self.knn_k, "eval.knn_k", 1, whole=True)
+        check_ranges(self, "eval", {"knn_temperature": ANY, "seeds": COUNT,
                                     "tsne_samples": ANY, "batch_size": COUNT},
                      above=("knn_temperature",))
         fractions = self.label_fractions

@@ -181,7 +181,7 @@ def test_frozen_backbone_is_not_in_the_optimizer():
 # --- data and initialisations ------------------------------------------------------------------
 
 
-def test_label_subsets_are_class_balanced_and_differ_across_seeds(digits):
+def test_label_subsets_are_stratified_and_differ_across_seeds(digits):
     labels = digits[0].labels
     subsets = label_subsets(labels, 0.1, seeds=3)
     class_counts = torch.bincount(labels)

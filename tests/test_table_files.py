@@ -141,6 +141,40 @@ def test_labelled_tables_hold_out_a_fifth_of_each_class_and_unlabelled_ones_one_
     assert 1 <= len(load_split(unlabelled, "test")) <= 8
 
 
+def test_a_split_column_is_kept_as_the_tables_own_split(tmp_path):
+    # rows 1-3 train, 4-5 test, whatever the hash split would have said; the classes come from
+    # every row, so a label means the same class on both sides
+    rows = [("MKVLA", "nucleus", "train"), ("GGSWR", "cytoplasm", "TRAIN"),
+            ("MKVLA", "cytoplasm", "train"), ("PPLQW", "nucleus", "test"),
+            ("AAAAC", "membrane", "Test")]
+    text = "sequence,label,split\n" + "".join(f"{s},{l},{p}\n" for s, l, p in rows)
+    path = write(tmp_path / "official.csv", text)
+    train, test, every = (load_split(path, split) for split in ("train", "test", "all"))
+    assert train.sequences == ["MKVLA", "GGSWR", "MKVLA"]
+    assert test.sequences == ["PPLQW", "AAAAC"]
+    assert train.classes == test.classes == ["cytoplasm", "membrane", "nucleus"]
+    assert test.labels.tolist() == [2, 1]
+    assert len(every) == 5
+    # another column name, by option; the default column is then an ordinary column
+    text = "sequence,label,fold\n" + "".join(f"{s},{l},{p}\n" for s, l, p in rows)
+    other = write(tmp_path / "fold.csv", text)
+    options = {"split_column": "fold"}
+    assert load_split(other, "test", options=options).sequences == ["PPLQW", "AAAAC"]
+
+
+def test_a_bad_or_one_sided_split_column_is_named(tmp_path):
+    bad = write(tmp_path / "bad.csv", "sequence,split\nMKVLA,train\nGGSWR,validation\n")
+    with pytest.raises(DataError, match=r"bad.csv, line 3: row 2 has 'validation' in the split "
+                                        r"column 'split'; write train or test"):
+        load_split(bad, "train")
+    one_sided = write(tmp_path / "train-only.csv", "sequence,split\nMKVLA,train\nGGSWR,train\n")
+    assert len(load_split(one_sided, "train")) == 2
+    with pytest.raises(DataError, match="no row has 'test' in its split column"):
+        load_split(one_sided, "test")
+    with pytest.raises(DataError, match="no column 'fold'"):
+        load_split(one_sided, "train", options={"split_column": "fold"})
+
+
 def test_a_table_trains_an_mlm_encoder_on_its_train_split(tmp_path):
     import json
 

@@ -5,7 +5,9 @@
 * ``--dataset table.csv`` or ``table.tsv``: a header row naming the columns, then one record per
   row. ``data.options.sequence_column`` (default ``sequence``) holds the sequences or texts and
   ``data.options.label_column`` the class names (default ``label``, used when the file has such a
-  column); the data set is labelled when there is a label column. CSV follows Excel's quoting (a
+  column); the data set is labelled when there is a label column. ``data.options.split_column``
+  (default ``split``, used when the file has such a column) says which rows are ``train`` and
+  which ``test``: a table that comes with its own split keeps it. CSV follows Excel's quoting (a
   field in double quotes may hold commas and line breaks); TSV fields are split at every tab, and
   quotes are kept as written.
 
@@ -19,9 +21,10 @@ sequences are checked letter by letter with the FASTA reader's checker: a bad le
 naming the file, line, row and position. DNA becomes upper-case A C G T N, protein upper case;
 text is kept as written (the text tokeniser normalises it).
 
-Train/test follows the other file sources: a labelled table holds out ``LABELLED_TEST_FRACTION``
-of each class (like swissprot-loc), an unlabelled file ``sequence_files.TEST_FRACTION`` (for the
-held-out losses of MLM and next-token runs). Records with the same sequence form one group and stay
+Train/test: a table's split column when it has one (each row ``train`` or ``test``, any case);
+otherwise as the other file sources: a labelled table holds out ``LABELLED_TEST_FRACTION`` of each
+class (like swissprot-loc), an unlabelled file ``sequence_files.TEST_FRACTION`` (for the held-out
+losses of MLM and next-token runs). Records with the same sequence form one group and stay
 on one side, so a repeated text is never in both; the split hashes sequences, not row numbers, so
 adding rows leaves the other rows where they were.
 """
@@ -34,6 +37,8 @@ import functools
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence
 
+import torch
+
 from selfsup.data.fasta import existing_file, letter_checker, numbered_lines
 from selfsup.data.sequence_files import (ALPHABETS, SNIFF_RECORDS, TEST_FRACTION, data_suffix,
                                          guess_alphabet, normalise)
@@ -44,9 +49,11 @@ from selfsup.errors import ConfigError, DataError
 TEXT_SUFFIXES = (".txt",)
 DELIMITERS = {".csv": ",", ".tsv": "\t"}
 TEXT_FILE_OPTIONS = ("alphabet",)
-TABLE_FILE_OPTIONS = ("sequence_column", "label_column", "alphabet")
+TABLE_FILE_OPTIONS = ("sequence_column", "label_column", "split_column", "alphabet")
 SEQUENCE_COLUMN = "sequence"
 LABEL_COLUMN = "label"
+SPLIT_COLUMN = "split"
+SPLIT_VALUES = ("train", "test")  # what a split column may hold (any case)
 LABELLED_TEST_FRACTION = 0.2  # as the labelled sequence data sets (swissprot-loc, 16s-gold)
 # csv refuses fields over 128 KiB by default; a genome or a long document is one field here. The
 # cap is what a C long holds on every platform (sys.maxsize overflows it on Windows).
@@ -55,11 +62,13 @@ TABLE_ALPHABETS = {**ALPHABETS, "text": None}  # alphabet → letters allowed (N
 
 
 class Row(NamedTuple):
-    """One record of a text or table file: the line it ends on, its sequence and its label."""
+    """One record of a text or table file: the line it ends on, its sequence, its label and the
+    split the file puts it in (None: the file has no split column)."""
 
     line: int
     sequence: str
     label: Optional[str] = None
+    split: Optional[str] = None
 
 
 def is_text_file(path: Path) -> bool:
@@ -81,20 +90,29 @@ def load_text_file(path: Path, split: str, alphabet: str = "text") -> SequenceSo
 
 
 def load_table_file(path: Path, split: str, sequence_column: str = SEQUENCE_COLUMN,
-                    label_column: Optional[str] = None,
+                    label_column: Optional[str] = None, split_column: Optional[str] = None,
                     alphabet: Optional[str] = None) -> SequenceSource:
     """The ``split`` ("train", "test" or "all") of the rows of a CSV/TSV file (module docstring).
 
-    ``label_column``: None takes the column ``label`` when there is one; a name must exist.
-    ``alphabet``: None guesses it from the first rows.
+    ``label_column`` and ``split_column``: None takes the column ``label`` (``split``) when there
+    is one; a name must exist. ``alphabet``: None guesses it from the first rows.
     """
     check_split(split, str(path))
     if alphabet is not None:
         _check_alphabet(alphabet)
     version = file_version(existing_file(path))
-    source = _load_table(version, sequence_column, label_column, alphabet)
-    fraction = TEST_FRACTION if source.labels is None else LABELLED_TEST_FRACTION
-    return source.subset(split_indices(source, split, fraction))
+    source, splits = _load_table(version, sequence_column, label_column, split_column, alphabet)
+    if splits is None:
+        fraction = TEST_FRACTION if source.labels is None else LABELLED_TEST_FRACTION
+        return source.subset(split_indices(source, split, fraction))
+    if split == "all":
+        return source
+    indices = [index for index, name in enumerate(splits) if name == split]
+    if not indices:
+        raise DataError(f"{path}: no row has {split!r} in its split column; a table with a split "
+                        f"column needs both {' and '.join(SPLIT_VALUES)} rows (or drop the column "
+                        "and selfsup holds out a test split itself)")
+    return source.subset(torch.tensor(indices))
 
 
 def read_text_rows(path: Path) -> list[Row]:
@@ -134,17 +152,19 @@ def read_table(path: Path, delimiter: Optional[str] = None,
 
 
 def read_table_rows(path: Path, sequence_column: str = SEQUENCE_COLUMN,
-                    label_column: Optional[str] = None) -> list[Row]:
-    """The rows of a CSV/TSV file: its sequence and (when there is a label column) label fields.
+                    label_column: Optional[str] = None,
+                    split_column: Optional[str] = None) -> list[Row]:
+    """The rows of a CSV/TSV file: its sequence and (when there are such columns) label and split
+    fields, the split in lower case.
 
     Named errors: those of :func:`read_table`, a missing column (listing the columns found), a
-    row whose number of fields differs from the header's, an empty sequence or label (file and
-    line each).
+    row whose number of fields differs from the header's, an empty sequence, label or split, a
+    split other than train or test (file and line each).
     """
     columns, table = read_table(path)
     sequence_index = _column(path, columns, sequence_column, "sequence_column")
-    label_index = (_column(path, columns, label_column, "label_column") if label_column
-                   else columns.index(LABEL_COLUMN) if LABEL_COLUMN in columns else None)
+    label_index = _optional_column(path, columns, label_column, LABEL_COLUMN, "label_column")
+    split_index = _optional_column(path, columns, split_column, SPLIT_COLUMN, "split_column")
     rows: list[Row] = []
     for line, fields in table:
         where = f"{path}, line {line}"
@@ -155,7 +175,13 @@ def read_table_rows(path: Path, sequence_column: str = SEQUENCE_COLUMN,
         row = len(rows) + 1
         sequence = _field(fields, columns, sequence_index, where, row)
         label = None if label_index is None else _field(fields, columns, label_index, where, row)
-        rows.append(Row(line, sequence, label))
+        split = None
+        if split_index is not None:
+            split = _field(fields, columns, split_index, where, row).lower()
+            if split not in SPLIT_VALUES:
+                raise DataError(f"{where}: row {row} has {fields[split_index].strip()!r} in the "
+                                f"split column {columns[split_index]!r}; write train or test")
+        rows.append(Row(line, sequence, label, split))
     if not rows:
         raise DataError(f"{path}: the file holds a header row but no records")
     return rows
@@ -185,6 +211,15 @@ def _field(fields: list[str], columns: list[str], index: int, where: str, row: i
     return value
 
 
+def _optional_column(path: Path, columns: list[str], name: Optional[str], default: str,
+                     option: str) -> Optional[int]:
+    """The index of column ``name`` (which must exist), or by default of column ``default`` when
+    the file has one (else None)."""
+    if name:
+        return _column(path, columns, name, option)
+    return columns.index(default) if default in columns else None
+
+
 def _column(path: Path, columns: list[str], name: str, option: str) -> int:
     if name not in columns:
         raise DataError(f"{path}: no column {name!r} (data.options.{option}); the header names "
@@ -212,17 +247,20 @@ def _load_text(version: tuple, alphabet: str) -> SequenceSource:
 
 @functools.lru_cache(maxsize=2)
 def _load_table(version: tuple, sequence_column: str, label_column: Optional[str],
-                alphabet: Optional[str]) -> SequenceSource:
-    """Every row of the table, cached per file version and options: treat as read-only."""
+                split_column: Optional[str], alphabet: Optional[str]
+                ) -> tuple[SequenceSource, Optional[tuple[str, ...]]]:
+    """Every row of the table and each row's split (None without a split column), cached per file
+    version and options: treat as read-only."""
     path = Path(version[0])
-    rows = read_table_rows(path, sequence_column, label_column)
+    rows = read_table_rows(path, sequence_column, label_column, split_column)
+    splits = None if rows[0].split is None else tuple(row.split for row in rows)
     if alphabet is not None:
-        return _source(path, rows, alphabet, guessed=False)
+        return _source(path, rows, alphabet, guessed=False), splits
     sample = [row.sequence for row in rows[:SNIFF_RECORDS]]
     # fields are stripped, so white space here is inside a sequence: words, not residues
     words = any(len(sequence.split()) > 1 for sequence in sample)
     guess = "text" if words else guess_alphabet(sample)
-    return _source(path, rows, guess, guessed=True)
+    return _source(path, rows, guess, guessed=True), splits
 
 
 def _source(path: Path, rows: list[Row], alphabet: str, guessed: bool) -> SequenceSource:

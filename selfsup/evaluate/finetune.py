@@ -5,7 +5,7 @@ reaches the model, an *inputs* object: :class:`ImageInputs` here (device-side cr
 :class:`~selfsup.evaluate.sequence_finetune.SequenceInputs` for sequences (length-bucketed batches,
 long sequences cropped to random windows of the run's pretraining ``max_length``).
 
-A new linear head goes on top of the encoder and the pair trains on a class-balanced fraction of the
+A new linear head goes on top of the encoder and the pair trains on a stratified fraction of the
 training labels, in one of two modes:
 
 * ``full``: backbone and head train; the backbone at a smaller learning rate than the new head, so
@@ -33,7 +33,7 @@ Protocol (a run chooses nothing on the test split): a fixed schedule, AdamW with
 decay, label smoothing, light crop + flip augmentation on the device (the ``crop-flip`` view recipe;
 for sequences, random windows of long sequences), bf16 autocast on CUDA; the reported number is the
 test accuracy after the last step. Every label fraction is run with ``seeds`` seeds; seed s trains on
-its own class-balanced subset (seed s of :func:`~selfsup.evaluate.protocol.balanced_subset`), head
+its own stratified subset (seed s of :func:`~selfsup.evaluate.protocol.stratified_subset`), head
 init, data order and augmentations. At a fraction of 1 the subsets coincide and only the training
 randomness differs. Small subsets train for more epochs, so that every run takes at least
 ``min_steps`` optimiser steps.
@@ -66,7 +66,7 @@ from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
-from selfsup.evaluate.protocol import balanced_subset, fraction_key
+from selfsup.evaluate.protocol import stratified_subset, fraction_key
 from selfsup.evaluate.run import extract_features, labelled_splits, load_run_config
 from selfsup.evaluate.sequence_finetune import check_sequence_settings, sequence_inputs
 from selfsup.files import atomic_write
@@ -415,8 +415,8 @@ def finetune_model(model: Classifier, train: ImageSource | SequenceSource,
 
 
 def label_subsets(labels: torch.Tensor, fraction: float, seeds: int) -> list[torch.Tensor]:
-    """The class-balanced labelled subsets of seeds 0 … seeds − 1, as sorted index tensors."""
-    return [balanced_subset(labels, fraction, seed) for seed in range(seeds)]
+    """The stratified labelled subsets of seeds 0 … seeds − 1, as sorted index tensors."""
+    return [stratified_subset(labels, fraction, seed) for seed in range(seeds)]
 
 
 def initial_backbone(pretrained: nn.Module, spec: dict[str, Any], init: str, seed: int) -> nn.Module:

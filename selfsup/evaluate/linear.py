@@ -1,14 +1,24 @@
-"""Linear probe: multinomial logistic regression on frozen, standardised features.
+"""Linear probe: multinomial logistic regression on frozen features.
 
 Trained full-batch with L-BFGS on the features' device — a convex problem, so zero initialisation
-and a deterministic optimiser give the same answer every time. The L2 weight decay is chosen on a
-class-stratified validation split of the labelled training data (never the test set), walking the
-grid from strong to weak decay with warm starts, then the probe is refit on all labelled data.
+and a deterministic optimiser give the same answer every time. Two things are chosen, both by
+stratified k-fold cross-validation on the labelled training rows only (never the test set):
+
+* the feature scaling: ``standardise`` (each feature to zero mean, unit variance; right for dense
+  embeddings whose dimensions carry arbitrary scales) or ``uniform`` (zero mean, one common scale
+  for all features; right for sparse or count features such as TF-IDF and k-mer frequencies, whose
+  rare features standardising would blow up to the size of the common ones). Both use statistics
+  of ``standardise_with`` (the whole unlabelled training set), so they need no labels;
+* the L2 weight decay, from a grid of half decades walked from strong to weak with warm starts.
+
+Then the probe is refit on all labelled rows. A reference logistic regression with C chosen by
+5-fold cross-validation (``bench/probe_strength.py``) is the yardstick this was tuned against.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import statistics
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +26,23 @@ import torch.nn.functional as F
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.knn import check_labelled_features
 
-DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-VALIDATION_FRACTION = 0.2
-MAX_ITERATIONS = 100  # L-BFGS iterations per fit; standardised features converge well before
+# Decays for features of unit average variance (both scalings give that), 10 to 1e-6 in half decades:
+# mean cross-entropy + decay/2·‖W‖² matches scikit-learn's C = 1 / (decay · rows), so this spans
+# C ≈ 1e-3 … 1e4 on the 100 to 10,000 labelled rows of a probe.
+DEFAULT_WEIGHT_DECAYS = tuple(10.0 ** (exponent / 2) for exponent in range(2, -13, -1))
+SCALINGS = ("standardise", "uniform")
+CV_FOLDS = 5  # folds of the cross-validation that chooses scaling and decay
+# Above this many cells (rows × columns fitted) one fifth held out ranks decays precisely enough
+# (≥ 1,000 validation rows for dense features) and the other four folds would only cost time.
+CV_MAX_CELLS = 2_500_000
+MAX_ITERATIONS = 100  # L-BFGS iterations per fit
 GRADIENT_TOLERANCE = 1e-5  # tighter optima do not move a probe's accuracy, only its run time
-PATIENCE = 2  # stop the decay sweep after this many weaker decays that validate worse in a row
-SELECTION_MAX_ROWS = 10000  # the decay is chosen on at most this many labelled rows (see below)
+SELECTION_TOLERANCE = 1e-4  # the cross-validation fits only rank decays: looser still
+PATIENCE = 3  # stop a decay sweep after this many weaker decays that validate worse in a row
+SELECTION_MAX_ROWS = 5000  # scaling and decay are chosen on at most this many labelled rows
+REDUCE_BELOW = 1.0  # fit in the rows' span when rows < this × features (RowSpace)
+
+Params = tuple[torch.Tensor, torch.Tensor]  # a probe's (W: D × classes, b: classes)
 
 
 def split_per_class(
@@ -44,22 +65,28 @@ def split_per_class(
     return torch.cat(taken).sort().values, torch.cat(rest).sort().values
 
 
-def _validation_size(class_size: int) -> int:
-    """20% of a class for validation, but always leave one example to train on."""
-    return min(round(VALIDATION_FRACTION * class_size), class_size - 1)
-
-
 def _fit(
     x: torch.Tensor,
     y: torch.Tensor,
     num_classes: int,
     weight_decay: float,
-    init: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise mean cross-entropy + weight_decay/2 · ||W||² (bias not decayed); return (W, b)."""
+    init: Optional[Params] = None,
+    tolerance: float = GRADIENT_TOLERANCE,
+    row_weights: Optional[torch.Tensor] = None,
+) -> Params:
+    """Minimise mean cross-entropy + weight_decay/2 · ||W||² (bias not decayed); return (W, b).
+
+    ``row_weights`` (N × P, each column summing to 1) fits P independent problems at once, problem
+    p weighting row i by ``row_weights[i, p]`` instead of 1/N: the folds of a cross-validation in
+    one optimisation, W then D × (P · classes), problem p's columns ``p·classes … (p+1)·classes``.
+    One L-BFGS run over all folds costs a fifth of the Python overhead of five, and small probes
+    are overhead-bound.
+    """
+    weights = x.new_full((len(x), 1), 1 / len(x)) if row_weights is None else row_weights
+    problems = weights.shape[1]
     if init is None:
-        weight = x.new_zeros(x.shape[1], num_classes)
-        bias = x.new_zeros(num_classes)
+        weight = x.new_zeros(x.shape[1], problems * num_classes)
+        bias = x.new_zeros(problems * num_classes)
     else:
         weight, bias = (t.clone() for t in init)
     optimizer = torch.optim.LBFGS(
@@ -67,21 +94,22 @@ def _fit(
         lr=1.0,
         max_iter=MAX_ITERATIONS,
         history_size=20,
-        tolerance_grad=GRADIENT_TOLERANCE,
+        tolerance_grad=tolerance,
         tolerance_change=1e-9,
         line_search_fn="strong_wolfe",
     )
 
-    onehot = F.one_hot(y, num_classes).to(x.dtype)
+    onehot = F.one_hot(y, num_classes).to(x.dtype).unsqueeze(1)  # N × 1 × classes
+    weights = weights.unsqueeze(2)  # N × P × 1
 
     def closure() -> torch.Tensor:
-        # The gradient of softmax regression in closed form: dL/dlogits = (softmax − onehot) / N.
+        # The gradient of softmax regression in closed form: dL/dlogits = (softmax − onehot) · w.
         # Autograd would form xᵀ·g, a transposed product that CPU BLAS runs ~5× slower than the
         # (gᵀ·x)ᵀ written here; on 60000×256 features that is most of a probe's run time.
-        logits = torch.addmm(bias, x, weight)
-        log_probs = logits.log_softmax(dim=1)
-        loss = -(log_probs * onehot).sum() / len(x) + 0.5 * weight_decay * weight.pow(2).sum()
-        g = (log_probs.exp() - onehot) / len(x)
+        logits = torch.addmm(bias, x, weight).view(len(x), problems, num_classes)
+        log_probs = logits.log_softmax(dim=2)
+        loss = -(log_probs * onehot * weights).sum() + 0.5 * weight_decay * weight.pow(2).sum()
+        g = ((log_probs.exp() - onehot) * weights).view(len(x), -1)
         weight.grad = (g.T @ x).T.contiguous() + weight_decay * weight
         bias.grad = g.sum(dim=0)
         return loss
@@ -96,6 +124,150 @@ def _accuracy(params: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, y: tor
     return float(((x @ weight + bias).argmax(dim=1) == y).float().mean())
 
 
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """(N,) int64 fold ids in [0, folds) on the CPU: each class's members, in a random order drawn
+    with ``seed``, are dealt to the folds in turn, starting where the previous class stopped, so
+    every fold gets its share of every class and the folds' sizes differ by at most one."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    fold_of = torch.empty(len(labels), dtype=torch.int64)
+    start = 0
+    for cls in torch.unique(labels).tolist():
+        members = (labels == cls).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        fold_of[members] = (start + torch.arange(len(members))) % folds
+        start = (start + len(members)) % folds
+    return fold_of
+
+
+class Scaled(NamedTuple):
+    """Features scaled for the probe, train and test alike, and the name of the scaling."""
+
+    scaling: str
+    train: torch.Tensor
+    test: torch.Tensor
+
+
+def scale_features(scaling: str, train: torch.Tensor, test: torch.Tensor,
+                   reference: torch.Tensor) -> Scaled:
+    """``train`` and ``test`` centred on ``reference``'s mean and divided by its per-feature std
+    (``standardise``) or by the root-mean-square of those stds (``uniform``: one scale for all
+    features, so their relative sizes stay). Either way the features' average variance on the
+    reference is 1, so one decay grid serves both. Constant features stay constant (0)."""
+    mean = reference.mean(dim=0)
+    std = reference.std(dim=0, correction=0)
+    if scaling == "standardise":
+        scale = torch.where(std > 1e-8, std, torch.ones_like(std))
+    elif scaling == "uniform":
+        rms = std.pow(2).mean().sqrt()
+        scale = rms if rms > 1e-12 else torch.ones_like(rms)
+    else:
+        raise ConfigError(f"unknown feature scaling {scaling!r}; known: {', '.join(SCALINGS)}")
+    return Scaled(scaling, (train - mean) / scale, (test - mean) / scale)
+
+
+class RowSpace:
+    """Fitting rows in the span of their own features, when there are far fewer rows than features.
+
+    With an L2 penalty the optimal W lies in the span of the fitting rows (a component orthogonal
+    to them changes no training logit and only adds to the penalty). So with an orthonormal basis
+    Q (D × n) of that span, fitting Z on the projected rows X·Q and taking W = Q·Z gives exactly
+    the full problem's optimum, with n × C parameters instead of D × C: for 100 TF-IDF rows of
+    10,000 words, a 100-fold smaller problem. Above ``n > D · REDUCE_BELOW`` the projection costs
+    more than it saves, and the rows are used as they are (Q = None).
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.basis: Optional[torch.Tensor] = None
+        if len(x) < x.shape[1] * REDUCE_BELOW:
+            self.basis = torch.linalg.qr(x.T, mode="reduced").Q
+        self.x = self.project(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of the full feature space in the basis (unchanged without one)."""
+        return x if self.basis is None else x @ self.basis
+
+    def to_full(self, params: Params) -> Params:
+        """(W, b) fitted on projected rows as the full space's (Q·W, b)."""
+        weight, bias = params
+        return (weight if self.basis is None else self.basis @ weight), bias
+
+    def from_full(self, params: Optional[Params]) -> Optional[Params]:
+        """A full-space (W, b) as a warm start in the basis: (Qᵀ·W, b)."""
+        if params is None or self.basis is None:
+            return params
+        weight, bias = params
+        return self.basis.T @ weight, bias
+
+
+class Choice(NamedTuple):
+    """What cross-validation chose: its score (minus the mean validation cross-entropy), the
+    scaling, the decay (for the rows of one fold's fit) and fold 0's full-space parameters there
+    (the refit's warm start)."""
+
+    score: float
+    scaling: str
+    weight_decay: float
+    params: Params
+
+
+def _sweep(space: RowSpace, y: torch.Tensor, fold_of: torch.Tensor, num_classes: int,
+           decays: Sequence[float], scaling: str) -> Optional[Choice]:
+    """Mean k-fold validation cross-entropy of each decay, strong to weak, all folds fitted
+    together (:func:`_fit`'s ``row_weights``) and warm-started from their fit at the previous
+    decay; stops ``PATIENCE`` decays past the best. The best (ties: the stronger decay) as a
+    Choice, or None when no fold has rows to fit and rows of the classes it fits to validate.
+
+    Cross-entropy, not accuracy: a proper score that moves smoothly with the decay, where accuracy
+    on a few hundred validation rows moves in steps and ties; on the yardstick's sequence sets it
+    chose as well or better on average (``docs/benchmarks.md``).
+
+    ``space`` holds the rows (projected onto their span: every fold's fitting rows lie in it, so
+    each fold's optimum does too)."""
+    fold_ids = torch.unique(fold_of).tolist()
+    if space.x.numel() > CV_MAX_CELLS:
+        fold_ids = fold_ids[:1]
+    held = torch.stack([fold_of == fold for fold in fold_ids], dim=1)  # N × P
+    fitting = ~held
+    # a held-out row of a class the fold does not fit on is wrong at any decay: it tells nothing
+    fitted_classes = fitting.T.float() @ F.one_hot(y, num_classes).float() > 0  # P × classes
+    held &= fitted_classes[:, y].T
+    usable = held.any(dim=0)
+    held, fitting = held[:, usable], fitting[:, usable].to(space.x.dtype)
+    if held.shape[1] == 0:
+        return None
+    row_weights = fitting / fitting.sum(dim=0)
+    params: Optional[Params] = None
+    best: Optional[Choice] = None
+    worse_in_a_row = 0
+    for decay in decays:
+        params = _fit(space.x, y, num_classes, decay, init=params, tolerance=SELECTION_TOLERANCE,
+                      row_weights=row_weights)
+        logits = (space.x @ params[0] + params[1]).view(len(y), held.shape[1], num_classes)
+        true_class = y[:, None, None].expand(-1, held.shape[1], 1)
+        loss = -logits.log_softmax(dim=2).gather(2, true_class).squeeze(2)  # N × P
+        score = -float(((loss * held).sum(dim=0) / held.sum(dim=0)).mean())
+        if best is None or score > best.score:
+            fold0 = (params[0][:, :num_classes], params[1][:num_classes])
+            best = Choice(score, scaling, decay, space.to_full(fold0))
+            worse_in_a_row = 0
+        elif score < best.score:
+            worse_in_a_row += 1
+            if worse_in_a_row == PATIENCE:  # past the optimum: weaker decays only overfit more
+                break
+    return best
+
+
+def _selection_rows(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """The labelled rows scaling and decay are chosen on: all of them, or a class-stratified
+    random ``SELECTION_MAX_ROWS`` of a larger set (sorted CPU indices)."""
+    if len(labels) <= SELECTION_MAX_ROWS:
+        return torch.arange(len(labels))
+    keep = SELECTION_MAX_ROWS / len(labels)
+    rows, _ = split_per_class(labels, lambda size: max(1, round(keep * size)), seed + 1)
+    return rows
+
+
 def linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -105,21 +277,26 @@ def linear_probe(
     seed: int = 0,
     weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
     standardise_with: Optional[torch.Tensor] = None,
-) -> dict[str, float]:
+    scalings: Sequence[str] = SCALINGS,
+) -> dict[str, float | str]:
     """Train a logistic-regression probe on the labelled features; return its test accuracy.
 
-    Features are standardised with the mean and std of ``standardise_with`` (default:
-    ``train_feats``). Standardising needs no labels, so with few labels pass the features of the
-    whole (unlabelled) training set: the std of a handful of labelled rows is so noisy that it
+    Features are scaled (see the module docstring) with the mean and std of ``standardise_with``
+    (default: ``train_feats``). Scaling needs no labels, so with few labels pass the features of
+    the whole (unlabelled) training set: the std of a handful of labelled rows is so noisy that it
     blows up uninformative dimensions.
 
-    The weight decay is chosen from ``weight_decays`` by accuracy on a class-stratified 20%
-    validation split of the training data (drawn with ``seed``; ties go to the stronger decay).
-    When no class has enough examples to spare one for validation (e.g. one example per class)
-    the strongest decay is used: with that little data nothing can be chosen, and strong
-    regularisation is the safe prior.
+    The scaling (one of ``scalings``) and the weight decay (one of ``weight_decays``) are chosen by
+    ``CV_FOLDS``-fold stratified cross-validation on the labelled rows, by validation
+    cross-entropy (folds drawn with ``seed``; ties go to the stronger decay, then to the earlier
+    scaling; above ``CV_MAX_CELLS`` one fold only). Above ``SELECTION_MAX_ROWS``
+    labelled rows they are chosen on a stratified sample of that many, and the decay rescaled for
+    the refit on all rows: with the mean loss, a fixed prior on W is a decay ∝ 1/rows. When no
+    fold can be validated (one example in all), the first scaling and the strongest decay are
+    used: with that little data nothing can be chosen, and strong regularisation is the safe prior.
 
-    Returns ``{"accuracy": test accuracy in [0, 1], "weight_decay": the chosen decay}``.
+    Returns ``{"accuracy": test accuracy in [0, 1], "weight_decay": the decay of the refit,
+    "scaling": the chosen scaling}``.
     """
     check_labelled_features(train_feats, train_labels, num_classes, "train_feats")
     check_labelled_features(test_feats, test_labels, num_classes, "test_feats")
@@ -132,6 +309,9 @@ def linear_probe(
         raise ConfigError(
             f"weight_decays must be a non-empty list of decays >= 0, got {weight_decays}"
         )
+    if not scalings or set(scalings) - set(SCALINGS):
+        raise ConfigError(f"scalings must be a non-empty list of {', '.join(SCALINGS)}; "
+                          f"got {scalings}")
 
     device = train_feats.device
     reference = train_feats if standardise_with is None else standardise_with
@@ -141,42 +321,35 @@ def linear_probe(
             f"{tuple(reference.shape)}"
         )
     reference = reference.to(device, torch.float32)
-    mean = reference.mean(dim=0)
-    std = reference.std(dim=0, correction=0)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay constant (0)
-    x = (train_feats.to(torch.float32) - mean) / std
-    x_test = (test_feats.to(device, torch.float32) - mean) / std
+    train = train_feats.to(torch.float32)
+    test = test_feats.to(device, torch.float32)
     y = train_labels.to(device, torch.long)
     y_test = test_labels.to(device, torch.long)
 
     decays = sorted(weight_decays, reverse=True)
-    validation, fitting = split_per_class(y, _validation_size, seed)
-    # With many labels, choosing the decay on a class-stratified subsample costs a fraction of the
-    # full sweep and picks the same optimum once the decay is rescaled: with the mean loss, a fixed
-    # prior on W corresponds to a decay ∝ 1/N, so a decay chosen with n fitting rows is applied
-    # to N rows as decay · n / N.
-    scale = 1.0
-    if len(y) > SELECTION_MAX_ROWS:
-        keep_fraction = SELECTION_MAX_ROWS / len(y)
-        generator = torch.Generator().manual_seed(seed + 1)
-        validation = validation[torch.rand(len(validation), generator=generator) < keep_fraction]
-        fitting = fitting[torch.rand(len(fitting), generator=generator) < keep_fraction]
-        scale = len(fitting) / len(y)
-    chosen, params = decays[0], None
-    if len(decays) > 1 and len(validation) > 0:
-        validation, fitting = validation.to(device), fitting.to(device)
-        best_accuracy, worse_in_a_row = -1.0, 0
-        for decay in decays:  # strong to weak: each fit warm-starts the next
-            params = _fit(x[fitting], y[fitting], num_classes, decay, init=params)
-            accuracy = _accuracy(params, x[validation], y[validation])
-            if accuracy > best_accuracy:
-                best_accuracy, chosen, best_params = accuracy, decay, params
-                worse_in_a_row = 0
-            elif accuracy < best_accuracy:
-                worse_in_a_row += 1
-                if worse_in_a_row == PATIENCE:  # past the optimum: weaker decays only overfit more
-                    break
-        params = best_params
-    chosen *= scale
-    params = _fit(x, y, num_classes, chosen, init=params)
-    return {"accuracy": _accuracy(params, x_test, y_test), "weight_decay": chosen}
+    rows = _selection_rows(y, seed)
+    fold_of = stratified_folds(y[rows.to(device)], CV_FOLDS, seed).to(device)
+    rows = rows.to(device)
+    best: Optional[Choice] = None
+    scaled: dict[str, Scaled] = {}
+    spaces: dict[str, RowSpace] = {}
+    for scaling in scalings:
+        scaled[scaling] = scale_features(scaling, train, test, reference)
+        if len(decays) == 1 and len(scalings) == 1:
+            break  # nothing to choose
+        spaces[scaling] = RowSpace(scaled[scaling].train[rows])
+        choice = _sweep(spaces[scaling], y[rows], fold_of, num_classes, decays, scaling)
+        if choice is not None and (best is None or choice.score > best.score):
+            best = choice
+    if best is None:
+        scaling, decay, init = scalings[0], decays[0], None
+    else:
+        # the decay was chosen for the rows of one fit in the cross-validation
+        rows_per_fit = len(rows) * (1 - 1 / max(1, len(torch.unique(fold_of))))
+        scaling, decay, init = best.scaling, best.weight_decay * rows_per_fit / len(y), best.params
+    features = scaled[scaling]
+    # the selection rows' span, when they are all the rows; else the rows' own
+    space = spaces[scaling] if len(rows) == len(y) and scaling in spaces else RowSpace(features.train)
+    params = space.to_full(_fit(space.x, y, num_classes, decay, init=space.from_full(init)))
+    return {"accuracy": _accuracy(params, features.test, y_test), "weight_decay": decay,
+            "scaling": scaling}

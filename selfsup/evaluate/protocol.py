@@ -1,8 +1,10 @@
 """The label-efficiency protocol: k-NN with all labels, linear probes with a fraction of them.
 
-Smaller label fractions are noisy, so each is repeated on ``seeds`` different class-balanced
-subsets and reported as mean and std; the full training set is probed once. All accuracies are
-fractions in [0, 1].
+Smaller label fractions are noisy, so each is repeated on ``seeds`` different stratified subsets
+(each class keeps the same fraction of its items, so class shares stay as in the training split)
+and reported as mean and std; the full training set is probed once. k-NN's k is chosen from the
+training labels (:func:`~selfsup.evaluate.knn.choose_knn_k`) unless a fixed k is given. All
+accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from typing import Any, Sequence
 import torch
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.evaluate.knn import check_labelled_features, knn_accuracy
+from selfsup.evaluate.knn import check_labelled_features, choose_knn_k, knn_accuracy
 from selfsup.evaluate.linear import linear_probe, split_per_class
 
 
-def balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Indices of a class-balanced random subset of ``labels``.
+def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of a stratified random subset of ``labels``: per-class proportional, not equal
+    per class.
 
     Each class keeps round(fraction × its count) examples (Python's round, half to even), at least
-    one. Returns a sorted CPU LongTensor; deterministic under ``seed``.
+    one, so the subset's class shares follow the labels'. Returns a sorted CPU LongTensor;
+    deterministic under ``seed``.
     """
     if not 0 < fraction <= 1:
         raise ConfigError(f"label fraction must be in (0, 1], got {fraction}")
@@ -44,36 +48,47 @@ def evaluate_features(
     num_classes: int,
     fractions: Sequence[float] = (0.01, 0.1, 1.0),
     seeds: int = 3,
-    knn_k: int = 200,
+    knn_k: int | str = "auto",
     knn_temperature: float = 0.1,
 ) -> dict[str, Any]:
     """k-NN accuracy with all labels and linear-probe accuracy per label fraction.
 
-    Returns ``knn_top1`` (float); ``linear_top1`` and ``linear_top1_std`` mapping
-    :func:`fraction_key` → mean and population std over the runs; ``linear_runs`` mapping the same
-    keys → the per-seed accuracies; and ``linear_weight_decay`` → the per-seed chosen decays.
+    Returns ``knn_top1`` (float) and ``knn_k`` (the k used: ``knn_k``, or with ``"auto"`` the one
+    :func:`choose_knn_k` picks, whose leave-one-out accuracies are then in ``knn_k_selection``);
+    ``linear_top1`` and ``linear_top1_std`` mapping :func:`fraction_key` → mean and population std
+    over the runs; ``linear_runs`` mapping the same keys → the per-seed accuracies;
+    ``linear_weight_decay`` and ``linear_scaling`` → the per-seed chosen decays and scalings.
     Fraction 1.0 is one run; each smaller fraction runs on ``seeds`` subsets (seeds 0, 1, …).
-    Every probe standardises with the statistics of all training features (no labels needed).
+    Every probe scales with the statistics of all training features (no labels needed).
     """
     check_labelled_features(train_feats, train_labels, num_classes, "train_feats")
     check_labelled_features(test_feats, test_labels, num_classes, "test_feats")
     if seeds < 1:
         raise ConfigError(f"seeds must be at least 1, got {seeds}")
 
-    result: dict[str, Any] = {
+    result: dict[str, Any] = {}
+    if knn_k == "auto":
+        selection = choose_knn_k(train_feats, train_labels, num_classes, knn_temperature)
+        knn_k = selection["k"]
+        result["knn_k_selection"] = {str(k): acc for k, acc in selection["accuracy"].items()}
+    elif not isinstance(knn_k, int) or isinstance(knn_k, bool) or knn_k < 1:
+        raise ConfigError(f"knn_k must be a whole number >= 1 or 'auto', got {knn_k!r}")
+    result.update({
         "knn_top1": knn_accuracy(
             train_feats, train_labels, test_feats, test_labels, num_classes, knn_k, knn_temperature
         ),
+        "knn_k": knn_k,
         "linear_top1": {},
         "linear_top1_std": {},
         "linear_runs": {},
         "linear_weight_decay": {},
-    }
+        "linear_scaling": {},
+    })
     for fraction in fractions:
         key = fraction_key(fraction)
-        accuracies, decays = [], []
+        accuracies, decays, scalings = [], [], []
         for seed in range(1 if fraction == 1 else seeds):
-            subset = balanced_subset(train_labels, fraction, seed).to(train_feats.device)
+            subset = stratified_subset(train_labels, fraction, seed).to(train_feats.device)
             probe = linear_probe(
                 train_feats[subset],
                 train_labels[subset],
@@ -85,10 +100,12 @@ def evaluate_features(
             )
             accuracies.append(probe["accuracy"])
             decays.append(probe["weight_decay"])
+            scalings.append(probe["scaling"])
         result["linear_top1"][key] = statistics.fmean(accuracies)
         result["linear_top1_std"][key] = statistics.pstdev(accuracies)
         result["linear_runs"][key] = accuracies
         result["linear_weight_decay"][key] = decays
+        result["linear_scaling"][key] = scalings
     return result
 
 

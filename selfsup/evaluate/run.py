@@ -1,6 +1,11 @@
 """Evaluate a run directory: frozen features of the trained encoder vs raw pixels and random init.
 
-Writes ``RUN/eval.json`` (accuracies are fractions in [0, 1]) and ``RUN/tsne.npz``. For runs that
+Writes ``RUN/eval.json`` (accuracies are fractions in [0, 1]) and ``RUN/tsne.npz`` when the
+evaluation runs on the pretraining data set; on another data set (``--dataset``) it writes
+``RUN/eval-<name>.json`` and ``RUN/tsne-<name>.npz`` instead, so the in-domain results stay as
+they were and every data set keeps its own. Each eval file names the pretraining data set
+(``pretraining_dataset``) and the one evaluated on (``dataset``), and reports what
+``selfsup.evaluate.data_checks`` found in the labelled data (``data_checks``). For runs that
 logged a held-out perplexity (MLM, next-token), eval.json also holds the last one as
 ``held_out_perplexity``: it is measured on the pretraining data's held-out sequences, whichever
 data set the probes run on.
@@ -9,6 +14,7 @@ data set the probes run on.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,6 +31,7 @@ from selfsup.data.base import ImageSource
 from selfsup.data.loader import iterate_in_order
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
+from selfsup.evaluate.data_checks import check_labelled_data
 from selfsup.evaluate.protocol import evaluate_feature_sets
 from selfsup.evaluate.sequence_baselines import (
     encoder_features, sequence_feature_sets, token_encoder_inputs,
@@ -53,6 +60,17 @@ def load_run_config(run_dir: str | Path) -> Config:
         raise DataError(f"{run_dir} is not a selfsup run dir (no config.yaml); "
                         "pass the --out directory of `selfsup pretrain`")
     return load_config(path)
+
+
+def evaluation_files(config: Config, dataset: str) -> tuple[str, str]:
+    """(eval file, t-SNE file) names of an evaluation of a run on ``dataset``: ``eval.json`` and
+    ``tsne.npz`` on the run's own pretraining data set, else ``eval-<name>.json`` and
+    ``tsne-<name>.npz`` (a path's file name, other characters than letters, digits, ``.``, ``_``
+    and ``-`` as ``-``)."""
+    if dataset == config.data.dataset:
+        return "eval.json", "tsne.npz"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(dataset).name).strip("-.") or "data"
+    return f"eval-{name}.json", f"tsne-{name}.npz"
 
 
 def run_split(config: Config, split: str, dataset: Optional[str] = None,
@@ -183,6 +201,9 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
             torch.manual_seed(config.train.seed)
             random_encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(dev)
             sets["random_init"] = features(encoder_fn(random_encoder))
+    checks, warnings = check_labelled_data(train, test, num_classes, cfg.label_fractions)
+    for warning in warnings:
+        log(f"WARNING: {name}: {warning}")
     train_labels, test_labels = train.labels.to(dev), test.labels.to(dev)
     log(f"running k-NN and linear probes on: {', '.join(sets)}")
     results = evaluate_feature_sets(sets, train_labels, test_labels, num_classes=num_classes,
@@ -195,18 +216,28 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         "health": {k: health[k] for k in ("effective_rank", "embedding_std", "mean_cosine",
                                           "embedding_std_x_sqrt_dim", "dim")},
         "baselines": {k: _accuracies(v) for k, v in results.items() if k != "ssl"},
-        "dataset": name, "num_train": len(train), "num_test": len(test),
+        "dataset": name, "pretraining_dataset": config.data.dataset,
+        "num_train": len(train), "num_test": len(test),
         "feature_dim": int(test_feats.shape[1]), "device": str(dev),
         "eval_seconds": time.perf_counter() - started, **extras,
         **_held_out_perplexity(run_dir),
         "protocol": {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
-                     "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds},
+                     "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds,
+                     "label_subsets": "stratified"},
+        "data_checks": checks,
     }
-    atomic_write(run_dir / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(out, indent=2)))
+    eval_file, tsne_file = evaluation_files(config, name)
+    atomic_write(run_dir / eval_file, lambda tmp: Path(tmp).write_text(json.dumps(out, indent=2)))
     coords, labels = tsne_embedding(test_feats.cpu(), test_labels.cpu(), n=cfg.tsne_samples,
                                     seed=config.train.seed)
     classes = np.array(test.classes or [str(i) for i in range(num_classes)])
-    np.savez(run_dir / "tsne.npz", coords=coords, labels=labels, class_names=classes)
+
+    def save_tsne(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a name
+            np.savez(handle, coords=coords, labels=labels, class_names=classes)
+
+    atomic_write(run_dir / tsne_file, save_tsne)
+    log(f"wrote {run_dir / eval_file}")
     return out
 
 
@@ -217,7 +248,7 @@ def _held_out_perplexity(run_dir: Path) -> dict[str, float]:
 
 
 def _accuracies(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("knn_top1", "linear_top1", "linear_top1_std")
+    keys = ("knn_top1", "knn_k", "linear_top1", "linear_top1_std")
     return {k: result[k] for k in keys if k in result}
 
 

@@ -205,7 +205,7 @@ def finetune_section(run_dir: str | Path) -> list[str]:
     if not entries:
         return lines + [f"{RESULTS_FILE} holds no results yet."]
     lines += ["Test top-1 after a fixed schedule (nothing chosen on the test split), mean ± std in "
-              "percentage points over seeds; each seed has its own class-balanced label subset, head "
+              "percentage points over seeds; each seed has its own stratified label subset, head "
               "init and data order.", ""]
     mode, protocol = _protocol(entries)
     if protocol:

@@ -144,11 +144,15 @@ def format_eval_table(eval_json: dict) -> str:
         (plots.BASELINE_NAMES.get(name, name), result)
         for name, result in (eval_json.get("baselines") or {}).items()]
     fractions = sorted({float(key) for _, result in results for key in (result.get("linear_top1") or {})})
-    header = ["model", "k-NN top-1"] + [f"linear @{100 * f:g}%" for f in fractions]
+    with_k = any("knn_k" in result for _, result in results)  # eval files from before k was chosen
+    header = (["model", "k-NN top-1"] + (["k"] if with_k else [])
+              + [f"linear @{100 * f:g}%" for f in fractions])
     rows = []
     for name, result in results:
         where = "" if result is eval_json else f"baselines.{name}."
         row = [name, _accuracy_cell(_check_fraction(result.get("knn_top1"), f"{where}knn_top1"), None)]
+        if with_k:
+            row.append(str(result.get("knn_k", MISSING)))
         accuracies = _by_fraction(result.get("linear_top1"))
         stds = _by_fraction(result.get("linear_top1_std"))
         for fraction in fractions:
@@ -240,12 +244,13 @@ def _load_tsne(path: Path) -> Optional[TSNE]:
 
 
 def _title(config: dict, eval_json: Optional[dict], run_dir: Path) -> str:
-    """``# Run report: method · backbone · dataset``, from what the config and eval.json name."""
+    """``# Run report: method · backbone · pretraining data set``, from what the config names (or
+    the in-domain eval.json, when the config does not)."""
     def section(name: str) -> dict:
         value = config.get(name)
         return value if isinstance(value, dict) else {}
 
-    dataset = (eval_json or {}).get("dataset") or section("data").get("dataset", "?")
+    dataset = section("data").get("dataset") or (eval_json or {}).get("dataset") or "?"
     parts = [str(section("method").get("name", "?")), str(section("backbone").get("name", "?")),
              str(dataset)]
     if parts == ["?"] * 3:
@@ -410,27 +415,84 @@ def _training(metrics: RunMetrics, run_dir: Path) -> list[str]:
     return lines
 
 
-def _evaluation(eval_json: Optional[dict], tsne: Optional[TSNE], run_dir: Path) -> list[str]:
+def evaluation_files(run_dir: Path) -> list[tuple[Path, Path]]:
+    """(eval file, its t-SNE file) of each evaluation in ``run_dir``: ``eval.json`` (on the
+    pretraining data) first, then each ``eval-<name>.json`` (on another data set) by name."""
+    others = sorted(path for path in run_dir.glob("eval-*.json") if path.is_file())
+    return [(run_dir / "eval.json", run_dir / "tsne.npz")] + [
+        (path, run_dir / f"tsne-{path.stem[len('eval-'):]}.npz") for path in others]
+
+
+def _evaluations(run_dir: Path, config: dict) -> list[str]:
+    """The evaluation section: one part per data set the run was evaluated on."""
+    files = [(path, tsne) for path, tsne in evaluation_files(run_dir)
+             if path.is_file() or path.name == "eval.json"]
+    if len(files) == 1:
+        return _evaluation(_load_json(files[0][0]), _load_tsne(files[0][1]), run_dir, "")
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    lines = ["## Evaluation", "",
+             f"Pretrained on {data.get('dataset', '?')}; evaluated on "
+             + ", ".join(_evaluated_on(path) for path, _ in files if path.is_file()) + "."]
+    for path, tsne in files:
+        if path.is_file():
+            suffix = "" if path.name == "eval.json" else path.stem[len("eval"):]
+            part = _evaluation(_load_json(path), _load_tsne(tsne), run_dir, suffix)
+            lines += ["", f"### On {_evaluated_on(path)}"] + part[1:]
+    return lines
+
+
+def _evaluated_on(path: Path) -> str:
+    return str((_load_json(path) or {}).get("dataset", path.stem))
+
+
+def _evaluation(eval_json: Optional[dict], tsne: Optional[TSNE], run_dir: Path,
+                suffix: str) -> list[str]:
+    """One data set's evaluation; its plots are named with ``suffix`` ("" in-domain,
+    "-<name>" for eval-<name>.json)."""
     lines = ["## Evaluation", ""]
     if eval_json is None:
         lines.append("Evaluation is missing: there is no eval.json in this run dir yet; run "
                      f"`selfsup evaluate {run_dir}` and then `selfsup report {run_dir}`.")
     else:
         facts = [f"{label} {_count(eval_json[key])}" for key, label in
-                 (("dataset", "dataset"), ("num_train", "train samples"),
-                  ("num_test", "test samples"), ("feature_dim", "feature dim")) if key in eval_json]
+                 (("dataset", "dataset"), ("pretraining_dataset", "pretrained on"),
+                  ("num_train", "train samples"), ("num_test", "test samples"),
+                  ("feature_dim", "feature dim")) if key in eval_json]
         if facts:
             lines += [", ".join(facts) + ".", ""]
         lines.append(format_eval_table(eval_json))
+        lines += _data_warnings(eval_json.get("data_checks"))
         if eval_json.get("linear_top1"):
-            plots.plot_label_efficiency(eval_json, run_dir / "label_efficiency.png")
-            lines += ["", "![Label efficiency](label_efficiency.png)"]
+            name = f"label_efficiency{suffix}.png"
+            plots.plot_label_efficiency(eval_json, run_dir / name)
+            lines += ["", f"![Label efficiency]({name})"]
     lines.append("")
     if tsne is None:
-        lines.append("No t-SNE (tsne.npz is missing).")
+        lines.append(f"No t-SNE (tsne{suffix}.npz is missing).")
     else:
-        plots.plot_tsne(tsne.coords, tsne.labels, run_dir / "tsne.png", tsne.class_names)
-        lines.append("![t-SNE of the embeddings](tsne.png)")
+        name = f"tsne{suffix}.png"
+        plots.plot_tsne(tsne.coords, tsne.labels, run_dir / name, tsne.class_names)
+        lines.append(f"![t-SNE of the embeddings]({name})")
+    return lines
+
+
+def _data_warnings(checks: Any) -> list[str]:
+    """What ``selfsup.evaluate.data_checks`` found, as a short list (nothing when all is well)."""
+    if not isinstance(checks, dict) or not checks:
+        return []
+    lines = ["", "Data warnings:"]
+    conflicts = checks.get("conflicting_labels")
+    if isinstance(conflicts, dict):
+        lines.append(f"- {conflicts.get('groups')} group(s) of identical items carry different "
+                     f"labels ({conflicts.get('items')} items).")
+    small = checks.get("small_classes")
+    if isinstance(small, dict):
+        names = ", ".join(str(entry.get("class")) for entry in small.get("classes", []))
+        lines.append(f"- classes too small for the probe at {small.get('smallest_fraction')} of "
+                     f"the labels (fewer than {small.get('min_probe_items')}), or absent from a "
+                     f"split: {names}.")
+    if checks.get("test_in_train"):
+        lines.append(f"- {checks['test_in_train']} test item(s) identical to a training item.")
     return lines
 
 
@@ -466,13 +528,12 @@ def write_report(run_dir: str | Path) -> Path:
     config_text, config = _load_config(run_dir / "config.yaml")
     eval_json = _load_json(run_dir / "eval.json")
     verdict = _load_json(run_dir / "health_verdict.json")
-    tsne = _load_tsne(run_dir / "tsne.npz")
 
     sections = [
         [_title(config, eval_json, run_dir), "", f"Run dir: `{run_dir}`"],
         _summary(metrics, config),
         _health(metrics, verdict, run_dir),
-        _evaluation(eval_json, tsne, run_dir),
+        _evaluations(run_dir, config),
         finetune_section(run_dir),
         _pictures(run_dir),
         _training(metrics, run_dir),

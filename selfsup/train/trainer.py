@@ -35,7 +35,7 @@ from selfsup.data.loader import BatchStream, epoch_seed
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError, TrainingDiverged
-from selfsup.evaluate.knn import knn_accuracy
+from selfsup.evaluate.knn import knn_accuracy, online_knn_k
 from selfsup.health import HealthMonitor
 from selfsup.methods import Method, build_method
 from selfsup.methods.base import StepOutput
@@ -541,7 +541,7 @@ class Trainer:
             bank = self._embed(data.bank_images, embed)["f"]
             queries = self._embed(data.query_images, embed)["f"]
             accuracy = knn_accuracy(bank, data.bank_labels, queries, data.query_labels, data.num_classes,
-                                    k=min(self.config.eval.knn_k, len(bank)),
+                                    k=online_knn_k(self.config.eval.knn_k, data.bank_labels),
                                     temperature=self.config.eval.knn_temperature)
             records += self.monitor.probe(epoch + 1, step, accuracy)
         self.method.train()
