@@ -120,7 +120,7 @@ def feature_sets(args: argparse.Namespace) -> dict[str, Callable[[], FeatureSet]
     from selfsup.evaluate.sequence_baselines import (canonical_kmer_profile, kmer_profile,
                                                      protein_composition)
 
-    reads = {"reads_per_gene": args.reads_per_gene}
+    reads = {"reads_per_gene": args.reads_per_gene, "rank": getattr(args, "rank", "phylum")}
     return {
         "fmnist-raw": pixels,
         "fmnist-encoder": lambda: encoder(args.run, random_init=False),

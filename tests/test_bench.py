@@ -7,9 +7,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from selfsup.apps.featurize import ENCODER_FILE
+from selfsup.evaluate.protocol import stratified_subset
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -69,3 +72,34 @@ def test_collapse_bench_passes_only_when_the_monitor_flags_just_the_collapsed_ru
     passed, problems = collapse.check_expectation({"stop-gradient": healthy,
                                                    "no stop-gradient": collapsed})
     assert passed is met and bool(problems) is not met
+
+
+def test_probe_strength_compares_on_the_same_subsets_and_reuses_the_reference(tmp_path, monkeypatch):
+    probe_strength = load_bench("probe_strength")
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    feats = torch.randn(300, 6, generator=generator) + 2 * torch.eye(3, 6)[labels]
+    data = probe_strength.FeatureSet(feats[:200], labels[:200], feats[200:], labels[200:])
+    seen = []
+
+    def reference(data, subset, seed, cs):  # the real one, counted
+        seen.append((seed, subset.tolist()))
+        return real_reference(data, subset, seed, cs)
+
+    real_reference = probe_strength.reference
+    monkeypatch.setattr(probe_strength, "reference", reference)
+    cache = probe_strength.ReferenceCache(tmp_path / "reference.json")
+    cs = np.logspace(-4, 4, 5)
+    rows = probe_strength.compare("blobs", data, [0.1, 1.0], 2, cs, 1.0, cache)
+    assert [row["fraction"] for row in rows] == ["0.1", "1.0"]
+    assert [len(row["runs"]) for row in rows] == [2, 1]
+    for row in rows:
+        assert row["reference"] == max(row["reference_raw"], row["reference_std"])
+        assert row["passes"] is (row["gap_points"] >= -1.0)
+    # the evaluation's own stratified subsets, one per seed
+    assert seen[0][1] == stratified_subset(data.train_labels, 0.1, 0).tolist()
+    assert seen[1][1] == stratified_subset(data.train_labels, 0.1, 1).tolist()
+    again = probe_strength.compare("blobs", data, [0.1, 1.0], 2, cs, 1.0,
+                                   probe_strength.ReferenceCache(tmp_path / "reference.json"))
+    assert len(seen) == 3  # the second comparison refit ours only
+    assert [row["reference"] for row in again] == [row["reference"] for row in rows]

@@ -11,7 +11,9 @@ stratified k-fold cross-validation on the labelled training rows only (never the
   of ``standardise_with`` (the whole unlabelled training set), so they need no labels;
 * the L2 weight decay, from a grid of half decades walked from strong to weak with warm starts.
 
-Then the probe is refit on all labelled rows. A reference logistic regression with C chosen by
+The criterion is the mean validation cross-entropy; the folds are fitted together in one L-BFGS
+run, and with fewer rows than features in the rows' own span (``RowSpace``): both only for speed,
+neither changes the optimum. Then the probe is refit on all labelled rows. A reference logistic regression with C chosen by
 5-fold cross-validation (``bench/probe_strength.py``) is the yardstick this was tuned against.
 """
 
@@ -40,7 +42,6 @@ GRADIENT_TOLERANCE = 1e-5  # tighter optima do not move a probe's accuracy, only
 SELECTION_TOLERANCE = 1e-4  # the cross-validation fits only rank decays: looser still
 PATIENCE = 3  # stop a decay sweep after this many weaker decays that validate worse in a row
 SELECTION_MAX_ROWS = 5000  # scaling and decay are chosen on at most this many labelled rows
-REDUCE_BELOW = 1.0  # fit in the rows' span when rows < this × features (RowSpace)
 
 Params = tuple[torch.Tensor, torch.Tensor]  # a probe's (W: D × classes, b: classes)
 
@@ -140,46 +141,47 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tenso
     return fold_of
 
 
-class Scaled(NamedTuple):
-    """Features scaled for the probe, train and test alike, and the name of the scaling."""
+class Scaling(NamedTuple):
+    """A feature scaling: ``(x − mean) / scale``, by name (one of ``SCALINGS``)."""
 
-    scaling: str
-    train: torch.Tensor
-    test: torch.Tensor
+    name: str
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
 
 
-def scale_features(scaling: str, train: torch.Tensor, test: torch.Tensor,
-                   reference: torch.Tensor) -> Scaled:
-    """``train`` and ``test`` centred on ``reference``'s mean and divided by its per-feature std
-    (``standardise``) or by the root-mean-square of those stds (``uniform``: one scale for all
-    features, so their relative sizes stay). Either way the features' average variance on the
-    reference is 1, so one decay grid serves both. Constant features stay constant (0)."""
+def feature_scalings(reference: torch.Tensor, names: Sequence[str]) -> dict[str, Scaling]:
+    """The scalings ``names`` from ``reference``'s statistics: centred on its mean and divided by
+    its per-feature std (``standardise``) or by the root-mean-square of those stds (``uniform``:
+    one scale for all features, so their relative sizes stay). Either way the features' average
+    variance on the reference is 1, so one decay grid serves both. Constant features stay
+    constant (0)."""
     mean = reference.mean(dim=0)
     std = reference.std(dim=0, correction=0)
-    if scaling == "standardise":
-        scale = torch.where(std > 1e-8, std, torch.ones_like(std))
-    elif scaling == "uniform":
-        rms = std.pow(2).mean().sqrt()
-        scale = rms if rms > 1e-12 else torch.ones_like(rms)
-    else:
-        raise ConfigError(f"unknown feature scaling {scaling!r}; known: {', '.join(SCALINGS)}")
-    return Scaled(scaling, (train - mean) / scale, (test - mean) / scale)
+    scales = {"standardise": torch.where(std > 1e-8, std, torch.ones_like(std)),
+              "uniform": std.pow(2).mean().sqrt().clamp_min(1e-12)}
+    unknown = [name for name in names if name not in scales]
+    if unknown:
+        raise ConfigError(f"unknown feature scaling {unknown[0]!r}; known: {', '.join(SCALINGS)}")
+    return {name: Scaling(name, mean, scales[name]) for name in names}
 
 
 class RowSpace:
-    """Fitting rows in the span of their own features, when there are far fewer rows than features.
+    """Fitting rows in the span of their own features, when there are fewer rows than features.
 
     With an L2 penalty the optimal W lies in the span of the fitting rows (a component orthogonal
     to them changes no training logit and only adds to the penalty). So with an orthonormal basis
     Q (D × n) of that span, fitting Z on the projected rows X·Q and taking W = Q·Z gives exactly
     the full problem's optimum, with n × C parameters instead of D × C: for 100 TF-IDF rows of
-    10,000 words, a 100-fold smaller problem. Above ``n > D · REDUCE_BELOW`` the projection costs
-    more than it saves, and the rows are used as they are (Q = None).
+    10,000 words, a 100-fold smaller problem. With as many rows as features there is nothing to
+    gain, and the rows are used as they are (Q = None).
     """
 
     def __init__(self, x: torch.Tensor) -> None:
         self.basis: Optional[torch.Tensor] = None
-        if len(x) < x.shape[1] * REDUCE_BELOW:
+        if len(x) < x.shape[1]:
             self.basis = torch.linalg.qr(x.T, mode="reduced").Q
         self.x = self.project(x)
 
@@ -330,26 +332,24 @@ def linear_probe(
     rows = _selection_rows(y, seed)
     fold_of = stratified_folds(y[rows.to(device)], CV_FOLDS, seed).to(device)
     rows = rows.to(device)
+    scalings_by_name = feature_scalings(reference, scalings)
     best: Optional[Choice] = None
-    scaled: dict[str, Scaled] = {}
     spaces: dict[str, RowSpace] = {}
-    for scaling in scalings:
-        scaled[scaling] = scale_features(scaling, train, test, reference)
-        if len(decays) == 1 and len(scalings) == 1:
-            break  # nothing to choose
-        spaces[scaling] = RowSpace(scaled[scaling].train[rows])
-        choice = _sweep(spaces[scaling], y[rows], fold_of, num_classes, decays, scaling)
-        if choice is not None and (best is None or choice.score > best.score):
-            best = choice
+    if len(decays) > 1 or len(scalings) > 1:  # else nothing to choose
+        for name, scaling in scalings_by_name.items():
+            spaces[name] = RowSpace(scaling(train[rows]))
+            choice = _sweep(spaces[name], y[rows], fold_of, num_classes, decays, name)
+            if choice is not None and (best is None or choice.score > best.score):
+                best = choice
     if best is None:
-        scaling, decay, init = scalings[0], decays[0], None
+        name, decay, init = scalings[0], decays[0], None
     else:
         # the decay was chosen for the rows of one fit in the cross-validation
         rows_per_fit = len(rows) * (1 - 1 / max(1, len(torch.unique(fold_of))))
-        scaling, decay, init = best.scaling, best.weight_decay * rows_per_fit / len(y), best.params
-    features = scaled[scaling]
+        name, decay, init = best.scaling, best.weight_decay * rows_per_fit / len(y), best.params
+    scaling = scalings_by_name[name]
     # the selection rows' span, when they are all the rows; else the rows' own
-    space = spaces[scaling] if len(rows) == len(y) and scaling in spaces else RowSpace(features.train)
+    space = spaces[name] if len(rows) == len(y) and name in spaces else RowSpace(scaling(train))
     params = space.to_full(_fit(space.x, y, num_classes, decay, init=space.from_full(init)))
-    return {"accuracy": _accuracy(params, features.test, y_test), "weight_decay": decay,
-            "scaling": scaling}
+    return {"accuracy": _accuracy(params, scaling(test), y_test), "weight_decay": decay,
+            "scaling": name}
