@@ -82,9 +82,9 @@ def test_probe_strength_compares_on_the_same_subsets_and_reuses_the_reference(tm
     data = probe_strength.FeatureSet(feats[:200], labels[:200], feats[200:], labels[200:])
     seen = []
 
-    def reference(data, subset, seed, cs):  # the real one, counted
+    def reference(data, subset, seed, cs, variants):  # the real one, counted
         seen.append((seed, subset.tolist()))
-        return real_reference(data, subset, seed, cs)
+        return real_reference(data, subset, seed, cs, variants)
 
     real_reference = probe_strength.reference
     monkeypatch.setattr(probe_strength, "reference", reference)
@@ -103,3 +103,7 @@ def test_probe_strength_compares_on_the_same_subsets_and_reuses_the_reference(tm
                                    probe_strength.ReferenceCache(tmp_path / "reference.json"))
     assert len(seen) == 3  # the second comparison refit ours only
     assert [row["reference"] for row in again] == [row["reference"] for row in rows]
+    raw_only = probe_strength.compare("blobs", data, [1.0], 2, cs, 1.0, cache, ["raw"])
+    assert len(seen) == 4  # another variant set is another reference
+    assert raw_only[0]["reference_std"] is None
+    assert raw_only[0]["reference"] == raw_only[0]["reference_raw"] == rows[1]["reference_raw"]

@@ -40,7 +40,10 @@ CV_MAX_CELLS = 2_500_000
 MAX_ITERATIONS = 100  # L-BFGS iterations per fit
 GRADIENT_TOLERANCE = 1e-5  # tighter optima do not move a probe's accuracy, only its run time
 SELECTION_TOLERANCE = 1e-4  # the cross-validation fits only rank decays: looser still
-PATIENCE = 3  # stop a decay sweep after this many weaker decays that validate worse in a row
+# L-BFGS iterations per cross-validation fit: warm-started along the path, 50 rank the decays as
+# 100 do (the same choices on Fashion-MNIST pixels, TF-IDF, composition, k-mers) at half the time
+SELECTION_ITERATIONS = 50
+PATIENCE = 2  # stop a decay sweep after this many weaker decays that validate worse in a row
 SELECTION_MAX_ROWS = 5000  # scaling and decay are chosen on at most this many labelled rows
 
 Params = tuple[torch.Tensor, torch.Tensor]  # a probe's (W: D × classes, b: classes)
@@ -74,6 +77,7 @@ def _fit(
     init: Optional[Params] = None,
     tolerance: float = GRADIENT_TOLERANCE,
     row_weights: Optional[torch.Tensor] = None,
+    max_iterations: int = MAX_ITERATIONS,
 ) -> Params:
     """Minimise mean cross-entropy + weight_decay/2 · ||W||² (bias not decayed); return (W, b).
 
@@ -93,7 +97,7 @@ def _fit(
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
-        max_iter=MAX_ITERATIONS,
+        max_iter=max_iterations,
         history_size=20,
         tolerance_grad=tolerance,
         tolerance_change=1e-9,
@@ -244,7 +248,7 @@ def _sweep(space: RowSpace, y: torch.Tensor, fold_of: torch.Tensor, num_classes:
     worse_in_a_row = 0
     for decay in decays:
         params = _fit(space.x, y, num_classes, decay, init=params, tolerance=SELECTION_TOLERANCE,
-                      row_weights=row_weights)
+                      row_weights=row_weights, max_iterations=SELECTION_ITERATIONS)
         logits = (space.x @ params[0] + params[1]).view(len(y), held.shape[1], num_classes)
         true_class = y[:, None, None].expand(-1, held.shape[1], 1)
         loss = -logits.log_softmax(dim=2).gather(2, true_class).squeeze(2)  # N × P
