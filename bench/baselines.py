@@ -59,7 +59,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         started = time.perf_counter()
         result = evaluate_features(data.train, data.train_labels, data.test, data.test_labels,
                                    int(torch.cat([data.train_labels, data.test_labels]).max()) + 1,
-                                   fractions=args.fractions, seeds=args.seeds)
+                                   fractions=args.fractions, seeds=args.seeds,
+                                   train_groups=data.groups)
         seconds = time.perf_counter() - started
         cells = [f"{100 * result['linear_top1'][str(float(f))]:>5.1f} ± "
                  f"{100 * result['linear_top1_std'][str(float(f))]:>3.1f}" for f in args.fractions]

@@ -6,7 +6,8 @@ evaluation's own stratified subsets, seeds 0 … seeds − 1; one subset at 100 
 
 * **ours**: ``selfsup.evaluate.linear.linear_probe`` exactly as ``selfsup evaluate`` calls it
   (scaling statistics from every training row, scaling and decay chosen by cross-validation on the
-  labelled rows);
+  labelled rows, folds keeping the data set's groups — protein families, reads of one gene —
+  apart as its test split does);
 * **the reference**: scikit-learn's ``LogisticRegressionCV`` with C chosen by stratified 5-fold
   cross-validation **on the labelled subset only**, from ``--reference-cs`` values log-spaced over
   1e-4 … 1e4, on the features as they are (``raw``; TF-IDF kept sparse, as a user would) and
@@ -53,13 +54,15 @@ VARIANTS = ("raw", "std")  # the reference's feature variants: as they are, stan
 
 
 class FeatureSet(NamedTuple):
-    """Train and test features with their labels; ``sparse_raw`` makes the raw reference sparse."""
+    """Train and test features with their labels; ``sparse_raw`` makes the raw reference sparse;
+    ``groups``: the training items' group ids, which ``selfsup evaluate`` gives the probe."""
 
     train: torch.Tensor
     train_labels: torch.Tensor
     test: torch.Tensor
     test_labels: torch.Tensor
     sparse_raw: bool = False
+    groups: Optional[torch.Tensor] = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +106,11 @@ def encoder(run: Optional[str], random_init: bool) -> FeatureSet:
 
 def sequences(dataset: str, make: Callable, options: Optional[dict] = None) -> FeatureSet:
     """A fixed feature function of the sequences of a labelled sequence data set."""
+    from selfsup.evaluate.run import group_ids
+
     train, test = load_split(dataset, "train", None, options), load_split(dataset, "test", None, options)
-    return FeatureSet(make(train.sequences), train.labels, make(test.sequences), test.labels)
+    return FeatureSet(make(train.sequences), train.labels, make(test.sequences), test.labels,
+                      groups=group_ids(train))
 
 
 def tfidf() -> FeatureSet:
@@ -141,7 +147,8 @@ def feature_sets(args: argparse.Namespace) -> dict[str, Callable[[], FeatureSet]
 def ours(data: FeatureSet, subset: torch.Tensor, seed: int) -> dict[str, Any]:
     result = linear_probe(data.train[subset], data.train_labels[subset], data.test,
                           data.test_labels, int(data.train_labels.max()) + 1, seed=seed,
-                          standardise_with=data.train)
+                          standardise_with=data.train,
+                          groups=None if data.groups is None else data.groups[subset])
     return {"accuracy": result["accuracy"], "scaling": result["scaling"],
             "weight_decay": result["weight_decay"]}
 

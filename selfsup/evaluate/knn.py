@@ -15,7 +15,7 @@ Also home of :func:`check_labelled_features`, the input check every evaluation p
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,11 +125,14 @@ def choose_knn_k(
     grid: Sequence[int] = KNN_K_GRID,
     seed: int = 0,
     chunk_size: int = 1024,
+    groups: Optional[torch.Tensor] = None,
 ) -> dict[str, Any]:
     """Choose k for :func:`knn_predict` from the training labels alone, by leave-one-out.
 
     Up to ``KNN_SELECTION_QUERIES`` training rows (a class-stratified random sample drawn with
-    ``seed``) are each classified by the other training rows, with every k of ``grid`` up to
+    ``seed``) are each classified by the other training rows (with ``groups``, one int id per
+    row: by the rows of other groups, as the test split keeps groups apart), with every k of
+    ``grid`` up to
     :func:`knn_k_limit`; the k of the highest accuracy wins, ties going to the larger k (the
     smoother vote). When no k of the grid is within the limit, the limit itself is used.
     Returns ``{"k": the chosen k, "accuracy": {k: leave-one-out accuracy}}``.
@@ -154,9 +157,12 @@ def choose_knn_k(
     queries = queries.to(device)
     correct = {k: 0 for k in candidates}
     widest = max(candidates)
+    group_of = None if groups is None else groups.to(device)
     for chunk in queries.split(chunk_size):
         similarity = bank[chunk] @ bank.T
         similarity[torch.arange(len(chunk), device=device), chunk] = -math.inf  # leave itself out
+        if groups is not None:  # and its group
+            similarity.masked_fill_(group_of[chunk, None] == group_of[None, :], -math.inf)
         top_similarity, top_index = similarity.topk(widest, dim=1)
         top_labels = bank_labels[top_index]
         for k in candidates:

@@ -129,13 +129,31 @@ def _accuracy(params: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, y: tor
     return float(((x @ weight + bias).argmax(dim=1) == y).float().mean())
 
 
-def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int,
+                     groups: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(N,) int64 fold ids in [0, folds) on the CPU: each class's members, in a random order drawn
     with ``seed``, are dealt to the folds in turn, starting where the previous class stopped, so
-    every fold gets its share of every class and the folds' sizes differ by at most one."""
+    every fold gets its share of every class and the folds' sizes differ by at most one.
+
+    With ``groups`` (one int id per row) whole groups are dealt instead, each to the fold holding
+    the fewest rows of its majority class so far: rows of one group (a protein family, the reads
+    of one gene) never sit on both sides of a fold, as they never sit on both sides of the data
+    set's own train/test split, so validation measures what the test split measures."""
     generator = torch.Generator().manual_seed(seed)
     labels = labels.cpu()
     fold_of = torch.empty(len(labels), dtype=torch.int64)
+    if groups is not None:
+        groups = groups.cpu()
+        _, group_of = torch.unique(groups, return_inverse=True)
+        order = torch.randperm(int(group_of.max()) + 1, generator=generator).tolist()
+        filled: dict[tuple[int, int], int] = {}
+        for group in order:
+            members = (group_of == group).nonzero().flatten()
+            majority = int(torch.mode(labels[members]).values)
+            fold = min(range(folds), key=lambda f: (filled.get((majority, f), 0), f))
+            fold_of[members] = fold
+            filled[(majority, fold)] = filled.get((majority, fold), 0) + len(members)
+        return fold_of
     start = 0
     for cls in torch.unique(labels).tolist():
         members = (labels == cls).nonzero().flatten()
@@ -284,6 +302,7 @@ def linear_probe(
     weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
     standardise_with: Optional[torch.Tensor] = None,
     scalings: Sequence[str] = SCALINGS,
+    groups: Optional[torch.Tensor] = None,
 ) -> dict[str, float | str]:
     """Train a logistic-regression probe on the labelled features; return its test accuracy.
 
@@ -300,6 +319,9 @@ def linear_probe(
     the refit on all rows: with the mean loss, a fixed prior on W is a decay ∝ 1/rows. When no
     fold can be validated (one example in all), the first scaling and the strongest decay are
     used: with that little data nothing can be chosen, and strong regularisation is the safe prior.
+
+    ``groups`` (one int id per labelled row, e.g. a protein family) keeps each group within one
+    fold (:func:`stratified_folds`): pass them when the test split keeps groups apart.
 
     Returns ``{"accuracy": test accuracy in [0, 1], "weight_decay": the decay of the refit,
     "scaling": the chosen scaling}``.
@@ -334,7 +356,8 @@ def linear_probe(
 
     decays = sorted(weight_decays, reverse=True)
     rows = _selection_rows(y, seed)
-    fold_of = stratified_folds(y[rows.to(device)], CV_FOLDS, seed).to(device)
+    fold_of = stratified_folds(y[rows.to(device)], CV_FOLDS, seed,
+                               None if groups is None else groups.cpu()[rows]).to(device)
     rows = rows.to(device)
     scalings_by_name = feature_scalings(reference, scalings)
     best: Optional[Choice] = None

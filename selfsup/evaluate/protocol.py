@@ -10,7 +10,7 @@ accuracies are fractions in [0, 1].
 from __future__ import annotations
 
 import statistics
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -50,6 +50,7 @@ def evaluate_features(
     seeds: int = 3,
     knn_k: int | str = "auto",
     knn_temperature: float = 0.1,
+    train_groups: Optional[torch.Tensor] = None,
 ) -> dict[str, Any]:
     """k-NN accuracy with all labels and linear-probe accuracy per label fraction.
 
@@ -60,6 +61,8 @@ def evaluate_features(
     ``linear_weight_decay`` and ``linear_scaling`` → the per-seed chosen decays and scalings.
     Fraction 1.0 is one run; each smaller fraction runs on ``seeds`` subsets (seeds 0, 1, …).
     Every probe scales with the statistics of all training features (no labels needed).
+    ``train_groups`` (one int id per training row: a protein family, the reads of one gene) keep
+    groups apart wherever k and the probe's settings are validated, as the test split does.
     """
     check_labelled_features(train_feats, train_labels, num_classes, "train_feats")
     check_labelled_features(test_feats, test_labels, num_classes, "test_feats")
@@ -68,7 +71,8 @@ def evaluate_features(
 
     result: dict[str, Any] = {}
     if knn_k == "auto":
-        selection = choose_knn_k(train_feats, train_labels, num_classes, knn_temperature)
+        selection = choose_knn_k(train_feats, train_labels, num_classes, knn_temperature,
+                                 groups=train_groups)
         knn_k = selection["k"]
         result["knn_k_selection"] = {str(k): acc for k, acc in selection["accuracy"].items()}
     elif not isinstance(knn_k, int) or isinstance(knn_k, bool) or knn_k < 1:
@@ -97,6 +101,7 @@ def evaluate_features(
                 num_classes,
                 seed=seed,
                 standardise_with=train_feats,  # needs no labels: use every training row
+                groups=None if train_groups is None else train_groups[subset.cpu()],
             )
             accuracies.append(probe["accuracy"])
             decays.append(probe["weight_decay"])
@@ -120,7 +125,7 @@ def evaluate_feature_sets(
 
     For comparing the self-supervised encoder with baselines on the same labels, e.g.
     ``{"ssl": ..., "raw": ..., "random_init": ...}``. ``protocol`` holds the keyword arguments of
-    :func:`evaluate_features` (fractions, seeds, knn_k, knn_temperature).
+    :func:`evaluate_features` (fractions, seeds, knn_k, knn_temperature, train_groups).
     """
     return {
         name: evaluate_features(train, train_labels, test, test_labels, num_classes, **protocol)

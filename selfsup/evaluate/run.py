@@ -208,7 +208,8 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     log(f"running k-NN and linear probes on: {', '.join(sets)}")
     results = evaluate_feature_sets(sets, train_labels, test_labels, num_classes=num_classes,
                                     fractions=tuple(cfg.label_fractions), seeds=cfg.seeds,
-                                    knn_k=cfg.knn_k, knn_temperature=cfg.knn_temperature)
+                                    knn_k=cfg.knn_k, knn_temperature=cfg.knn_temperature,
+                                    train_groups=group_ids(train))
     test_feats = sets["ssl"][1]
     health = health_metrics(test_feats[: min(len(test_feats), 4096)])
     out: dict[str, Any] = {
@@ -223,7 +224,8 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         **_held_out_perplexity(run_dir),
         "protocol": {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
                      "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds,
-                     "label_subsets": "stratified"},
+                     "label_subsets": "stratified",
+                     "validation_groups": group_ids(train) is not None},
         "data_checks": checks,
     }
     eval_file, tsne_file = evaluation_files(config, name)
@@ -239,6 +241,19 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     atomic_write(run_dir / tsne_file, save_tsne)
     log(f"wrote {run_dir / eval_file}")
     return out
+
+
+def group_ids(source: Source) -> Optional[torch.Tensor]:
+    """One int id per item of ``source`` for its group (a protein family, the reads of one gene,
+    identical sequences), which the data set's split keeps on one side; None for data without
+    groups (images), or whose every item is its own group."""
+    groups = getattr(source, "groups", None)
+    if groups is None:
+        return None
+    ids = {name: index for index, name in enumerate(dict.fromkeys(groups))}
+    if len(ids) == len(groups):
+        return None
+    return torch.tensor([ids[name] for name in groups])
 
 
 def _held_out_perplexity(run_dir: Path) -> dict[str, float]:
