@@ -59,7 +59,8 @@ def run_method(name: str, args, out_dir: Path, baselines: bool) -> dict:
     result = evaluate_run(run_dir, device=args.device, baselines=baselines, log=lambda _: None)
     epochs = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
     return {
-        "method": name, "knn_top1": result["knn_top1"], "knn_k": result.get("knn_k"), "linear_top1": result["linear_top1"],
+        "method": name, "knn_top1": result["knn_top1"], "knn_k": result.get("knn_k"),
+        "linear_top1": result["linear_top1"],
         "effective_rank": result["health"]["effective_rank"], "feature_dim": result["feature_dim"],
         "images_per_s": statistics.median(r["images_per_s"] for r in epochs),
         "train_seconds": train_seconds, "baselines": result.get("baselines", {}),
