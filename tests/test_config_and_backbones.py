@@ -41,10 +41,23 @@ def test_overrides_yaml_and_round_trip(tmp_path):
     ("eval.label_fractions=[0.1, 2]", r"eval\.label_fractions must be a number in \(0, 1\], got 2"),
     ("train.sync_bn=maybe", r"train\.sync_bn must be true, false or null"),
     ("optim.betas=[0.9, 1]", r"optim\.betas must be two numbers in \[0, 1\)"),
+    ("eval.knn_k=0", r"eval\.knn_k must be a whole number ≥ 1, got 0"),
+    ("eval.knn_k=20.5", r"eval\.knn_k must be a whole number ≥ 1, got 20.5"),
+    ("eval.knn_k=many", r"eval\.knn_k must be a whole number ≥ 1 or auto, got 'many'"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_knn_k_is_chosen_unless_fixed_and_survives_a_round_trip(tmp_path):
+    assert load_config(None).eval.knn_k == "auto"
+    assert load_config(None, ["eval.knn_k=null"]).eval.knn_k == "auto"
+    assert load_config(None, ["eval.knn_k=20"]).eval.knn_k == 20
+    load_config(None, ["eval.knn_k=20"]).save(tmp_path / "fixed.yaml")
+    load_config(None).save(tmp_path / "auto.yaml")
+    assert load_config(tmp_path / "fixed.yaml").eval.knn_k == 20
+    assert load_config(tmp_path / "auto.yaml").eval.knn_k == "auto"
 
 
 @pytest.mark.parametrize("name, dim", [("resnet18", 512), ("small-cnn", 256)])
