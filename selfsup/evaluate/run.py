@@ -205,11 +205,12 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     for warning in warnings:
         log(f"WARNING: {name}: {warning}")
     train_labels, test_labels = train.labels.to(dev), test.labels.to(dev)
+    groups = group_ids(train)  # validation keeps them apart, as the split does
     log(f"running k-NN and linear probes on: {', '.join(sets)}")
     results = evaluate_feature_sets(sets, train_labels, test_labels, num_classes=num_classes,
                                     fractions=tuple(cfg.label_fractions), seeds=cfg.seeds,
                                     knn_k=cfg.knn_k, knn_temperature=cfg.knn_temperature,
-                                    train_groups=group_ids(train))
+                                    train_groups=groups)
     test_feats = sets["ssl"][1]
     health = health_metrics(test_feats[: min(len(test_feats), 4096)])
     out: dict[str, Any] = {
@@ -225,7 +226,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         "protocol": {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
                      "label_fractions": list(cfg.label_fractions), "seeds": cfg.seeds,
                      "label_subsets": "stratified",
-                     "validation_groups": group_ids(train) is not None},
+                     "validation_groups": groups is not None},
         "data_checks": checks,
     }
     eval_file, tsne_file = evaluation_files(config, name)
