@@ -513,3 +513,18 @@ def test_protocols_give_the_same_answers_on_cuda(digits):
     cpu_probe = linear_probe(x_train, y_train, x_test, y_test, 10)
     cuda_probe = linear_probe(*on_cuda, 10)
     assert cuda_probe["accuracy"] == pytest.approx(cpu_probe["accuracy"], abs=0.01)
+
+
+def test_sparse_rows_fit_as_the_dense_ones():
+    # TF-IDF-like rows (0.25 % non-zero) go the sparse way from SPARSE_MIN_ROWS on, centred by a
+    # rank-one correction instead of being filled in: the same optimum as the dense centred rows.
+    from selfsup.evaluate.linear import SPARSE_BELOW, _fit, _sparse_rows
+
+    feats, labels = sparse_documents(300)
+    assert float((feats != 0).float().mean()) < SPARSE_BELOW
+    mean = feats.mean(dim=0)
+    dense = _fit(feats - mean, labels, 4, 1e-2, tolerance=1e-7, max_iterations=500)
+    sparse = _fit(_sparse_rows(feats), labels, 4, 1e-2, tolerance=1e-7, max_iterations=500,
+                  offset=mean)
+    torch.testing.assert_close(sparse[0], dense[0], atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(sparse[1], dense[1], atol=2e-4, rtol=1e-3)
