@@ -75,7 +75,8 @@ def check_labelled_data(train: ImageSource | SequenceSource, test: ImageSource |
     test_counts = torch.bincount(test.labels, minlength=num_classes).tolist()
     small = []
     for label in range(num_classes):
-        in_subset = max(1, round(smallest_fraction * train_counts[label])) if train_counts[label] else 0
+        count = train_counts[label]
+        in_subset = max(1, round(smallest_fraction * count)) if count else 0
         if in_subset < MIN_PROBE_ITEMS or test_counts[label] == 0:
             small.append({"class": name(label), "train": train_counts[label],
                           "test": test_counts[label], "at_smallest_fraction": in_subset})

@@ -11,10 +11,13 @@ stratified k-fold cross-validation on the labelled training rows only (never the
   of ``standardise_with`` (the whole unlabelled training set), so they need no labels;
 * the L2 weight decay, from a grid of half decades walked from strong to weak with warm starts.
 
-The criterion is the mean validation cross-entropy; the folds are fitted together in one L-BFGS
-run, and with fewer rows than features in the rows' own span (``RowSpace``): both only for speed,
-neither changes the optimum. Then the probe is refit on all labelled rows. A reference logistic regression with C chosen by
-5-fold cross-validation (``bench/probe_strength.py``) is the yardstick this was tuned against.
+The criterion is the mean validation cross-entropy. The folds keep the data set's groups apart
+when they are given (``stratified_folds``). Then the probe is refit on all labelled rows.
+
+For speed only (none changes the optimum): the folds are fitted together in one L-BFGS run; with
+fewer rows than features the fit runs in the rows' own span (``RowSpace``); sparse features
+(TF-IDF) are fitted as CSR matrices. scikit-learn's logistic regression with C chosen by 5-fold
+cross-validation (``bench/probe_strength.py``) is the yardstick this was measured against.
 """
 
 from __future__ import annotations
