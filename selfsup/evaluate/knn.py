@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.evaluate.sampling import at_most_per_class
 
 # k is chosen from these by leave-one-out on the training labels (choose_knn_k); 200 is the
 # InstDisc/DINO default on large data sets, the small ones suit data sets of a few thousand items
@@ -147,14 +148,7 @@ def choose_knn_k(
     device = train_feats.device
     bank = F.normalize(train_feats.to(torch.float32), dim=1)
     bank_labels = train_labels.to(device, torch.long)
-    queries = torch.arange(len(bank))
-    if len(bank) > KNN_SELECTION_QUERIES:  # a stratified sample: every class keeps its share
-        generator = torch.Generator().manual_seed(seed)
-        share = KNN_SELECTION_QUERIES / len(bank)
-        queries = torch.cat([members[torch.randperm(len(members), generator=generator)]
-                             [:max(1, round(share * len(members)))]
-                             for members in _members_of_each_class(bank_labels.cpu())]).sort().values
-    queries = queries.to(device)
+    queries = at_most_per_class(train_labels, KNN_SELECTION_QUERIES, seed).to(device)
     correct = {k: 0 for k in candidates}
     widest = max(candidates)
     group_of = None if groups is None else groups.to(device)
@@ -171,10 +165,6 @@ def choose_knn_k(
     accuracy = {k: correct[k] / len(queries) for k in candidates}
     best = max(candidates, key=lambda k: (accuracy[k], k))
     return {"k": best, "accuracy": accuracy}
-
-
-def _members_of_each_class(labels: torch.Tensor) -> list[torch.Tensor]:
-    return [(labels == cls).nonzero().flatten() for cls in torch.unique(labels).tolist()]
 
 
 def knn_accuracy(

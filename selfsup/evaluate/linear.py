@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import statistics
 import warnings
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.knn import check_labelled_features
+from selfsup.evaluate.sampling import at_most_per_class
 
 # Decays for features of unit average variance (both scalings give that), 10 to 1e-6 in half decades:
 # mean cross-entropy + decay/2·‖W‖² matches scikit-learn's C = 1 / (decay · rows), so this spans
@@ -58,26 +59,6 @@ SPARSE_BELOW = 0.1
 SPARSE_MIN_ROWS = 2000
 
 Params = tuple[torch.Tensor, torch.Tensor]  # a probe's (W: D × classes, b: classes)
-
-
-def split_per_class(
-    labels: torch.Tensor, take: Callable[[int], int], seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Randomly split the indices of each class into ``take(class size)`` taken and the rest.
-
-    Returns (taken, rest) as sorted CPU LongTensors. Deterministic under ``seed`` whatever the
-    labels' device, because the permutations are drawn on the CPU.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    labels = labels.cpu()
-    taken, rest = [], []
-    for cls in torch.unique(labels).tolist():
-        members = (labels == cls).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        count = take(len(members))
-        taken.append(members[:count])
-        rest.append(members[count:])
-    return torch.cat(taken).sort().values, torch.cat(rest).sort().values
 
 
 def _fit(
@@ -331,16 +312,6 @@ def _sparse_rows(x: torch.Tensor) -> torch.Tensor:
         return x.to_sparse_csr()
 
 
-def _selection_rows(labels: torch.Tensor, seed: int) -> torch.Tensor:
-    """The labelled rows scaling and decay are chosen on: all of them, or a class-stratified
-    random ``SELECTION_MAX_ROWS`` of a larger set (sorted CPU indices)."""
-    if len(labels) <= SELECTION_MAX_ROWS:
-        return torch.arange(len(labels))
-    keep = SELECTION_MAX_ROWS / len(labels)
-    rows, _ = split_per_class(labels, lambda size: max(1, round(keep * size)), seed + 1)
-    return rows
-
-
 def linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -404,8 +375,9 @@ def linear_probe(
     y_test = test_labels.to(device, torch.long)
 
     decays = sorted(weight_decays, reverse=True)
-    rows = _selection_rows(y, seed)
-    held = cross_validation_folds(y[rows.to(device)].cpu(),
+    # the rows scaling and decay are chosen on (seed + 1: not the draw of the label subset)
+    rows = at_most_per_class(train_labels, SELECTION_MAX_ROWS, seed + 1)
+    held = cross_validation_folds(train_labels.cpu()[rows],
                                   None if groups is None else groups.cpu()[rows], seed).to(device)
     rows = rows.to(device)
     sparse = float((reference != 0).float().mean()) < SPARSE_BELOW

@@ -16,7 +16,8 @@ import torch
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.knn import check_labelled_features, choose_knn_k, knn_accuracy
-from selfsup.evaluate.linear import linear_probe, split_per_class
+from selfsup.evaluate.linear import linear_probe
+from selfsup.evaluate.sampling import split_per_class
 
 
 def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
