@@ -230,6 +230,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         "data_checks": checks,
     }
     eval_file, tsne_file = evaluation_files(config, name)
+    out["tsne_file"] = tsne_file  # the report finds the t-SNE of each evaluation by this
     atomic_write(run_dir / eval_file, lambda tmp: Path(tmp).write_text(json.dumps(out, indent=2)))
     coords, labels = tsne_embedding(test_feats.cpu(), test_labels.cpu(), n=cfg.tsne_samples,
                                     seed=config.train.seed)

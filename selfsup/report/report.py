@@ -415,41 +415,36 @@ def _training(metrics: RunMetrics, run_dir: Path) -> list[str]:
     return lines
 
 
-def evaluation_files(run_dir: Path) -> list[tuple[Path, Path]]:
-    """(eval file, its t-SNE file) of each evaluation in ``run_dir``: ``eval.json`` (on the
-    pretraining data) first, then each ``eval-<name>.json`` (on another data set) by name."""
-    others = sorted(path for path in run_dir.glob("eval-*.json") if path.is_file())
-    return [(run_dir / "eval.json", run_dir / "tsne.npz")] + [
-        (path, run_dir / f"tsne-{path.stem[len('eval-'):]}.npz") for path in others]
-
-
 def _evaluations(run_dir: Path, config: dict) -> list[str]:
-    """The evaluation section: one part per data set the run was evaluated on."""
-    files = [(path, tsne) for path, tsne in evaluation_files(run_dir)
-             if path.is_file() or path.name == "eval.json"]
-    if len(files) == 1:
-        return _evaluation(_load_json(files[0][0]), _load_tsne(files[0][1]), run_dir, "")
+    """The evaluation section: one part per data set the run was evaluated on, ``eval.json`` (the
+    pretraining data) first, then each ``eval-<name>.json`` by name."""
+    paths = [run_dir / "eval.json"] + sorted(run_dir.glob("eval-*.json"))
+    found = [(path, _load_json(path)) for path in paths if path.is_file()]
+    if len(found) <= 1:
+        path, eval_json = found[0] if found else (run_dir / "eval.json", None)
+        return _evaluation(eval_json, run_dir, _plot_suffix(path))
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    names = [str(eval_json.get("dataset", path.stem)) for path, eval_json in found]
     lines = ["## Evaluation", "",
-             f"Pretrained on {data.get('dataset', '?')}; evaluated on "
-             + ", ".join(_evaluated_on(path) for path, _ in files if path.is_file()) + "."]
-    for path, tsne in files:
-        if path.is_file():
-            suffix = "" if path.name == "eval.json" else path.stem[len("eval"):]
-            part = _evaluation(_load_json(path), _load_tsne(tsne), run_dir, suffix)
-            lines += ["", f"### On {_evaluated_on(path)}"] + part[1:]
+             f"Pretrained on {data.get('dataset', '?')}; evaluated on {', '.join(names)}."]
+    for (path, eval_json), name in zip(found, names):
+        part = _evaluation(eval_json, run_dir, _plot_suffix(path))
+        lines += ["", f"### On {name}"] + part[1:]
     return lines
 
 
-def _evaluated_on(path: Path) -> str:
-    return str((_load_json(path) or {}).get("dataset", path.stem))
+def _plot_suffix(eval_path: Path) -> str:
+    """"" for eval.json's plots, "-<name>" for eval-<name>.json's."""
+    return eval_path.stem[len("eval"):]
 
 
-def _evaluation(eval_json: Optional[dict], tsne: Optional[TSNE], run_dir: Path,
-                suffix: str) -> list[str]:
+def _evaluation(eval_json: Optional[dict], run_dir: Path, suffix: str) -> list[str]:
     """One data set's evaluation; its plots are named with ``suffix`` ("" in-domain,
-    "-<name>" for eval-<name>.json)."""
+    "-<name>" for eval-<name>.json), its t-SNE read from the file the evaluation names."""
     lines = ["## Evaluation", ""]
+    # eval files from before cross-data evaluation name no t-SNE file: theirs is tsne.npz
+    tsne_file = (eval_json or {}).get("tsne_file", "tsne.npz")
+    tsne = _load_tsne(run_dir / Path(str(tsne_file)).name)  # never outside the run dir
     if eval_json is None:
         lines.append("Evaluation is missing: there is no eval.json in this run dir yet; run "
                      f"`selfsup evaluate {run_dir}` and then `selfsup report {run_dir}`.")
@@ -468,7 +463,7 @@ def _evaluation(eval_json: Optional[dict], tsne: Optional[TSNE], run_dir: Path,
             lines += ["", f"![Label efficiency]({name})"]
     lines.append("")
     if tsne is None:
-        lines.append(f"No t-SNE (tsne{suffix}.npz is missing).")
+        lines.append(f"No t-SNE ({tsne_file} is missing).")
     else:
         name = f"tsne{suffix}.png"
         plots.plot_tsne(tsne.coords, tsne.labels, run_dir / name, tsne.class_names)
