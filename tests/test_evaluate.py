@@ -208,49 +208,20 @@ def test_linear_probe_reads_sparse_features_at_one_percent_of_labels():
         assert result["accuracy"] >= 0.98
 
 
-def test_linear_probe_in_the_rows_span_equals_the_full_fit():
-    # 30 rows of 200 features: the probe fits in the rows' 30-d span (RowSpace); the logits must be
-    # those of the full problem's optimum, here checked against scikit-learn's on the same loss.
+def test_fitting_in_the_rows_span_gives_the_full_fits_optimum():
+    # 30 rows of 200 features: RowSpace fits 30-d projections instead of 200-d rows. Mapped back,
+    # its W and b must be the full problem's (the optimum lies in the rows' span).
+    from selfsup.evaluate.linear import RowSpace, _fit
+
     generator = torch.Generator().manual_seed(0)
-    train, train_labels = torch.randn(30, 200, generator=generator), torch.arange(30) % 3
-    train[:, :3] += 2 * torch.nn.functional.one_hot(train_labels, 3)
-    test, test_labels = torch.randn(300, 200, generator=generator), torch.arange(300) % 3
-    test[:, :3] += 2 * torch.nn.functional.one_hot(test_labels, 3)
-    decay = 0.1
-    ours = linear_probe(train, train_labels, test, test_labels, 3, weight_decays=(decay,),
-                        scalings=("uniform",), standardise_with=train)
-    mean, rms = train.mean(0), train.std(0, correction=0).pow(2).mean().sqrt()
-    # scikit-learn's sum of losses + ‖W‖² / (2C) is ours × rows with C = 1 / (decay × rows)
-    theirs = LogisticRegression(C=1 / (decay * 30), tol=1e-8, max_iter=10_000).fit(
-        ((train - mean) / rms).numpy(), train_labels.numpy())
-    expected = theirs.score(((test - mean) / rms).numpy(), test_labels.numpy())
-    assert ours["accuracy"] == pytest.approx(expected, abs=1 / 300)
-
-
-def test_group_folds_keep_each_group_in_one_fold_and_balance_classes():
-    generator = torch.Generator().manual_seed(0)
-    groups = torch.randint(0, 60, (400,), generator=generator)
-    labels = groups % 3  # a group's items share its class, as a protein family shares a location
-    folds = stratified_folds(labels, 5, seed=0, groups=groups)
-    for group in torch.unique(groups).tolist():
-        assert len(torch.unique(folds[groups == group])) == 1
-    for cls in range(3):  # each class spread over the folds within about one group's size
-        per_fold = torch.bincount(folds[labels == cls], minlength=5)
-        assert int(per_fold.max() - per_fold.min()) <= int(torch.bincount(groups).max())
-    assert torch.equal(stratified_folds(labels, 5, seed=0, groups=groups), folds)
-
-
-def test_choose_knn_k_leaves_the_whole_group_out():
-    # Each group holds a row and its twin, of one class; the other class's rows are a little
-    # further away. Leaving out only the row itself, the twin wins (accuracy 1); leaving out
-    # its group, the nearest neighbours are of the other class.
-    base = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
-    feats = torch.cat([base, base + 1e-3])
-    labels = (torch.arange(60) % 30 < 15).long()
-    groups = torch.arange(60) % 30
-    alone = choose_knn_k(feats, labels, 2, grid=(1,))
-    grouped = choose_knn_k(feats, labels, 2, grid=(1,), groups=groups)
-    assert alone["accuracy"][1] == 1.0 and grouped["accuracy"][1] < 0.8
+    feats, labels = torch.randn(30, 200, generator=generator), torch.arange(30) % 3
+    feats[:, :3] += 2 * torch.nn.functional.one_hot(labels, 3)
+    full = _fit(feats, labels, 3, 0.1, tolerance=1e-7, max_iterations=1000)
+    space = RowSpace(feats)
+    assert space.x.shape == (30, 30)
+    reduced = space.to_full(_fit(space.x, labels, 3, 0.1, tolerance=1e-7, max_iterations=1000))
+    torch.testing.assert_close(reduced[0], full[0], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(reduced[1], full[1], atol=1e-4, rtol=1e-3)
 
 
 def test_stratified_folds_deal_every_class_across_folds():

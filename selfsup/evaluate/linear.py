@@ -105,18 +105,16 @@ def _fit(
     rows = x.shape[0]
     if x.layout == torch.sparse_csr:  # xᵀ·g from a CSR copy of xᵀ, made once per fit
         x_t = _sparse_rows(x.t())
-        shift = torch.zeros(x.shape[1], device=x.device) if offset is None else offset
-        x_times = lambda w: x @ w - shift @ w  # noqa: E731
-        x_t_times = lambda g: x_t @ g - torch.outer(shift, g.sum(dim=0))  # noqa: E731
+        x_t_times = lambda g: (x_t @ g if offset is None  # noqa: E731
+                               else x_t @ g - torch.outer(offset, g.sum(dim=0)))
     else:
-        x_times = lambda w: x @ w  # noqa: E731
         x_t_times = lambda g: (g.T @ x).T.contiguous()  # noqa: E731
 
     def closure() -> torch.Tensor:
         # The gradient of softmax regression in closed form: dL/dlogits = (softmax − onehot) · w.
         # Autograd would form xᵀ·g, a transposed product that CPU BLAS runs ~5× slower than the
         # (gᵀ·x)ᵀ written here; on 60000×256 features that is most of a probe's run time.
-        logits = (x_times(weight) + bias).view(rows, problems, num_classes)
+        logits = (_rows_times(x, weight, offset) + bias).view(rows, problems, num_classes)
         log_probs = logits.log_softmax(dim=2)
         loss = -(log_probs * onehot * weights).sum() + 0.5 * weight_decay * weight.pow(2).sum()
         g = ((log_probs.exp() - onehot) * weights).view(rows, -1)
@@ -195,6 +193,13 @@ def feature_scalings(reference: torch.Tensor, names: Sequence[str]) -> dict[str,
     return {name: Scaling(name, mean, scales[name]) for name in names}
 
 
+def _rows_times(x: torch.Tensor, weight: torch.Tensor,
+                offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(x − 1·offsetᵀ)·W without forming x − 1·offsetᵀ (which would fill a sparse x in)."""
+    product = x @ weight
+    return product if offset is None else product - offset @ weight
+
+
 class RowSpace:
     """Fitting rows in the span of their own features, when there are fewer rows than features.
 
@@ -216,8 +221,7 @@ class RowSpace:
     def logits(self, params: Params) -> torch.Tensor:
         """The rows' logits under ``params`` (fitted in this space)."""
         weight, bias = params
-        logits = self.x @ weight + bias
-        return logits if self.offset is None else logits - self.offset @ weight
+        return _rows_times(self.x, weight, self.offset) + bias
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of the full feature space in the basis (unchanged without one)."""
