@@ -74,34 +74,34 @@ def _image_splits(dataset: str):
 
 
 def pixels(dataset: str = "fashion-mnist") -> FeatureSet:
-    """The raw-pixel baseline of ``selfsup evaluate``."""
-    from selfsup.evaluate.run import raw_pixels
-    from selfsup.views.image import to_input
+    """The raw-pixel baseline of ``selfsup evaluate``, extracted as it extracts it."""
+    from selfsup.evaluate.run import extract_features, raw_pixels
 
     train, test = _image_splits(dataset)
-    feats = lambda source: raw_pixels(to_input(source.get(torch.arange(len(source)))))  # noqa: E731
-    return FeatureSet(feats(train), train.labels, feats(test), test.labels)
+    cpu = torch.device("cpu")
+    return FeatureSet(extract_features(raw_pixels, train, cpu), train.labels,
+                      extract_features(raw_pixels, test, cpu), test.labels)
 
 
 def encoder(run: Optional[str], random_init: bool) -> FeatureSet:
     """Features of ``run``'s image encoder on its data set, or of the same backbone at random
-    init (seeded as ``selfsup evaluate`` seeds it)."""
-    from selfsup.backbones import build_backbone
-    from selfsup.evaluate.run import encoder_fn, extract_features, load_run_config
+    init (``selfsup evaluate``'s random-init baseline)."""
+    from selfsup.evaluate.run import (encoder_fn, extract_features, load_run_config,
+                                      random_image_encoder)
     from selfsup.train.checkpoint import load_encoder
 
     if run is None:
         raise SystemExit("the fmnist-encoder and fmnist-random-init sets need --run RUN_DIR "
                          "(an image run dir, e.g. the one `make demo` writes)")
     config = load_run_config(run)
-    model, spec = load_encoder(run, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    model, spec = load_encoder(run, cpu)
     if random_init:
-        torch.manual_seed(config.train.seed)
-        model = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"])
+        model = random_image_encoder(spec, config.train.seed, cpu)
     train, test = _image_splits(config.data.dataset)
     fn = encoder_fn(model)
-    return FeatureSet(extract_features(fn, train, torch.device("cpu")), train.labels,
-                      extract_features(fn, test, torch.device("cpu")), test.labels)
+    return FeatureSet(extract_features(fn, train, cpu), train.labels,
+                      extract_features(fn, test, cpu), test.labels)
 
 
 def sequences(dataset: str, make: Callable, options: Optional[dict] = None) -> FeatureSet:

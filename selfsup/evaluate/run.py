@@ -149,6 +149,13 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], source: ImageSo
     return torch.cat(parts)
 
 
+def random_image_encoder(spec: dict[str, Any], seed: int, device: torch.device) -> nn.Module:
+    """The random-init baseline: the backbone of ``spec`` (a run's encoder.json) built afresh
+    under ``seed``, the run's training seed."""
+    torch.manual_seed(seed)
+    return build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(device)
+
+
 def raw_pixels(x: torch.Tensor) -> torch.Tensor:
     """The raw-pixel baseline's features: normalised pixels, pooled to ≤ RAW_MAX_DIM values."""
     c, h, w = x.shape[1:]
@@ -198,9 +205,8 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
         sets = {"ssl": features(encoder_fn(encoder))}
         if use_baselines:
             sets["raw"] = features(raw_pixels)
-            torch.manual_seed(config.train.seed)
-            random_encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(dev)
-            sets["random_init"] = features(encoder_fn(random_encoder))
+            sets["random_init"] = features(encoder_fn(random_image_encoder(spec, config.train.seed,
+                                                                            dev)))
     checks, warnings = check_labelled_data(train, test, num_classes, cfg.label_fractions)
     for warning in warnings:
         log(f"WARNING: {name}: {warning}")
