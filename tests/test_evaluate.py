@@ -224,6 +224,32 @@ def test_fitting_in_the_rows_span_gives_the_full_fits_optimum():
     torch.testing.assert_close(reduced[1], full[1], atol=1e-4, rtol=1e-3)
 
 
+def test_group_folds_keep_each_group_in_one_fold_and_balance_classes():
+    generator = torch.Generator().manual_seed(0)
+    groups = torch.randint(0, 60, (400,), generator=generator)
+    labels = groups % 3  # a group's items share its class, as a protein family shares a location
+    folds = stratified_folds(labels, 5, seed=0, groups=groups)
+    for group in torch.unique(groups).tolist():
+        assert len(torch.unique(folds[groups == group])) == 1
+    for cls in range(3):  # each class spread over the folds within about one group's size
+        per_fold = torch.bincount(folds[labels == cls], minlength=5)
+        assert int(per_fold.max() - per_fold.min()) <= int(torch.bincount(groups).max())
+    assert torch.equal(stratified_folds(labels, 5, seed=0, groups=groups), folds)
+
+
+def test_choose_knn_k_leaves_the_whole_group_out():
+    # Each group holds a row and its twin, of one class; the other class's rows are a little
+    # further away. Leaving out only the row itself, the twin wins (accuracy 1); leaving out
+    # its group, the nearest neighbours are of the other class.
+    base = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+    feats = torch.cat([base, base + 1e-3])
+    labels = (torch.arange(60) % 30 < 15).long()
+    groups = torch.arange(60) % 30
+    alone = choose_knn_k(feats, labels, 2, grid=(1,))
+    grouped = choose_knn_k(feats, labels, 2, grid=(1,), groups=groups)
+    assert alone["accuracy"][1] == 1.0 and grouped["accuracy"][1] < 0.8
+
+
 def test_stratified_folds_deal_every_class_across_folds():
     labels = torch.tensor([0] * 12 + [1] * 7 + [2] * 3)
     folds = stratified_folds(labels, 5, seed=0)
