@@ -116,7 +116,7 @@ def test_embed_gives_the_pooled_encoder_features():
 
 def test_image_backbone_is_rejected_by_name():
     encoder = build_backbone({"name": "small-cnn", "widths": [8]}, 1, 8)
-    with pytest.raises(ConfigError, match="token Transformer"):
+    with pytest.raises(ConfigError, match="mlm needs a token backbone.*transformer-small"):
         build_method({"name": "mlm"}, encoder)
 
 

@@ -238,7 +238,7 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     for a letter outside the protein alphabet.
     """
     # Imported here: the training stack costs import time that only run directories need.
-    from selfsup.backbones.transformer import as_token_encoder
+    from selfsup.backbones.token_encoder import as_token_encoder
     from selfsup.data.sequences import SequenceSource
     from selfsup.evaluate.sequence_baselines import (
         evaluation_stream, in_order_batches, token_encoder_inputs,
@@ -252,8 +252,8 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     encoder = as_token_encoder(module, "embedding candidates")
     encoder.eval()
     tokenizer, max_tokens = token_encoder_inputs(spec)  # pretraining rows, specials included
-    if encoder.position_embedding is not None:
-        max_tokens = min(max_tokens, encoder.options.max_positions)
+    if encoder.max_tokens is not None:
+        max_tokens = min(max_tokens, encoder.max_tokens)
     max_residues = max_tokens - tokenizer.num_special_tokens
     lead = int(tokenizer.add_cls)
 

@@ -19,11 +19,8 @@ by an angle proportional to their position, so attention scores depend on relati
 and any length works. ``positions="learned"`` adds a learned absolute embedding instead (BERT),
 limited to ``max_positions`` tokens.
 
-Reverse-complement invariance (DNA). ``make_rc_invariant(tokenizer)`` turns ``forward`` into
-the strand average ½·(pool f(x) + pool f(rc x)). Since rc(rc x) = x, the input rc(x) gives the same
-two terms in the other order, so the features are identical for both strands by construction, not
-merely after training. The average (rather than a max) keeps the scale of a one-strand encoder
-and sends gradient through both strands. The two strands run as two forward passes of the same
+Pooling, the input checks and reverse-complement invariance (DNA) are the token encoders' common
+part (``selfsup.backbones.token_encoder``). The two strands run as two forward passes of the same
 shape, so even the float rounding matches: the features of x and rc(x) are bitwise equal on
 deterministic kernels. Token-level outputs (``forward_tokens``) stay per strand.
 """
@@ -32,24 +29,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from selfsup.backbones.token_encoder import (  # noqa: F401  (as_token_encoder: re-exported)
+    TokenEncoder, TokenEncoderOptions, TokenInput, as_token_encoder, register_preset,
+)
 from selfsup.errors import ConfigError, DataError
-from selfsup.registry import BACKBONES
-from selfsup.tokenize import make_tokenizer
-from selfsup.tokenize.base import TokenBatch, Tokenizer
-from selfsup.views.sequence import reverse_complement
 
 INIT_STD = 0.02
 POOLS = ("mean", "cls")
 POSITIONS = ("rotary", "learned")
-
-TokenInput = Union[torch.Tensor, TokenBatch]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,14 +120,12 @@ class TransformerBlock(nn.Module):
 
 
 @dataclass
-class TransformerOptions:
+class TransformerOptions(TokenEncoderOptions):
     """Transformer options (the ``backbone`` config section); defaults: ``transformer-tiny``.
 
-    vocab_size and pad_id come from the tokeniser (0: unset, an error until it is set).
+    vocab_size, pad_id and tokenizer come from the tokeniser (``TokenEncoderOptions``).
     """
 
-    vocab_size: int = 0  # the tokeniser's vocabulary size (tokenizer.vocab_size)
-    pad_id: int = 1  # the tokeniser's <pad> id (1 in every selfsup tokeniser, ESM's layout)
     dim: int = 64
     depth: int = 2
     num_heads: int = 4
@@ -145,19 +137,16 @@ class TransformerOptions:
     pool: str = "mean"  # mean (over real tokens) | cls (the first token)
     causal: bool = False  # forward() attends only to earlier tokens (next-token encoders)
     grad_checkpointing: bool = False  # recompute block activations in the backward pass
-    rc_invariant: bool = False  # strand-averaged features (DNA); needs tokenizer
-    tokenizer: Any = None  # the DNA tokeniser's config(), e.g. {"name": "dna", "k": 1}
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(TokenEncoder):
     """Token ids (B, L) → pooled features (B, ``out_dim``); see the module docstring."""
 
     def __init__(self, options: Optional[TransformerOptions] = None) -> None:
-        super().__init__()
-        self.options = o = dataclasses.replace(options or TransformerOptions())
+        o = dataclasses.replace(options or TransformerOptions())
+        super().__init__(o)
         _check_options(o)
-        self.pad_id, self.pool, self.causal = o.pad_id, o.pool, o.causal
-        self.vocab_size = o.vocab_size
+        self.pool, self.causal = o.pool, o.causal
         self.grad_checkpointing = o.grad_checkpointing
         self.out_dim = o.dim
         self.token_embedding = nn.Embedding(o.vocab_size, o.dim, padding_idx=o.pad_id)
@@ -168,16 +157,9 @@ class TransformerEncoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(o.dim, o.num_heads, o.ffn_dim, o.dropout)
                                     for _ in range(o.depth))
         self.final_norm = nn.LayerNorm(o.dim)
-        self.strand_tokenizer: Optional[Tokenizer] = None  # set by make_rc_invariant
         self.preset = "transformer-tiny"
         self._init_weights()
-        if o.rc_invariant:
-            if not isinstance(o.tokenizer, dict):
-                raise ConfigError(
-                    "backbone.rc_invariant needs backbone.tokenizer, the DNA tokeniser's config "
-                    f"(e.g. {{name: dna, k: 1}}), got {o.tokenizer!r}"
-                )
-            self.make_rc_invariant(make_tokenizer(**o.tokenizer))
+        self._finish_init()
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -188,29 +170,10 @@ class TransformerEncoder(nn.Module):
         with torch.no_grad():
             self.token_embedding.weight[self.pad_id].zero_()
 
-    # ------------------------------------------------------------------ configuration
-
     @property
-    def rc_invariant(self) -> bool:
-        return self.strand_tokenizer is not None
-
-    def make_rc_invariant(self, tokenizer: Tokenizer) -> None:
-        """Make ``forward`` reverse-complement invariant (see the module docstring), with the
-        reverse complement of ``tokenizer``, the DNA tokeniser of the data."""
-        if tokenizer.complement_ids is None or tokenizer.vocab_size != self.vocab_size:
-            raise ConfigError(
-                f"a reverse-complement-invariant encoder needs the DNA tokeniser of its "
-                f"{self.vocab_size}-token vocabulary; got the {tokenizer.name} tokeniser with "
-                f"{tokenizer.vocab_size} tokens"
-                + ("" if tokenizer.complement_ids is not None else " and no reverse complement")
-            )
-        self.strand_tokenizer = tokenizer
-        self.options.rc_invariant, self.options.tokenizer = True, tokenizer.config()
-
-    def config(self) -> dict[str, Any]:
-        """A ``backbone`` config section that rebuilds this encoder: the preset's name and every
-        option spelled out, including reverse-complement invariance set after construction."""
-        return {"name": self.preset, **dataclasses.asdict(self.options)}
+    def max_tokens(self) -> Optional[int]:
+        """The longest input with learned positions; None (any length) with rotary ones."""
+        return self.options.max_positions if self.position_embedding is not None else None
 
     # ------------------------------------------------------------------ forward passes
 
@@ -250,33 +213,7 @@ class TransformerEncoder(nn.Module):
         """(B, L, D) token features → (B, D): the mean over real tokens, or the first token."""
         if self.pool == "cls":
             return tokens[:, 0]
-        weights = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-
-    def forward(self, ids: TokenInput, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Pooled features (B, D) of ``ids`` (or a ``TokenBatch``); the mask defaults to
-        ``ids != pad_id``. Strand-averaged when the encoder is reverse-complement invariant."""
-        ids, attention_mask = self._inputs(ids, attention_mask)
-        pooled = self.pool_tokens(self.forward_tokens(ids, attention_mask), attention_mask)
-        if not self.rc_invariant:
-            return pooled
-        other = reverse_complement(ids, self.strand_tokenizer)
-        other_pooled = self.pool_tokens(self.forward_tokens(other, attention_mask), attention_mask)
-        return (pooled + other_pooled) / 2
-
-    def _inputs(self, ids: TokenInput, attention_mask: Optional[torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(ids, TokenBatch):
-            ids, attention_mask = ids.ids, ids.attention_mask
-        if ids.ndim != 2 or ids.dtype != torch.int64:
-            raise DataError(f"the transformer takes (B, L) int64 token ids, got {ids.dtype} "
-                            f"{tuple(ids.shape)}; make them with tokenizer.encode_batch")
-        if attention_mask is None:
-            attention_mask = ids != self.pad_id
-        elif attention_mask.shape != ids.shape or attention_mask.dtype != torch.bool:
-            raise DataError(f"attention_mask must be (B, L) bool like the ids {tuple(ids.shape)}, "
-                            f"got {attention_mask.dtype} {tuple(attention_mask.shape)}")
-        return ids, attention_mask
+        return super().pool_tokens(tokens, attention_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +224,7 @@ class LanguageModelHead(nn.Module):
     """Token features → vocabulary logits, ESM's / RoBERTa's head: Linear → GELU → LayerNorm →
     Linear to the vocabulary, whose weight is the encoder's token embedding when ``tied``."""
 
-    def __init__(self, encoder: TransformerEncoder, tied: bool = True) -> None:
+    def __init__(self, encoder: TokenEncoder, tied: bool = True) -> None:
         super().__init__()
         dim = encoder.out_dim
         self.dense = nn.Linear(dim, dim)
@@ -305,28 +242,11 @@ class LanguageModelHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(tokens))))
 
 
-def as_token_encoder(encoder: nn.Module, method: str) -> TransformerEncoder:
-    """``encoder`` itself when it is a token Transformer; else a ConfigError naming ``method``."""
-    if not isinstance(encoder, TransformerEncoder):
-        raise ConfigError(
-            f"{method} needs a token Transformer backbone (backbone.name=transformer-tiny, "
-            f"transformer-small or esm2-8m), got {type(encoder).__name__}"
-        )
-    return encoder
-
-
 # ----------------------------------------------------------------------------------------------
 # checks and presets
 
 
 def _check_options(o: TransformerOptions) -> None:
-    if o.vocab_size < 1:
-        raise ConfigError(
-            "backbone.vocab_size is not set: token backbones need the tokeniser's vocabulary size "
-            "(tokenizer.vocab_size; the trainer sets it from the data's tokeniser)"
-        )
-    if not 0 <= o.pad_id < o.vocab_size:
-        raise ConfigError(f"backbone.pad_id={o.pad_id} is not an id of a {o.vocab_size}-token vocabulary")
     if min(o.dim, o.depth, o.num_heads, o.ffn_dim) < 1:
         raise ConfigError(f"backbone.dim ({o.dim}), depth ({o.depth}), num_heads ({o.num_heads}) "
                           f"and ffn_dim ({o.ffn_dim}) must be positive")
@@ -366,18 +286,8 @@ class ESM2Options(TransformerOptions):
 
 
 def _register_preset(name: str, options_cls: type[TransformerOptions],
-                     help: str) -> Callable[..., TransformerEncoder]:
-    """Register a backbone factory whose option defaults are the preset's sizes."""
-
-    def factory(in_channels: int = 0, options: Optional[TransformerOptions] = None) -> TransformerEncoder:
-        # in_channels is part of the image backbones' factory signature; tokens have none.
-        encoder = TransformerEncoder(options or options_cls())
-        encoder.preset = name
-        return encoder
-
-    factory.options = options_cls  # type: ignore[attr-defined]
-    factory.__name__ = name.replace("-", "_")
-    return BACKBONES.register(name, help)(factory)
+                     help: str) -> Callable[..., TokenEncoder]:
+    return register_preset(name, TransformerEncoder, options_cls, help)
 
 
 transformer_tiny = _register_preset(

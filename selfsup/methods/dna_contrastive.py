@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.backbones.transformer import as_token_encoder
+from selfsup.backbones.token_encoder import as_token_encoder
 from selfsup.heads import MLPHead
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Method, StepOutput

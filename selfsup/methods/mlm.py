@@ -26,7 +26,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from selfsup.backbones.transformer import LanguageModelHead, as_token_encoder
+from selfsup.backbones.token_encoder import as_token_encoder
+from selfsup.backbones.transformer import LanguageModelHead
 from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
 from selfsup.methods.base import Method, StepOutput
 from selfsup.registry import METHODS
@@ -58,7 +59,7 @@ class MaskedLanguageModel(Method):
     def __init__(self, encoder: nn.Module, options: MLMOptions | None = None) -> None:
         super().__init__(encoder)
         self.options = options or MLMOptions()
-        self.head = LanguageModelHead(as_token_encoder(encoder, "mlm"), self.options.tie_embeddings)
+        self.head = LanguageModelHead(as_token_encoder(encoder, "mlm", contextual=True), self.options.tie_embeddings)
         self.sum_across_processes = None  # set by the distributed trainer (a global token mean)
 
     @property

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from selfsup.backbones.transformer import LanguageModelHead, as_token_encoder
+from selfsup.backbones.token_encoder import as_token_encoder
+from selfsup.backbones.transformer import LanguageModelHead
 from selfsup.errors import ConfigError
 from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
 from selfsup.methods.base import Method, StepOutput
@@ -52,7 +53,7 @@ class NextToken(Method):
     def __init__(self, encoder: nn.Module, options: NextTokenOptions | None = None) -> None:
         super().__init__(encoder)
         self.options = options or NextTokenOptions()
-        if not as_token_encoder(encoder, "next-token").causal:
+        if not getattr(as_token_encoder(encoder, "next-token", contextual=True), "causal", False):
             raise ConfigError("next-token needs a causal encoder, so that evaluation reads it the "
                               "way it was trained: set backbone.causal=true")
         self.head = LanguageModelHead(encoder, self.options.tie_embeddings)
