@@ -25,6 +25,10 @@ def _pretrain_parser(sub) -> None:
                                       "dataset's standard location)")
     p.add_argument("--backbone", help="backbone name, or torchvision:NAME / timm:NAME")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--budget", type=budget_minutes, metavar="TIME",
+                   help="train for this wall time instead of --epochs, e.g. 20m, 90s, 1.5h (a bare "
+                        "number is minutes): the step count is measured on the first steps and "
+                        "saved as train.total_steps (evaluation not counted)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--out", help="run directory (default runs/<method>-<dataset>)")
     p.add_argument("--config", help="YAML config file; flags and --set override it")
@@ -35,6 +39,20 @@ def _pretrain_parser(sub) -> None:
                    help="continue the run in --out from its last checkpoint, with its saved config "
                         "(the flags and --set change it, e.g. --epochs to train longer)")
     p.add_argument("--evaluate", action="store_true", help="evaluate and report after training")
+
+
+def budget_minutes(text: str) -> float:
+    """``--budget``'s value in minutes: ``20m``, ``90s``, ``1.5h`` or a bare number of minutes."""
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    number, unit = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "m")
+    try:
+        minutes = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: write e.g. 20m, 90s or 1.5h") from None
+    if not minutes > 0 or minutes == float("inf"):
+        raise argparse.ArgumentTypeError(f"the budget must be a positive time, got {text!r}")
+    return minutes
 
 
 def _add_run_dir(p) -> None:
@@ -161,7 +179,8 @@ def _pretrain_config(args):
     flags = []
     for key, value in (("method.name", args.method), ("data.dataset", args.dataset),
                        ("data.data_dir", args.data_dir), ("backbone.name", args.backbone),
-                       ("train.epochs", args.epochs), ("train.batch_size", args.batch_size),
+                       ("train.epochs", args.epochs), ("train.budget_minutes", args.budget),
+                       ("train.batch_size", args.batch_size),
                        ("train.device", args.device), ("out", args.out)):
         if value is not None:
             flags.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")

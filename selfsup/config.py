@@ -111,13 +111,19 @@ class TrainConfig:
     probe_train_samples: int = 10000  # labelled bank of the online k-NN probe
     probe_test_samples: int = 10000  # its held-out queries (more queries, less noise: ±0.35 pt at 10k)
     steps_per_epoch: int = 0  # 0: one pass over the data; >0: cap (for quick runs)
+    # > 0: train for this many minutes of wall time (health checks, checkpoints and evaluation
+    # not counted): the trainer times its first steps and writes the step count to total_steps
+    budget_minutes: float = 0.0
+    # > 0: train exactly this many optimiser steps, the last epoch cut short (overrides epochs);
+    # 0: epochs × steps per epoch. A budget run records its measured count here.
+    total_steps: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", {name: COUNT for name in (
             "epochs", "batch_size", "accumulate_steps", "log_every", "health_every", "probe_every",
             "health_samples", "probe_train_samples", "probe_test_samples")}
-            | {"seed": ANY, "steps_per_epoch": ANY})
+            | {"seed": ANY, "steps_per_epoch": ANY, "budget_minutes": ANY, "total_steps": ANY})
         if self.sync_bn not in (None, True, False):
             raise ConfigError(f"train.sync_bn must be true, false or null (automatic), got "
                               f"{self.sync_bn!r}")

@@ -172,3 +172,15 @@ def test_commands_after_training_run_on_rank_0_alone_under_torchrun(tmp_path, mo
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert main(["evaluate", str(run), "--no-baselines"]) == 0
     assert 0.0 <= json.loads((run / "eval.json").read_text())["knn_top1"] <= 1.0
+
+
+def test_budget_flag_reads_times_and_rejects_others():
+    import argparse
+
+    from selfsup.cli import budget_minutes
+
+    assert budget_minutes("20m") == 20 and budget_minutes("20") == 20
+    assert budget_minutes("90s") == pytest.approx(1.5) and budget_minutes("1.5h") == 90
+    for bad in ("0m", "-3", "20x", "m", "soon", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError, match="time"):
+            budget_minutes(bad)

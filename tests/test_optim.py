@@ -150,8 +150,9 @@ def test_after_n_scheduled_steps_fixed_groups_sit_at_their_base_rate_and_the_res
     total, warmup, steps_done = 100, 10, 50
     for step in range(steps_done):
         set_learning_rates(optimizer, base, lr_factor(step, total, warmup, 0.0))
-    # the cosine of the last step set, written out: 0.5 · (1 + cos(π · (49 − 10) / 90)) ≈ 0.60
-    cosine = 0.5 * (1 + math.cos(math.pi * (steps_done - 1 - warmup) / (total - warmup)))
+    # the cosine of the last step set, written out: 0.5 · (1 + cos(π · (49 − 10) / 89)) ≈ 0.60
+    # (the cosine runs from step 10 to the last step, 99)
+    cosine = 0.5 * (1 + math.cos(math.pi * (steps_done - 1 - warmup) / (total - 1 - warmup)))
     rates = [g["lr"] for g in optimizer.param_groups]
     assert rates[:2] == [pytest.approx(0.4 * cosine)] * 2 and cosine < 0.7
     assert rates[2:] == [0.4, 0.4]  # the fixed groups: exactly their base rate

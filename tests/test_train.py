@@ -139,8 +139,9 @@ def test_warmup_then_cosine_schedule():
     assert lr_factor(0, 100, 10, 0.0) == pytest.approx(0.1)
     assert lr_factor(9, 100, 10, 0.0) == pytest.approx(1.0)
     assert lr_factor(10, 100, 10, 0.0) == pytest.approx(1.0)
-    assert lr_factor(55, 100, 10, 0.0) == pytest.approx(0.5)
-    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 101, 10, 0.0) == pytest.approx(0.5)  # halfway from step 10 to step 100
+    assert lr_factor(99, 100, 10, 0.1) == pytest.approx(0.1)  # the end value at the last step
+    assert lr_factor(98, 100, 10, 0.1) > 0.1
 
 
 def test_method_logs_reach_the_step_records(tiny_config, monkeypatch):
@@ -184,3 +185,90 @@ def test_importing_the_trainer_leaves_out_slow_optional_imports():
             "print(sorted(m for m in ('torch._dynamo', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------
+# time budgets and fixed step counts
+
+
+def step_records(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
+
+
+def test_a_fixed_step_count_cuts_the_last_epoch_short_and_ends_the_schedule_there(tiny_config):
+    # 3 steps per epoch, 5 steps: two epochs, the second of 2 steps; epochs=100 is overridden
+    config = tiny_config("train.total_steps=5", "train.epochs=100", "train.log_every=1",
+                         "optim.min_lr_ratio=0.1")
+    trainer = Trainer(config)
+    run = trainer.fit()
+    epochs = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert epochs == [3, 5]
+    lrs = [r["lr"] for r in step_records(run)]
+    assert len(lrs) == 5
+    assert lrs[-1] == pytest.approx(trainer.base_lrs[0] * 0.1)  # the end value, at the last step
+    assert lrs[-2] > lrs[-1]
+
+
+def test_a_budget_measures_its_step_count_once_and_records_it(tiny_config):
+    from selfsup.evaluate.run import load_run_config
+
+    config = tiny_config("train.budget_minutes=0.02", "train.epochs=1000", "train.log_every=1")
+    run = Trainer(config).fit()
+    saved = load_run_config(run).train
+    budget = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "budget"]
+    assert len(budget) == 1 and budget[0]["steps_per_second"] > 0
+    assert saved.total_steps == budget[0]["total_steps"] >= 1
+    # the recorded count is what was trained: about 1.2 s of steps, not 1000 epochs
+    assert step_records(run)[-1]["step"] == saved.total_steps
+    assert saved.total_steps < 1000 * 3
+
+
+def test_a_budget_run_is_the_run_of_its_step_count_and_resumes_to_it(tiny_config, monkeypatch):
+    """The throwaway timing steps leave no trace: a budget run equals a run given its measured
+    step count by hand, and one killed after its first epoch and resumed from its config.yaml
+    (as `selfsup pretrain --resume` does) ends in the same state without measuring again."""
+    from selfsup.evaluate.run import load_run_config
+
+    # the count is measured anew by each budget run: fix it by timing one, then compare at it
+    budgeted = Trainer(tiny_config("train.budget_minutes=0.02", "train.epochs=1000",
+                                   out="budget")).fit()
+    steps = load_run_config(budgeted).train.total_steps
+    by_hand = Trainer(tiny_config(f"train.total_steps={steps}", out="by-hand")).fit()
+    assert all(torch.equal(a, b) for a, b in zip(encoder_weights(budgeted).values(),
+                                                  encoder_weights(by_hand).values()))
+
+    # resume: 5 steps (two epochs, an interruption between them), the measurement made known
+    five = Trainer(tiny_config("train.total_steps=5", out="five")).fit()
+    interrupted = tiny_config("train.budget_minutes=0.02", "train.epochs=1000", out="resumed")
+    monkeypatch.setattr(Trainer, "_measure_total_steps", lambda self: _fix_steps(self, 5))
+    resumed = interrupt_then_resume_from_disk(interrupted, monkeypatch)
+    weights = encoder_weights(resumed)
+    assert all(torch.equal(weights[k], v) for k, v in encoder_weights(five).items())
+
+
+def _fix_steps(trainer, steps: int) -> None:
+    """_measure_total_steps with a known outcome (the measured one varies with the machine)."""
+    trainer.config.train.total_steps = steps
+    trainer._set_schedule()
+    trainer.config.save(trainer.run_dir / "config.yaml")
+
+
+def interrupt_then_resume_from_disk(config, monkeypatch) -> Path:
+    """Kill the run after its first epoch's checkpoint, then resume it from its saved config."""
+    from selfsup.evaluate.run import load_run_config
+
+    original = Trainer._end_of_epoch
+
+    def stop(self, epoch, step):
+        original(self, epoch, step)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config).fit()
+    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    measured = []
+    monkeypatch.setattr(Trainer, "_measure_total_steps", lambda self: measured.append(1))
+    run = Trainer(load_run_config(config.out), resume=True).fit()
+    assert not measured  # the count came from config.yaml
+    return run

@@ -188,11 +188,12 @@ def build_optimizer(model: nn.Module, config: OptimConfig, global_batch_size: in
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``."""
+    """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``,
+    reached exactly at the last step (``total_steps − 1``)."""
     import math
 
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps)
     progress = min(1.0, progress)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -12,11 +12,21 @@ process takes its slice of every batch, batch_size / (processes × train.accumul
 per forward pass, so a config trains the same way, at the same learning rate (the linear scaling
 rule uses the global batch), on one device or many. Rank 0 alone logs, checkpoints and checks
 health; every process loads the checkpoint on resume.
+
+Time budgets (``train.budget_minutes``): before the first epoch the trainer runs a few throwaway
+training steps, times them, puts model, optimiser and random state back as they were, and fixes
+the run's step count from the measured rate (``_measure_total_steps``). The count goes into
+``train.total_steps`` of the saved config.yaml, so the rest is an ordinary fixed-length run: the
+schedule anneals to its end value at the last step, a resume continues to the same count, and a
+run given ``train.total_steps`` by hand computes the very same steps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -68,6 +78,13 @@ CHECKPOINT_KEYS = ("method", "optimizer", "epoch", "step", "monitor")  # what _s
 VIEW_STREAM, FORWARD_STREAM = 1, 2  # the random streams of an epoch besides the data order
 HEALTH_MAX_TOKENS = 512  # sequences in the health batch and probe bank keep their first 512 tokens
 HELD_OUT_SAMPLES = 256  # health-batch samples the held-out loss (perplexity) is measured on
+# A budget's step rate: CALIBRATION_STEPS timed steps after CALIBRATION_WARMUP untimed ones (the
+# first steps pay for allocations and kernel selection), fewer when they would take more than
+# CALIBRATION_SHARE of the budget.
+CALIBRATION_WARMUP, CALIBRATION_STEPS, CALIBRATION_SHARE = 2, 20, 0.05
+# With a fixed step count (a budget) the warm-up is at most this share of the steps: an epoch of
+# warm-up on a large corpus can be most of a short run.
+BUDGET_WARMUP_SHARE = 0.1
 
 
 def train_step(step_fn: nn.Module, micro_batches: Sequence[list[torch.Tensor]],
@@ -246,9 +263,7 @@ class Trainer:
         self.steps_per_epoch = len(self.stream)
         if cfg.train.steps_per_epoch > 0:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.warmup_steps = min(round(cfg.optim.warmup_epochs * self.steps_per_epoch),
-                                max(0, self.total_steps - 1))
+        self._set_schedule()
         self.optimizer = build_optimizer(self.method, cfg.optim, cfg.train.batch_size)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         # fp16 needs its loss scaled: small gradients would otherwise flush to zero (bf16 has
@@ -264,6 +279,80 @@ class Trainer:
         self.health_data = self._health_data() if main else None
         self.monitor = HealthMonitor()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl") if main else None
+
+    def _set_schedule(self) -> None:
+        """Steps, epochs and warm-up from train.total_steps (when set) or train.epochs."""
+        cfg = self.config
+        fixed = cfg.train.total_steps > 0
+        self.total_steps = (cfg.train.total_steps if fixed
+                            else cfg.train.epochs * self.steps_per_epoch)
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # the last may be cut short
+        warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        if fixed:
+            warmup = min(warmup, round(BUDGET_WARMUP_SHARE * self.total_steps))
+        self.warmup_steps = min(warmup, max(0, self.total_steps - 1))
+
+    def _measure_total_steps(self) -> None:
+        """Fix ``train.total_steps`` from ``train.budget_minutes`` and the measured step rate
+        (see the module docstring); saved to config.yaml. Nothing the run computes afterwards
+        depends on the throwaway steps: parameters, optimiser, loss scaler and the global random
+        state are restored, and every epoch seeds its own streams. (``after_step`` is left out:
+        its momentum updates cost little next to a step.)"""
+        train = self.config.train
+        budget = 60 * train.budget_minutes
+        started = time.perf_counter()
+        saved = copy.deepcopy({"method": self.method.state_dict(),
+                               "optimizer": self.optimizer.state_dict(),
+                               "scaler": self.scaler.state_dict() if self.scaler else None})
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.cuda else None
+        view_gen = torch.Generator(device=self.device).manual_seed(
+            epoch_seed(train.seed, 0, VIEW_STREAM, self.process.rank))
+        set_learning_rates(self.optimizer, self.base_lrs,
+                           lr_factor(0, self.total_steps, self.warmup_steps,
+                                     self.config.optim.min_lr_ratio))
+        batches = itertools.chain.from_iterable(self.stream.epoch(e) for e in itertools.count())
+        timed_from, timed, loss = started, 0, None
+        self.method.train()
+        for i, (images, _) in enumerate(batches):
+            if i == CALIBRATION_WARMUP:
+                if loss is not None:
+                    float(loss)  # waits for the device
+                timed_from = time.perf_counter()
+            views = [v.contiguous(memory_format=self.memory_format)
+                     for v in self.views(images, view_gen)]
+            loss, _ = train_step(self.step_fn, split_views(views, self.accumulate_steps),
+                                 self.optimizer, self.device, self.precision,
+                                 self.config.optim.clip_grad, self.scaler, self.method)
+            timed = i + 1 - CALIBRATION_WARMUP
+            if timed >= CALIBRATION_STEPS or (timed >= 2 and time.perf_counter() - started
+                                              > CALIBRATION_SHARE * budget):
+                break
+        float(loss)
+        seconds = time.perf_counter() - timed_from
+        self.method.load_state_dict(saved["method"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        # every process must train the same number of steps: the mean of their rates
+        rate = all_reduce_sum_(torch.tensor([timed / max(seconds, 1e-9)], device=self.device)
+                               ).item() / self.process.world_size
+        calibration = time.perf_counter() - started
+        train.total_steps = max(1, math.floor(rate * max(0.0, budget - calibration)))
+        self._set_schedule()
+        if self.process.is_main:
+            self.config.save(self.run_dir / "config.yaml")
+        self._write({"kind": "run", "event": "budget", "time": time.time(),
+                     "budget_minutes": train.budget_minutes, "steps_per_second": rate,
+                     "timed_steps": timed, "calibration_seconds": calibration,
+                     "total_steps": train.total_steps, "epochs": self.epochs})
+        if train.progress and self.process.is_main:
+            print(f"budget {train.budget_minutes:g} min: {rate:.2f} steps/s measured on {timed} "
+                  f"steps -> {train.total_steps} steps ({self.epochs} epochs of "
+                  f"{self.steps_per_epoch}); recorded as train.total_steps in config.yaml")
 
     def _make_tokenizer(self) -> Tokenizer:
         """The tokeniser of the data's alphabet. A text tokeniser is learnt from the training
@@ -405,6 +494,8 @@ class Trainer:
             self._prepare_run_dir()
             self._build()
             self.wall_seconds = 0.0
+            if self.config.train.budget_minutes > 0 and self.config.train.total_steps == 0:
+                self._measure_total_steps()  # a resumed budget run has its count already
             start_epoch, step = (self._restore() if self.resume else (0, 0))
             if self.resume and self.process.is_main:
                 self.config.save(self.run_dir / "config.yaml")  # with this resume's changes
@@ -417,7 +508,7 @@ class Trainer:
                          "accumulate_steps": self.accumulate_steps,
                          "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                          "num_train": len(self.train_data), "host": platform.node()})
-            for epoch in range(start_epoch, self.config.train.epochs):
+            for epoch in range(start_epoch, self.epochs):
                 step = self._train_epoch(epoch, step)
                 self._end_of_epoch(epoch, step)
             self._finish(step)
@@ -439,10 +530,12 @@ class Trainer:
         # [Σ loss over the log interval, Σ over the epoch, count of non-finite losses]
         sums = torch.zeros(3, device=self.device)
         show = cfg.progress and self.process.is_main
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        # the last epoch of a fixed step count may be cut short
+        steps_this_epoch = min(self.steps_per_epoch, self.total_steps - step)
+        bar = tqdm(total=steps_this_epoch, desc=f"epoch {epoch + 1}/{self.epochs}",
                    disable=not show, dynamic_ncols=True, leave=False)
         for i, (images, _) in enumerate(self.stream.epoch(epoch)):
-            if i >= self.steps_per_epoch:
+            if i >= steps_this_epoch:
                 break
             factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio)
             set_learning_rates(self.optimizer, self.base_lrs, factor)
@@ -455,7 +548,7 @@ class Trainer:
             interval_steps += 1
             sums += torch.stack([loss, loss, (~torch.isfinite(loss)).float()])
             bar.update(1)
-            last = i + 1 == self.steps_per_epoch
+            last = i + 1 == steps_this_epoch
             if interval_steps == cfg.log_every or last:
                 # The only host-device syncs (and, between processes, the only collective outside
                 # the training step) of the loop: once per log interval. The logged loss is the
@@ -477,13 +570,13 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - epoch_start
         self.wall_seconds += seconds
-        epoch_loss = all_reduce_sum_(sums[1].clone()).item() / (self.steps_per_epoch * processes)
-        images_per_s = self.steps_per_epoch * cfg.batch_size / seconds
+        epoch_loss = all_reduce_sum_(sums[1].clone()).item() / (steps_this_epoch * processes)
+        images_per_s = steps_this_epoch * cfg.batch_size / seconds
         self._write({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": epoch_loss,
                      "images_per_s": images_per_s, "epoch_seconds": seconds, "time": time.time()})
         self.monitor.loss(epoch + 1, epoch_loss)
         if show:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {epoch_loss:.4f}, "
+            print(f"epoch {epoch + 1}/{self.epochs}: loss {epoch_loss:.4f}, "
                   f"{images_per_s:,.0f} images/s, {seconds:.1f} s")
         return step
 
@@ -523,7 +616,7 @@ class Trainer:
         if not self.process.is_main:
             return
         cfg = self.config.train
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == self.epochs
         data = self.health_data
         self.method.eval()
         records: list[dict] = []
