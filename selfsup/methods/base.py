@@ -13,6 +13,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from selfsup.tokenize.base import Tokenizer
+
 
 @dataclass
 class StepOutput:
@@ -56,6 +58,12 @@ class Method(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+
+    @classmethod
+    def view_recipe_for(cls, tokenizer: Optional[Tokenizer]) -> str:
+        """The default recipe for data read by ``tokenizer`` (None: images); methods whose views
+        depend on the modality override it. Default: ``view_recipe``."""
+        return cls.view_recipe
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -244,7 +244,7 @@ class Trainer:
         # the plain module that checkpoints, health checks and after_step use.
         sync_bn = cfg.train.sync_bn
         self.step_module = prepare_method(self.method, self.process, self.device, sync_bn)
-        recipe = cfg.views.get("recipe") or self.method.view_recipe
+        recipe = cfg.views.get("recipe") or self.method.view_recipe_for(self.tokenizer)
         if self.tokenizer is None:
             self.views = make_views(recipe, self.in_shape, cfg.views)
             self.stream = BatchStream(self.train_data, cfg.train.batch_size, self.device,

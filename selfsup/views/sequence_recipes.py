@@ -12,8 +12,10 @@ into micro-batches (``tensor_split`` along the batch) slices these too.
 
 * ``mlm``: [inputs, labels], BERT's masking (``selfsup.views.sequence.bert_mask``).
 * ``tokens``: the ids unchanged (next-token prediction needs no augmentation).
-* ``dna-contrastive``: two views of each read by crop, jitter, reverse complement, substitution
-  noise and masking, each applied to a sample with its own probability.
+* ``dna-contrastive``, ``protein-contrastive``, ``text-contrastive``: two views of each sequence
+  by crop, jitter, reverse complement (DNA), substitution noise and masking, each applied to a
+  sample with its own probability; one view maker, with each modality's defaults
+  (``CONTRASTIVE_VIEW_DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -163,19 +165,19 @@ def plain_token_views(tokenizer: Tokenizer, options: dict[str, Any]) -> Sequence
 
 
 # ----------------------------------------------------------------------------------------------
-# DNA contrastive views
+# contrastive views: one view maker, defaults per modality
 
 
 @dataclass
-class DnaViewOptions:
-    """Each view of a read, in this order: a random window (crop), jitter (shift), the reverse
-    complement, substitution noise, masking; each applied to a sample with its ``*_prob``.
-
-    Defaults are for 150-bp reads: a crop keeps ≥ 60% of the read (≥ 90 bp, still unique within a
-    16S gene); a shift drops up to 10 bases from the ends; half the views are the other strand,
-    so a pair is on opposite strands half the time and the encoder must learn strand symmetry;
-    1% substitutions (on top of the reads' own) resemble short-read sequencer errors; masking
-    hides 10% of the bases of half the views.
+class ContrastiveViewOptions:
+    """Each view of a sequence, in this order: a random window (crop), jitter (shift), the reverse
+    complement (DNA only), substitution noise, masking; each applied to a sample with its
+    ``*_prob``. The defaults here are DNA's (``dna-contrastive``), for 150-bp reads: a crop keeps
+    ≥ 60% of the read (≥ 90 bp, still unique within a 16S gene); a shift drops up to 10 bases from
+    the ends; half the views are the other strand, so a pair is on opposite strands half the time
+    and the encoder must learn strand symmetry; 1% substitutions (on top of the reads' own)
+    resemble short-read sequencer errors; masking hides 10% of the bases of half the views.
+    Proteins and text change some of them (``CONTRASTIVE_VIEW_DEFAULTS``).
     """
 
     crop_prob: float = 0.5
@@ -189,12 +191,28 @@ class DnaViewOptions:
     mask_rate: float = 0.1
 
 
-class DnaContrastiveViews(SequenceViewMaker):
-    """Two independently augmented views of every read (see ``DnaViewOptions``)."""
+# Each modality's changes to ContrastiveViewOptions' (DNA) defaults, and why:
+CONTRASTIVE_VIEW_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dna": {},
+    # Proteins: two windows of at least half the chain each (domains recur within a family, and a
+    # window of half a protein still carries its composition and most of its motifs); 5 %
+    # substitutions, about the rate between close homologues; 15 % masking as in ESM's MLM. No
+    # strands, no jitter (a crop already moves the ends).
+    "protein": {"crop_prob": 1.0, "crop_min_fraction": 0.5, "shift_prob": 0.0, "rc_prob": 0.0,
+                "substitution_rate": 0.05, "mask_prob": 1.0, "mask_rate": 0.15},
+    # Text: two spans of at least a third of the post (a topic shows in any part of it), 5 %
+    # random-token substitutions and 10 % masking, word dropout in all but name.
+    "text": {"crop_prob": 1.0, "crop_min_fraction": 0.3, "shift_prob": 0.0, "rc_prob": 0.0,
+             "substitution_rate": 0.05, "mask_prob": 1.0, "mask_rate": 0.1},
+}
+
+
+class ContrastiveViews(SequenceViewMaker):
+    """Two independently augmented views of every sequence (see ``ContrastiveViewOptions``)."""
 
     num_views = 2
 
-    def __init__(self, tokenizer: Tokenizer, options: DnaViewOptions) -> None:
+    def __init__(self, tokenizer: Tokenizer, options: ContrastiveViewOptions) -> None:
         super().__init__(tokenizer)
         self.options = options
 
@@ -227,10 +245,11 @@ class DnaContrastiveViews(SequenceViewMaker):
         return ids
 
 
-@sequence_recipe("dna-contrastive", "tokens: two views of each DNA read by crop, shift, reverse "
-                                    "complement, substitutions, masking (each with a probability)")
-def dna_contrastive_views(tokenizer: Tokenizer, options: dict[str, Any]) -> SequenceViewMaker:
-    opts = build_options(DnaViewOptions, options, "views")
+def contrastive_views(modality: str, tokenizer: Tokenizer, options: dict[str, Any]
+                      ) -> SequenceViewMaker:
+    """Contrastive views of ``tokenizer``'s ids with ``modality``'s defaults under ``options``."""
+    opts = build_options(ContrastiveViewOptions,
+                         {**CONTRASTIVE_VIEW_DEFAULTS[modality], **options}, "views")
     for key in ("crop_prob", "crop_min_fraction", "shift_prob", "rc_prob", "substitution_prob",
                 "substitution_rate", "mask_prob", "mask_rate"):
         check_number(getattr(opts, key), f"views.{key}", 0, 1)
@@ -241,4 +260,17 @@ def dna_contrastive_views(tokenizer: Tokenizer, options: dict[str, Any]) -> Sequ
     if opts.rc_prob > 0 and tokenizer.complement_ids is None:
         raise ConfigError(f"views.rc_prob={opts.rc_prob}: the {tokenizer.name} tokeniser has no "
                           "reverse complement; set views.rc_prob=0 for non-DNA data")
-    return DnaContrastiveViews(tokenizer, opts)
+    return ContrastiveViews(tokenizer, opts)
+
+
+def _register_contrastive(modality: str, help: str) -> None:
+    sequence_recipe(f"{modality}-contrastive", help)(
+        lambda tokenizer, options: contrastive_views(modality, tokenizer, options))
+
+
+_register_contrastive("dna", "tokens: two views of each DNA read by crop, shift, reverse "
+                             "complement, substitutions, masking (each with a probability)")
+_register_contrastive("protein", "tokens: two views of each protein: windows of ≥ half the chain, "
+                                 "5% substitutions, 15% masking")
+_register_contrastive("text", "tokens: two views of each text: spans of ≥ a third, 5% random "
+                              "tokens, 10% masking")
