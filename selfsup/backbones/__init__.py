@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from selfsup.backbones import resnet, small_cnn, transformer, vit  # noqa: F401  (registration)
+from selfsup.backbones import bag, bytenet, resnet, small_cnn, transformer, vit  # noqa: F401  (registration)
 from selfsup.backbones.adapter import FeatureAdapter, external_backbone
 from selfsup.config import build_options
 from selfsup.registry import BACKBONES

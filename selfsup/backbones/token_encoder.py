@@ -170,8 +170,9 @@ def as_token_encoder(encoder: nn.Module, method: str, contextual: bool = False) 
         contextual_names = [name for name in token_backbone_names()
                             if getattr(BACKBONES.get(name), "encoder_class", TokenEncoder).contextual]
         raise ConfigError(
-            f"{method} predicts tokens from their context, but the {encoder.preset} backbone's "
-            f"token features do not see their neighbours (it pools a bag of tokens); use a "
+            f"{method} predicts hidden tokens from their context, but the {encoder.preset} "
+            "backbone is not contextual (a bag of n-grams: no position's features carry the "
+            "sequence around it to a hidden token); use a "
             f"contextual backbone ({', '.join(contextual_names)}) or a contrastive method "
             "(seq-contrastive)"
         )
