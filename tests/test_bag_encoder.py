@@ -238,7 +238,7 @@ def test_presets_build_from_the_tokenizer_and_round_trip_their_config():
     assert small.preset == "bag-small" and small.out_dim == small.options.dim
     tiny = build_backbone({"name": "bag-tiny", "max_n": 3}, 0, 0, tokenizer=PROTEIN)
     assert build_backbone(tiny.config(), 0, 0).config() == tiny.config()
-    with pytest.raises(ConfigError, match="bag-tiny backbone's token features"):
+    with pytest.raises(ConfigError, match="bag-tiny backbone is not contextual"):
         as_token_encoder(tiny, "mlm", contextual=True)
     assert as_token_encoder(tiny, "dna-contrastive") is tiny
 
