@@ -1,0 +1,265 @@
+"""Which sequence recipe learns the most in a fixed wall-clock budget? Every candidate recipe
+(backbone × objective × key options) of a modality is pretrained for the same budget
+(``train.budget_minutes``) on this machine, then evaluated with the usual protocol (k-NN; linear
+@1 %, @10 %, @100 % over 3 label subsets) beside the modality's baselines and the random-init
+encoder, all probed at full strength (``bench/probe_strength.py``).
+
+Modalities and their evaluation:
+
+* ``protein``: swissprot-loc (subcellular location, 10 classes, family-split test set), against
+  amino-acid composition + dipeptide frequencies; pretrained on swissprot-loc's training split.
+* ``dna``: 16s-reads at phylum rank (150-bp reads from either strand, with errors), against the
+  4-mer and canonical 4-mer profiles, evaluated on ``--dna-eval-reads-per-gene`` reads per gene;
+  with each feature set's reverse-complement consistency.
+* ``text``: 20newsgroups (by date), against TF-IDF.
+
+Every candidate runs as its own process (``--worker``) with ``--threads`` threads; ``--parallel``
+of them side by side. Each writes its row to ``<out-dir>/<modality>-<recipe>/row.json``; a row
+already there is reused, so a cut-short sweep continues where it stopped.
+
+    # the issue-16 sweep on the 2-core CPU: two runs side by side, one thread each
+    python bench/sequence_budget.py --modalities protein --budget 20 --parallel 2 --threads 1 \
+        --json bench/results/sequence_budget-cpu.json
+    python bench/sequence_budget.py --smoke     # seconds per recipe, tiny models
+
+Only budgets measured on the same machine, with the same threads and the same neighbours, compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/sequence_budget.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A candidate: a method, a backbone and their options (config overrides)."""
+
+    method: str
+    backbone: str
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Modality:
+    dataset: str
+    target: str
+    max_length: int
+    batch_size: int
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+    eval_options: Optional[dict[str, Any]] = None  # the evaluation data's options
+
+
+# The old Transformer recipe (issue 5's small-budget table: transformer-tiny, lr 4e-3, 256 tokens)
+# beside the new backbones and objectives, so the gain is visible. Learning rates are per 256
+# sequences (the linear scaling rule); the bag is cheap enough for batches of 256 and whole
+# proteins, the CNN and the Transformer get 64 sequences of 256 tokens.
+TRANSFORMER_OLD = ("optim.lr=4e-3", "data.max_length=256", "train.batch_size=64")
+CNN = ("optim.lr=4e-3", "data.max_length=256", "train.batch_size=64")
+BAG = ("optim.lr=4e-3", "train.batch_size=256")
+MODALITIES: dict[str, Modality] = {
+    "protein": Modality("swissprot-loc", "subcellular location", 512, 256, {
+        "transformer-mlm": Recipe("mlm", "transformer-tiny", TRANSFORMER_OLD, "the old recipe"),
+        "bytenet-mlm": Recipe("mlm", "bytenet-small", CNN),
+        "bytenet-contrastive": Recipe("seq-contrastive", "bytenet-small", CNN),
+        "bag-contrastive": Recipe("seq-contrastive", "bag-small", BAG),
+    }),
+    "dna": Modality("16s-reads", "phylum of 150-bp reads", 160, 256, {
+        "transformer-contrastive": Recipe("dna-contrastive", "transformer-tiny",
+                                          TRANSFORMER_OLD[:1] + ("train.batch_size=64",),
+                                          "the old recipe"),
+        "bytenet-contrastive": Recipe("dna-contrastive", "bytenet-small",
+                                      ("optim.lr=4e-3", "train.batch_size=64")),
+        "bag-contrastive-rc": Recipe("dna-contrastive", "bag-small",
+                                     BAG + ("method.rc_invariant=true",),
+                                     "strand-averaged bag"),
+    }, eval_options={"reads_per_gene": 2}),
+    "text": Modality("20newsgroups", "newsgroup (20 classes)", 256, 256, {
+        "transformer-mlm": Recipe("mlm", "transformer-tiny",
+                                  TRANSFORMER_OLD[:1] + ("data.max_length=128", "train.batch_size=64",
+                                                         "data.vocab_size=2048"),
+                                  "the old recipe"),
+        "bag-contrastive": Recipe("seq-contrastive", "bag-small", BAG),
+        "bytenet-contrastive": Recipe("seq-contrastive", "bytenet-small", CNN),
+    }),
+}
+
+
+def recipe_overrides(modality: Modality, recipe: Recipe, args: argparse.Namespace,
+                     run_dir: Path) -> list[str]:
+    """The pretraining config of one candidate."""
+    return [f"method.name={recipe.method}", f"data.dataset={modality.dataset}",
+            f"backbone.name={recipe.backbone}", f"train.budget_minutes={args.budget}",
+            f"train.batch_size={modality.batch_size}", f"data.max_length={modality.max_length}",
+            "train.device=cpu", "train.progress=false", f"out={run_dir}",
+            f"eval.label_fractions={json.dumps(args.eval_fractions)}",
+            f"eval.seeds={args.seeds}", "eval.tsne_samples=200",
+            # the online k-NN probe at every epoch end: bounded so it costs seconds
+            "train.probe_train_samples=2000", "train.probe_test_samples=2000",
+            # health checks and the online probe every 5 epochs: they embed thousands of
+            # sequences, which would eat into a slow encoder's budget at every epoch
+            "train.health_every=5", "train.probe_every=5", *recipe.overrides, *args.set]
+
+
+def run_one(modality_name: str, recipe_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Pretrain and evaluate one candidate in this process; its row."""
+    from selfsup.config import load_config
+    from selfsup.evaluate.run import evaluate_run
+    from selfsup.train import pretrain
+    from selfsup.train.metrics_log import read_metrics
+
+    modality = MODALITIES[modality_name]
+    recipe = modality.recipes[recipe_name]
+    run_dir = Path(args.out_dir) / f"{modality_name}-{recipe_name}"
+    config = load_config(None, recipe_overrides(modality, recipe, args, run_dir))
+    started = time.perf_counter()
+    pretrain(config)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = evaluate_run(run_dir, device="cpu", baselines=True,
+                          data_options=modality.eval_options,
+                          log=lambda message: print(f"  [{recipe_name}] {message}", flush=True))
+    eval_seconds = time.perf_counter() - started
+    records = read_metrics(run_dir / "metrics.jsonl")
+    budget = next(r for r in records if r.get("event") == "budget")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    probes = [(r["step"], r["knn_top1"]) for r in records if r["kind"] == "probe"]
+    accuracies = lambda res: {k: res[k] for k in ("knn_top1", "linear_top1", "linear_top1_std")  # noqa: E731
+                              if k in res}
+    return {
+        "modality": modality_name, "recipe": recipe_name, "method": recipe.method,
+        "backbone": recipe.backbone, "overrides": list(recipe.overrides) + list(args.set),
+        "note": recipe.note, "dataset": modality.dataset, "target": modality.target,
+        "budget_minutes": args.budget, "threads": args.threads,
+        "total_steps": budget["total_steps"], "steps_per_second": budget["steps_per_second"],
+        "batch_size": config.train.batch_size, "max_length": config.data.max_length,
+        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+        "first_epoch_loss": epochs[0]["loss"], "last_epoch_loss": epochs[-1]["loss"],
+        "online_knn": probes, "num_test": result["num_test"],
+        "knn_k": result.get("knn_k"), "effective_rank": result["health"]["effective_rank"],
+        "feature_dim": result["feature_dim"],
+        "sets": {"ssl": accuracies(result), **result["baselines"]},
+        "rc_consistency": result.get("rc_consistency", {}),
+    }
+
+
+def launch(modality: str, recipe: str, args: argparse.Namespace) -> subprocess.Popen:
+    """One candidate as a worker process with ``--threads`` threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, __file__, "--worker", f"{modality}:{recipe}",
+               "--budget", str(args.budget), "--out-dir", args.out_dir, "--seeds", str(args.seeds),
+               "--threads", str(args.threads), "--eval-fractions",
+               *map(str, args.eval_fractions)] + [item for s in args.set for item in ("--set", s)]
+    log = open(Path(args.out_dir) / f"{modality}-{recipe}.log", "w")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def print_table(rows: list[dict[str, Any]], fractions: list[float]) -> None:
+    keys = [str(float(f)) for f in fractions]
+    header = (f"{'modality':<8} {'recipe / features':<26} {'k-NN':>6} "
+              + " ".join(f"{'lin@' + k:>9}" for k in keys) + f" {'steps':>6} {'train s':>8}  rc")
+    print("\n" + header + "\n" + "-" * len(header))
+    for modality in dict.fromkeys(row["modality"] for row in rows):
+        ours = [row for row in rows if row["modality"] == modality]
+        baselines = ours[0]["sets"]
+        for row in ours:
+            acc = row["sets"]["ssl"]
+            rc = row["rc_consistency"].get("ssl")
+            print(f"{modality:<8} {row['recipe']:<26} {100 * acc['knn_top1']:>6.1f} "
+                  + " ".join(f"{100 * acc['linear_top1'].get(k, float('nan')):>9.1f}" for k in keys)
+                  + f" {row['total_steps']:>6} {row['train_seconds']:>8.0f}  "
+                  + (f"{rc['rc_cosine']:.3f}/{rc['random_pair_cosine']:.3f}" if rc else ""))
+        for name, acc in baselines.items():
+            if name == "ssl" or name == "random_init":
+                continue
+            rc = ours[0]["rc_consistency"].get(name)
+            print(f"{modality:<8} {'baseline: ' + name:<26} {100 * acc['knn_top1']:>6.1f} "
+                  + " ".join(f"{100 * acc['linear_top1'].get(k, float('nan')):>9.1f}" for k in keys)
+                  + f" {'':>6} {'':>8}  "
+                  + (f"{rc['rc_cosine']:.3f}/{rc['random_pair_cosine']:.3f}" if rc else ""))
+        for row in ours:  # each backbone's own random init
+            acc = row["sets"].get("random_init")
+            if acc:
+                print(f"{modality:<8} {'random init ' + row['backbone']:<26} "
+                      f"{100 * acc['knn_top1']:>6.1f} "
+                      + " ".join(f"{100 * acc['linear_top1'].get(k, float('nan')):>9.1f}"
+                                 for k in keys))
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modalities", nargs="+", choices=list(MODALITIES), default=list(MODALITIES))
+    parser.add_argument("--recipes", nargs="+", help="only these recipes (names as in the table)")
+    parser.add_argument("--budget", type=float, default=20.0, help="minutes of pretraining each")
+    parser.add_argument("--parallel", type=int, default=1, help="candidates side by side")
+    parser.add_argument("--threads", type=int, default=2, help="threads per candidate")
+    parser.add_argument("--eval-fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--seeds", type=int, default=3, help="label subsets per fraction below 1")
+    parser.add_argument("--set", action="append", default=[],
+                        help="extra config override for every candidate")
+    parser.add_argument("--out-dir", default="runs/bench-sequence-budget")
+    parser.add_argument("--json", default="bench/results/sequence_budget.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # modality:recipe, run in this process
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny models, a few seconds of budget, one modality: a check that "
+                             "every piece runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.modalities, args.budget, args.seeds = ["protein"], 0.05, 1
+        args.eval_fractions, args.out_dir = [0.1], "runs/bench-sequence-budget-smoke"
+        args.json = "runs/bench-sequence-budget-smoke/smoke.json"
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        modality, recipe = args.worker.split(":")
+        row = run_one(modality, recipe, args)
+        path = Path(args.out_dir) / f"{modality}-{recipe}" / "row.json"
+        path.write_text(json.dumps(row, indent=2))
+        return 0
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    todo = [(m, r) for m in args.modalities for r in MODALITIES[m].recipes
+            if not args.recipes or r in args.recipes]
+    row_path = lambda m, r: Path(args.out_dir) / f"{m}-{r}" / "row.json"  # noqa: E731
+    pending = [(m, r) for m, r in todo if not row_path(m, r).is_file()]
+    running: list[tuple[str, str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            m, r = pending.pop(0)
+            print(f"start {m}:{r} ({args.budget:g} min, {args.threads} threads)", flush=True)
+            running.append((m, r, launch(m, r, args)))
+        time.sleep(2)
+        for item in list(running):
+            m, r, process = item
+            if process.poll() is not None:
+                running.remove(item)
+                print(f"done {m}:{r} (exit {process.returncode}; log "
+                      f"{Path(args.out_dir) / f'{m}-{r}.log'})", flush=True)
+    rows = [json.loads(row_path(m, r).read_text()) for m, r in todo if row_path(m, r).is_file()]
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": vars(args), "date": time.strftime("%Y-%m-%d"),
+                                "machine": os.uname().nodename, "rows": rows}, indent=2))
+    print_table(rows, args.eval_fractions)
+    print(f"wrote {path}")
+    return 0 if len(rows) == len(todo) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
