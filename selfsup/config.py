@@ -46,6 +46,7 @@ def check_ranges(section: object, where: str, bounds: dict[str, tuple[float, flo
 
 
 ANY = (0, math.inf)
+LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (selfsup.train.optim.scaled_lr)
 COUNT = (1, math.inf)
 FRACTION = (0, 1)
 
@@ -73,7 +74,8 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "lars"  # sgd | lars | lamb | adamw
-    lr: float = 0.3  # base learning rate for a batch of 256; scaled linearly by the global batch / 256
+    lr: float = 0.3  # base learning rate for a batch of 256, scaled to the global batch by lr_scaling
+    lr_scaling: str = "linear"  # linear: × batch/256 | sqrt: × √(batch/256) (Adam) | none
     weight_decay: float = 1e-6
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -86,6 +88,9 @@ class OptimConfig:
         check_ranges(self, "optim", {"lr": ANY, "weight_decay": ANY, "momentum": FRACTION,
                                      "warmup_epochs": ANY, "min_lr_ratio": FRACTION,
                                      "clip_grad": ANY, "lars_eta": ANY}, above=("lr", "lars_eta"))
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got "
+                              f"{self.lr_scaling!r}")
         betas = self.betas
         pair = isinstance(betas, (list, tuple)) and len(betas) == 2
         # a beta of 1 would freeze Adam's running average
