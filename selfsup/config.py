@@ -276,6 +276,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         set_key(user, item)
 
     data: dict[str, Any] = Config().to_dict()
+    if "name" not in (user.get("method") or {}):
+        user = _with_modality_recipe(user)
     method = (user.get("method") or {}).get("name", data["method"]["name"])
     data["method"] = {"name": method}
     defaults = copy.deepcopy(method_config_defaults(method))
@@ -285,6 +287,26 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     _merge(data, defaults)
     _merge(data, user)
     return from_dict(Config, data)
+
+
+def _with_modality_recipe(user: dict[str, Any]) -> dict[str, Any]:
+    """``user`` over the default recipe of its data's modality (``selfsup.recipes``), when it names
+    a sequence data set and no method; else ``user`` unchanged."""
+    from selfsup.data import data_modality
+    from selfsup.recipes import default_recipe
+
+    data = user.get("data") or {}
+    if "dataset" not in data:  # the default data set: images
+        return user
+    modality = data_modality(data["dataset"], data.get("data_dir"), data.get("options"))
+    recipe = default_recipe(modality, user.get("train") or {})
+    if not recipe:
+        return user
+    chosen_backbone = (user.get("backbone") or {}).get("name")
+    if chosen_backbone:  # the user's backbone replaces the recipe's, options and all
+        recipe.pop("backbone", None)
+    _merge(recipe, user)
+    return recipe
 
 
 def _backbone_defaults_for(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
