@@ -64,12 +64,15 @@ class Modality:
     extra_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-# The old Transformer recipe (issue 5's small-budget table: transformer-tiny, lr 4e-3, 256 tokens)
-# beside the new backbones and objectives, so the gain is visible. Learning rates are per 256
-# sequences (the linear scaling rule); the bag is cheap enough for batches of 256 and whole
-# proteins, the CNN and the Transformer get 64 sequences of 256 tokens.
-TRANSFORMER_OLD = ("optim.lr=4e-3", "data.max_length=256", "train.batch_size=64")
-CNN = ("optim.lr=4e-3", "data.max_length=256", "train.batch_size=64")
+# The old Transformer recipe (issue 5's small-budget table: transformer-tiny, lr 4e-3 per 256
+# under the linear rule, 256 tokens) beside the new backbones and objectives, so the gain is
+# visible. The bag is cheap enough for batches of 256 and whole proteins; the CNN and the
+# Transformer get 64 sequences of 256 tokens, at an effective rate of 1e-3 (written with the
+# linear rule they were first measured with: the sequence methods now default to square-root
+# scaling).
+TRANSFORMER_OLD = ("optim.lr=4e-3", "optim.lr_scaling=linear", "data.max_length=256",
+                   "train.batch_size=64")
+CNN = ("optim.lr=4e-3", "optim.lr_scaling=linear", "data.max_length=256", "train.batch_size=64")
 BAG = ("optim.lr=4e-3", "train.batch_size=256")
 MODALITIES: dict[str, Modality] = {
     "protein": Modality("swissprot-loc", "subcellular location", 512, 256, {
@@ -80,10 +83,10 @@ MODALITIES: dict[str, Modality] = {
     }),
     "dna": Modality("16s-reads", "phylum of 150-bp reads", 160, 256, {
         "transformer-contrastive": Recipe("dna-contrastive", "transformer-tiny",
-                                          TRANSFORMER_OLD[:1] + ("train.batch_size=64",),
+                                          TRANSFORMER_OLD[:2] + ("train.batch_size=64",),
                                           "the old recipe"),
         "bytenet-contrastive": Recipe("dna-contrastive", "bytenet-small",
-                                      ("optim.lr=4e-3", "train.batch_size=64")),
+                                      CNN[:2] + ("train.batch_size=64",)),
         "bag-contrastive-rc": Recipe("dna-contrastive", "bag-small",
                                      BAG + ("method.rc_invariant=true",),
                                      "strand-averaged bag"),
@@ -91,7 +94,7 @@ MODALITIES: dict[str, Modality] = {
         extra_evals={"genus": {"reads_per_gene": 2, "rank": "genus"}}),
     "text": Modality("20newsgroups", "newsgroup (20 classes)", 256, 256, {
         "transformer-mlm": Recipe("mlm", "transformer-tiny",
-                                  TRANSFORMER_OLD[:1] + ("data.max_length=128", "train.batch_size=64",
+                                  TRANSFORMER_OLD[:2] + ("data.max_length=128", "train.batch_size=64",
                                                          "data.vocab_size=2048"),
                                   "the old recipe"),
         "bag-contrastive": Recipe("seq-contrastive", "bag-small", BAG),
