@@ -50,6 +50,7 @@ class Recipe:
     backbone: str
     overrides: tuple[str, ...] = ()
     note: str = ""
+    pretrain_dataset: Optional[str] = None  # an unlabelled corpus instead of the labelled set
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ MODALITIES: dict[str, Modality] = {
         "bytenet-mlm": Recipe("mlm", "bytenet-small", CNN),
         "bytenet-contrastive": Recipe("seq-contrastive", "bytenet-small", CNN),
         "bag-contrastive": Recipe("seq-contrastive", "bag-small", BAG),
+        # the same on the 435k proteins of uniprot-go (instance discrimination among 7,234
+        # proteins lets the bag memorise each one by its rare n-grams)
+        "uniprot-bag-contrastive": Recipe("seq-contrastive", "bag-small", BAG,
+                                          pretrain_dataset="uniprot-go"),
+        "uniprot-bytenet-mlm": Recipe("mlm", "bytenet-small", CNN, pretrain_dataset="uniprot-go"),
     }),
     "dna": Modality("16s-reads", "phylum of 150-bp reads", 160, 256, {
         "transformer-contrastive": Recipe("dna-contrastive", "transformer-tiny",
@@ -106,7 +112,8 @@ MODALITIES: dict[str, Modality] = {
 def recipe_overrides(modality: Modality, recipe: Recipe, args: argparse.Namespace,
                      run_dir: Path) -> list[str]:
     """The pretraining config of one candidate."""
-    return [f"method.name={recipe.method}", f"data.dataset={modality.dataset}",
+    return [f"method.name={recipe.method}",
+            f"data.dataset={recipe.pretrain_dataset or modality.dataset}",
             f"backbone.name={recipe.backbone}", f"train.budget_minutes={args.budget}",
             f"train.batch_size={modality.batch_size}", f"data.max_length={modality.max_length}",
             "train.device=cpu", "train.progress=false", f"out={run_dir}",
@@ -134,8 +141,9 @@ def run_one(modality_name: str, recipe_name: str, args: argparse.Namespace) -> d
     pretrain(config)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    result = evaluate_run(run_dir, device="cpu", baselines=True,
-                          data_options=modality.eval_options,
+    # a run on a corpus is evaluated on the modality's labelled data set (eval-<name>.json)
+    result = evaluate_run(run_dir, dataset=modality.dataset if recipe.pretrain_dataset else None,
+                          device="cpu", baselines=True, data_options=modality.eval_options,
                           log=lambda message: print(f"  [{recipe_name}] {message}", flush=True))
     eval_seconds = time.perf_counter() - started
     extras = extra_evaluations(modality, recipe_name, run_dir)
@@ -147,6 +155,7 @@ def run_one(modality_name: str, recipe_name: str, args: argparse.Namespace) -> d
         "modality": modality_name, "recipe": recipe_name, "method": recipe.method,
         "backbone": recipe.backbone, "overrides": list(recipe.overrides) + list(args.set),
         "note": recipe.note, "dataset": modality.dataset, "target": modality.target,
+        "pretrain_dataset": recipe.pretrain_dataset or modality.dataset,
         "budget_minutes": args.budget, "threads": args.threads,
         "total_steps": budget["total_steps"], "steps_per_second": budget["steps_per_second"],
         "batch_size": config.train.batch_size, "max_length": config.data.max_length,
