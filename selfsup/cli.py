@@ -307,6 +307,11 @@ def cmd_list(args) -> int:
             print(f"  {name:<{width}}{registry.help(name)}")
     print("  (backbones also: torchvision:NAME, timm:NAME when those libraries are installed;\n"
           "   datasets also: a folder of images, an .npy or .npz file)")
+    from selfsup.recipes import describe_recipes
+
+    print("default recipes (sequence data, no --method; bench/sequence_budget.py's winners):")
+    for line in describe_recipes():
+        print(f"  {line}")
     return 0
 
 

@@ -46,6 +46,7 @@ def check_ranges(section: object, where: str, bounds: dict[str, tuple[float, flo
 
 
 ANY = (0, math.inf)
+LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (selfsup.train.optim.scaled_lr)
 COUNT = (1, math.inf)
 FRACTION = (0, 1)
 
@@ -73,7 +74,8 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "lars"  # sgd | lars | lamb | adamw
-    lr: float = 0.3  # base learning rate for a batch of 256; scaled linearly by the global batch / 256
+    lr: float = 0.3  # base learning rate for a batch of 256, scaled to the global batch by lr_scaling
+    lr_scaling: str = "linear"  # linear: × batch/256 | sqrt: × √(batch/256) (Adam) | none
     weight_decay: float = 1e-6
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -86,6 +88,9 @@ class OptimConfig:
         check_ranges(self, "optim", {"lr": ANY, "weight_decay": ANY, "momentum": FRACTION,
                                      "warmup_epochs": ANY, "min_lr_ratio": FRACTION,
                                      "clip_grad": ANY, "lars_eta": ANY}, above=("lr", "lars_eta"))
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got "
+                              f"{self.lr_scaling!r}")
         betas = self.betas
         pair = isinstance(betas, (list, tuple)) and len(betas) == 2
         # a beta of 1 would freeze Adam's running average
@@ -271,6 +276,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         set_key(user, item)
 
     data: dict[str, Any] = Config().to_dict()
+    if "name" not in (user.get("method") or {}):
+        user = _with_modality_recipe(user)
     method = (user.get("method") or {}).get("name", data["method"]["name"])
     data["method"] = {"name": method}
     defaults = copy.deepcopy(method_config_defaults(method))
@@ -280,6 +287,26 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     _merge(data, defaults)
     _merge(data, user)
     return from_dict(Config, data)
+
+
+def _with_modality_recipe(user: dict[str, Any]) -> dict[str, Any]:
+    """``user`` over the default recipe of its data's modality (``selfsup.recipes``), when it names
+    a sequence data set and no method; else ``user`` unchanged."""
+    from selfsup.data import data_modality
+    from selfsup.recipes import default_recipe
+
+    data = user.get("data") or {}
+    if "dataset" not in data:  # the default data set: images
+        return user
+    modality = data_modality(data["dataset"], data.get("data_dir"), data.get("options"))
+    recipe = default_recipe(modality, user.get("train") or {})
+    if not recipe:
+        return user
+    chosen_backbone = (user.get("backbone") or {}).get("name")
+    if chosen_backbone:  # the user's backbone replaces the recipe's, options and all
+        recipe.pop("backbone", None)
+    _merge(recipe, user)
+    return recipe
 
 
 def _backbone_defaults_for(name: str, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,8 @@ TINY_VIT = {"name": "vit-tiny", "depth": 1, "embed_dim": 16, "num_heads": 2, "pa
 TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 1, "num_heads": 2,
                     "ffn_dim": 32}
 # The tokeniser of each token view recipe's inputs: reverse complements need DNA reads.
-RECIPE_TOKENIZER = {"mlm": "protein", "tokens": "protein", "dna-contrastive": "dna"}
+RECIPE_TOKENIZER = {"mlm": "protein", "tokens": "protein", "dna-contrastive": "dna",
+                    "protein-contrastive": "protein"}
 # Smaller heads than the defaults: the test is about the arithmetic, not the capacity.
 SMALL_OPTIONS = {
     "dino": {"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 64},
@@ -104,6 +105,7 @@ SMALL_OPTIONS = {
     "byol": {"proj_dim": 16},
     "simsiam": {"proj_dim": 16},
     "dna-contrastive": {"proj_dim": 16},
+    "seq-contrastive": {"proj_dim": 16},
 }
 # Exact equality is not expected: sums run in another order. The rounding error grows with the
 # gradients, so the tolerance is relative to each tensor's change over the steps; a 1/world_size

@@ -13,6 +13,7 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.config import OptimConfig
+from selfsup.errors import ConfigError
 from selfsup.data import load_split
 from selfsup.losses import nt_xent, queue_info_nce
 from selfsup.methods import build_method
@@ -353,3 +354,18 @@ def test_accumulating_through_a_wrapper_without_the_method_is_refused():
     opt = torch.optim.SGD(method.parameters(), lr=0.1)
     with pytest.raises(TypeError, match=r"got a Wrapper: pass train_step\(\.\.\., method=\.\.\.\)"):
         train_step(Wrapper(method), micro, opt, CPU)
+
+
+def test_sqrt_scaling_for_adam_and_the_sequence_default_at_small_batches():
+    config = OptimConfig(name="adamw", lr=2e-3, lr_scaling="sqrt")
+    assert scaled_lr(config, 64) == pytest.approx(1e-3)  # √(64/256) = 1/2
+    assert scaled_lr(OptimConfig(lr=2e-3, lr_scaling="none"), 64) == pytest.approx(2e-3)
+    assert scaled_lr(OptimConfig(lr=2e-3), 64) == pytest.approx(5e-4)  # linear, the default
+    with pytest.raises(ConfigError, match="lr_scaling"):
+        OptimConfig(lr_scaling="cubic")
+    # the sequence methods' default gives a batch of 32 a rate that trains (it was 1.25e-4)
+    from selfsup.config import load_config
+
+    config = load_config(None, ["method.name=mlm", "train.batch_size=32"]).optim
+    assert scaled_lr(config, 32) == pytest.approx(2e-3 * (32 / 256) ** 0.5)
+    assert scaled_lr(config, 32) > 5e-4

@@ -74,3 +74,27 @@ def test_mlm_on_20newsgroups_saves_its_tokeniser(tmp_path):
     tokenizer = make_tokenizer(**spec["tokenizer"])  # the run dir's tokenizer.json
     assert tokenizer.vocab_size == 1024
     assert tokenizer.config()["sha256"] == spec["tokenizer"]["sha256"]
+
+
+@pytest.mark.parametrize("backbone", ["bytenet-tiny", "bag-tiny"])
+def test_new_backbones_pretrain_then_embed_and_finetune(tmp_path, backbone):
+    """The CNN and the bag go through the whole product like the Transformer: contrastive
+    pretraining, the saved encoder reloaded for embed and for fine-tuning."""
+    import numpy as np
+
+    from selfsup.evaluate.finetune import FinetuneSettings, finetune_run
+    from selfsup.evaluate.run import embed_run
+
+    tiny = [item for item in TINY_SEQUENCES if not item.startswith("backbone.")]
+    config = load_config(None, tiny + [f"backbone.name={backbone}", "method.name=seq-contrastive",
+                                       "data.dataset=swissprot-loc", f"out={tmp_path / 'run'}"])
+    run_dir = Trainer(config).fit()
+    spec = json.loads((run_dir / "encoder.json").read_text())
+    assert spec["backbone"]["name"] == backbone
+    features = embed_run(run_dir, None, "test", tmp_path / "test.npy", device="cpu")
+    assert features.shape[0] > 1000 and np.isfinite(features).all()
+    settings = FinetuneSettings(epochs=1, min_steps=2, batch_size=64, seeds=1)
+    result = finetune_run(run_dir, fractions=[0.01], settings=settings, device="cpu",
+                          log=lambda message: None)
+    entries = result["entries"] if "entries" in result else result
+    assert entries  # one fine-tuned entry recorded

@@ -40,6 +40,7 @@ __all__ = [
     "FileImages",
     "ImageSource",
     "TensorImages",
+    "data_modality",
     "dataset_names",
     "iterate_in_order",
     "load_split",
@@ -49,6 +50,21 @@ __all__ = [
 def dataset_names() -> list[str]:
     """Names of the registered data sets."""
     return DATASETS.names()
+
+
+def data_modality(name: str, data_dir: Optional[str] = None,
+                  options: Optional[dict[str, Any]] = None) -> str:
+    """"image", or the alphabet of the sequence data set ``name`` ("protein", "dna", "text").
+
+    Registered data sets say so without loading (``reads_as``); a sequence, text or table file is
+    read (cached: the trainer's own load then costs nothing) to learn its alphabet; anything else
+    is images."""
+    if name in DATASETS:
+        return getattr(DATASETS.get(name), "alphabet", "image")
+    path = Path(name).expanduser()
+    if any(matches(path) for matches, *_ in SEQUENCE_READERS):
+        return load_split(name, "train", data_dir, options).alphabet
+    return "image"
 
 
 def load_split(name: str, split: str, data_dir: Optional[str] = None,

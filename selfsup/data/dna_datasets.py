@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from selfsup.data.fasta import read_fasta
-from selfsup.data.sequences import SequenceSource, file_version, find_data_file, split_indices
+from selfsup.data.sequences import (SequenceSource, file_version, find_data_file, reads_as,
+                                    split_indices)
 from selfsup.data.splits import check_split
 from selfsup.errors import ConfigError, DataError
 from selfsup.registry import DATASETS
@@ -64,6 +65,7 @@ class Gene(NamedTuple):
 
 @DATASETS.register(NAME, "16S rRNA genes of type strains with taxonomy (5,181; Debian "
                          "microbiomeutil-data); rank=phylum|…|genus")
+@reads_as("dna")
 def sixteen_s_gold(split: str, data_dir: Optional[str] = None, rank: Optional[str] = DEFAULT_RANK,
                    min_count: int = DEFAULT_MIN_COUNT) -> SequenceSource:
     """The ``split`` ("train", "test" or "all") of the 16S genes, labelled at ``rank``."""
@@ -74,6 +76,7 @@ def sixteen_s_gold(split: str, data_dir: Optional[str] = None, rank: Optional[st
 
 @DATASETS.register(READS_NAME, "short reads (150 bp, both strands, 1% errors) of the 16s-gold "
                                "genes, split by gene")
+@reads_as("dna")
 def sixteen_s_reads(split: str, data_dir: Optional[str] = None,
                     rank: Optional[str] = DEFAULT_RANK, min_count: int = DEFAULT_MIN_COUNT,
                     read_length: int = 150, reads_per_gene: int = 10, error_rate: float = 0.01,

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.data.fasta import read_fasta
-from selfsup.data.sequences import SequenceSource, file_version, find_data_file, split_indices
+from selfsup.data.sequences import (SequenceSource, file_version, find_data_file, reads_as,
+                                    split_indices)
 from selfsup.data.splits import check_split
 from selfsup.errors import DataError
 from selfsup.registry import DATASETS
@@ -44,6 +45,7 @@ CLASSES = list(LOCATIONS.values())
 
 
 @DATASETS.register(NAME, "Swiss-Prot proteins, 10 subcellular locations (9,052; Debian predictnls)")
+@reads_as("protein")
 def swissprot_loc(split: str, data_dir: Optional[str] = None) -> SequenceSource:
     """The ``split`` ("train", "test" or "all") of ``swissprot-loc``: protein sequences labelled
     with one of 10 subcellular locations, grouped by protein family (see the module docstring)."""

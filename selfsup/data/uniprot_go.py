@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.data.fasta import dump_blast_db, read_fasta
-from selfsup.data.sequences import SequenceSource, file_version, find_data_file, split_indices
+from selfsup.data.sequences import (SequenceSource, file_version, find_data_file, reads_as,
+                                    split_indices)
 from selfsup.data.splits import check_split
 from selfsup.registry import DATASETS
 from selfsup.tokenize.alphabets import PROTEIN_LETTERS
@@ -45,6 +46,7 @@ TEST_FRACTION = 0.01
 
 @DATASETS.register(NAME, "435k distinct UniProt proteins, unlabelled: the protein pretraining "
                          "corpus (Debian metastudent-data + ncbi-blast+)")
+@reads_as("protein")
 def uniprot_go(split: str, data_dir: Optional[str] = None) -> SequenceSource:
     """The ``split`` ("train", "test" or "all") of the distinct UniProt sequences of the three
     MetaStudent databases (see the module docstring); 1 % is held out as "test"."""

@@ -9,8 +9,11 @@ LAMB read that flag (``lars`` = layer-wise adaptive rate scaling, the trust rati
 Groups flagged ``fixed_lr`` (a method's ``fixed_lr_modules``) keep their base rate while the
 schedule (``lr_factor``, applied by ``set_learning_rates``) warms up and decays the others.
 
-The learning rate of a config is per 256 images and scales linearly with the global batch
-(``scaled_lr``): lr = optim.lr × train.batch_size / 256, where train.batch_size counts the images
+The learning rate of a config is per 256 images and scales with the global batch (``scaled_lr``):
+linearly by default, lr = optim.lr × train.batch_size / 256 (Goyal et al. 2017, for SGD-like
+optimisers), or with its square root, lr = optim.lr × √(train.batch_size / 256)
+(``optim.lr_scaling=sqrt``; Malladi et al. 2022 derive it for Adam, whose normalised update
+already grows with the gradient noise a small batch brings). train.batch_size counts the images
 of one optimiser step over all processes and accumulation steps.
 """
 
@@ -165,8 +168,10 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, base_lrs: list[float], 
 
 
 def scaled_lr(config: OptimConfig, global_batch_size: int) -> float:
-    """The linear scaling rule: lr = base_lr × global_batch / 256 (Goyal et al. 2017)."""
-    return config.lr * global_batch_size / 256
+    """``config.lr`` (per 256) at ``global_batch_size`` by ``config.lr_scaling``: linear (Goyal et
+    al. 2017), sqrt (Malladi et al. 2022, for Adam) or none."""
+    ratio = global_batch_size / 256
+    return config.lr * {"linear": ratio, "sqrt": ratio ** 0.5, "none": 1.0}[config.lr_scaling]
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, global_batch_size: int) -> torch.optim.Optimizer:

@@ -1,0 +1,61 @@
+"""The default recipe of each sequence modality: what ``selfsup pretrain --dataset X`` trains when
+the user names no method.
+
+Each recipe is the one that won ``bench/sequence_budget.py`` for its modality on a 2-core CPU at a
+20-minute budget (``docs/benchmarks.md``, issue 16): a method, a backbone, their options, the
+optimiser, the batch and the budget itself. They apply below everything the user writes (a YAML
+file, flags, ``--set``), so ``--backbone`` or ``--set optim.lr=…`` change one piece and keep the
+rest; naming ``--epochs`` (or ``train.total_steps``) replaces the budget. Images keep the methods'
+own defaults (SimCLR).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# modality (the data's alphabet) → config sections
+SEQUENCE_RECIPES: dict[str, dict[str, Any]] = {
+    "protein": {
+        "method": {"name": "seq-contrastive"},
+        "backbone": {"name": "bag-small"},
+        "optim": {"lr": 4e-3},
+        "train": {"batch_size": 256, "budget_minutes": 20.0},
+    },
+    "dna": {
+        "method": {"name": "dna-contrastive", "rc_invariant": True},
+        "backbone": {"name": "bag-small"},
+        "optim": {"lr": 4e-3},
+        "train": {"batch_size": 256, "budget_minutes": 20.0},
+    },
+    "text": {
+        "method": {"name": "seq-contrastive"},
+        "backbone": {"name": "bag-small"},
+        "optim": {"lr": 4e-3},
+        "train": {"batch_size": 256, "budget_minutes": 20.0},
+    },
+}
+
+LENGTH_KEYS = ("epochs", "total_steps")  # a user who sets either chose a length: no budget
+
+
+def default_recipe(modality: str, user_train: dict[str, Any]) -> dict[str, Any]:
+    """The config sections of ``modality``'s recipe ({} for images), without the budget when the
+    user's ``train`` section fixes the run's length."""
+    recipe = copy.deepcopy(SEQUENCE_RECIPES.get(modality, {}))
+    if recipe and any(key in user_train for key in LENGTH_KEYS):
+        recipe.get("train", {}).pop("budget_minutes", None)
+    return recipe
+
+
+def describe_recipes() -> list[str]:
+    """One line per modality, for ``selfsup list``."""
+    lines = []
+    for modality, recipe in SEQUENCE_RECIPES.items():
+        method = recipe["method"]
+        options = ", ".join(f"{k}={v}" for k, v in method.items() if k != "name")
+        train = recipe.get("train", {})
+        lines.append(f"{modality}: {method['name']}{f' ({options})' if options else ''} + "
+                     f"{recipe['backbone']['name']}, batch {train.get('batch_size')}, lr "
+                     f"{recipe.get('optim', {}).get('lr')}, {train.get('budget_minutes'):g} min")
+    return lines
