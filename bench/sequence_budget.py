@@ -239,8 +239,10 @@ def print_table(rows: list[dict[str, Any]], fractions: list[float]) -> None:
                 if name not in ("ssl", "random_init"):
                     print(f"{task:<12} {'baseline: ' + name:<26} {_cells(acc, keys)} "
                           f"{'':>6} {'':>8}  " + (_rc(ours[0], name) if task == modality else ""))
-            for row in ours:
-                if "random_init" in sets_of(row):
+            shown = set()
+            for row in ours:  # each backbone's random init once (the same seed, the same net)
+                if "random_init" in sets_of(row) and row["backbone"] not in shown:
+                    shown.add(row["backbone"])
                     print(f"{task:<12} {'random init ' + row['backbone']:<26} "
                           f"{_cells(sets_of(row)['random_init'], keys)}")
 
