@@ -78,10 +78,11 @@ CHECKPOINT_KEYS = ("method", "optimizer", "epoch", "step", "monitor")  # what _s
 VIEW_STREAM, FORWARD_STREAM = 1, 2  # the random streams of an epoch besides the data order
 HEALTH_MAX_TOKENS = 512  # sequences in the health batch and probe bank keep their first 512 tokens
 HELD_OUT_SAMPLES = 256  # health-batch samples the held-out loss (perplexity) is measured on
-# A budget's step rate: CALIBRATION_STEPS timed steps after CALIBRATION_WARMUP untimed ones (the
-# first steps pay for allocations and kernel selection), fewer when they would take more than
-# CALIBRATION_SHARE of the budget.
-CALIBRATION_WARMUP, CALIBRATION_STEPS, CALIBRATION_SHARE = 2, 20, 0.05
+# A budget's step rate: timed steps after CALIBRATION_WARMUP untimed ones (the first steps pay for
+# allocations and kernel selection), at least CALIBRATION_STEPS of them over at least
+# CALIBRATION_SECONDS, and never more than CALIBRATION_SHARE of the budget. (20 steps alone, a few
+# seconds, caught a neighbouring run still loading its data: 20-minute runs then took 22-30.)
+CALIBRATION_WARMUP, CALIBRATION_STEPS, CALIBRATION_SECONDS, CALIBRATION_SHARE = 2, 20, 30.0, 0.05
 # With a fixed step count (a budget) the warm-up is at most this share of the steps: an epoch of
 # warm-up on a large corpus can be most of a short run.
 BUDGET_WARMUP_SHARE = 0.1
@@ -325,8 +326,9 @@ class Trainer:
                                  self.optimizer, self.device, self.precision,
                                  self.config.optim.clip_grad, self.scaler, self.method)
             timed = i + 1 - CALIBRATION_WARMUP
-            if timed >= CALIBRATION_STEPS or (timed >= 2 and time.perf_counter() - started
-                                              > CALIBRATION_SHARE * budget):
+            now = time.perf_counter()
+            enough = timed >= CALIBRATION_STEPS and now - timed_from >= CALIBRATION_SECONDS
+            if enough or (timed >= 2 and now - started > CALIBRATION_SHARE * budget):
                 break
         float(loss)
         seconds = time.perf_counter() - timed_from
