@@ -111,7 +111,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -372,16 +372,11 @@ class BagSmallOptions(BagOptions):
     hidden_dim: int = 512
 
 
-def _register_preset(name: str, options_cls: type[BagOptions],
-                     help: str) -> Callable[..., TokenEncoder]:
-    return register_preset(name, BagEncoder, options_cls, help)
-
-
-bag_tiny = _register_preset(
-    "bag-tiny", BagOptions,
+bag_tiny = register_preset(
+    "bag-tiny", BagEncoder, BagOptions,
     "bag of 1-2-gram token embeddings (fastText), 32-d, 4096 rows per hashed order, residual "
     "linear layer (tests); needs vocab_size")
-bag_small = _register_preset(
-    "bag-small", BagSmallOptions,
+bag_small = register_preset(
+    "bag-small", BagEncoder, BagSmallOptions,
     "bag of 1-4-gram token embeddings (fastText), 256-d, 2^14 rows per hashed order, residual MLP "
     "(CPU budget); needs vocab_size")

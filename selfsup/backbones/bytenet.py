@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -243,19 +243,14 @@ class Carp600kOptions(ByteNetOptions):
     max_dilation: int = 128
 
 
-def _register_preset(name: str, options_cls: type[ByteNetOptions], help: str
-                     ) -> Callable[..., TokenEncoder]:
-    return register_preset(name, ByteNetEncoder, options_cls, help)
-
-
-bytenet_tiny = _register_preset(
-    "bytenet-tiny", ByteNetOptions,
+bytenet_tiny = register_preset(
+    "bytenet-tiny", ByteNetEncoder, ByteNetOptions,
     "dilated residual CNN (ByteNet/CARP), 32-d, 2 blocks, kernel 5 (tests); needs vocab_size")
-bytenet_small = _register_preset(
-    "bytenet-small", ByteNetSmallOptions,
+bytenet_small = register_preset(
+    "bytenet-small", ByteNetEncoder, ByteNetSmallOptions,
     "dilated residual CNN (ByteNet/CARP), 128-d, 8 blocks, kernel 5, dilations to 8 (CPU "
     "pretraining); needs vocab_size")
-carp_600k = _register_preset(
-    "carp-600k", Carp600kOptions,
+carp_600k = register_preset(
+    "carp-600k", ByteNetEncoder, Carp600kOptions,
     "dilated residual CNN shaped like CARP-600k: 128-d, 16 blocks, kernel 5, dilations to 128; "
     "needs vocab_size")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -285,17 +285,12 @@ class ESM2Options(TransformerOptions):
     ffn_dim: int = 1280
 
 
-def _register_preset(name: str, options_cls: type[TransformerOptions],
-                     help: str) -> Callable[..., TokenEncoder]:
-    return register_preset(name, TransformerEncoder, options_cls, help)
-
-
-transformer_tiny = _register_preset(
-    "transformer-tiny", TransformerOptions,
+transformer_tiny = register_preset(
+    "transformer-tiny", TransformerEncoder, TransformerOptions,
     "token Transformer, 64-d, 2 blocks, 4 heads (tests, CPU); needs vocab_size")
-transformer_small = _register_preset(
-    "transformer-small", TransformerSmallOptions,
+transformer_small = register_preset(
+    "transformer-small", TransformerEncoder, TransformerSmallOptions,
     "token Transformer, 256-d, 4 blocks, 8 heads (CPU/GPU demos); needs vocab_size")
-esm2_8m = _register_preset(
-    "esm2-8m", ESM2Options,
+esm2_8m = register_preset(
+    "esm2-8m", TransformerEncoder, ESM2Options,
     "token Transformer shaped like ESM-2 8M: 320-d, 6 blocks, 20 heads, FFN 1280; needs vocab_size")
