@@ -261,6 +261,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="extra config override for every candidate")
     parser.add_argument("--out-dir", default="runs/bench-sequence-budget")
     parser.add_argument("--json", default="bench/results/sequence_budget.json")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: gather the rows already in --out-dir into the table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # modality:recipe, run in this process
     parser.add_argument("--smoke", action="store_true",
                         help="tiny models, a few seconds of budget, one modality: a check that "
@@ -287,7 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     todo = [(m, r) for m in args.modalities for r in MODALITIES[m].recipes
             if not args.recipes or r in args.recipes]
     row_path = lambda m, r: Path(args.out_dir) / f"{m}-{r}" / "row.json"  # noqa: E731
-    pending = [(m, r) for m, r in todo if not row_path(m, r).is_file()]
+    pending = [] if args.collect else [(m, r) for m, r in todo if not row_path(m, r).is_file()]
     running: list[tuple[str, str, subprocess.Popen]] = []
     while pending or running:
         while pending and len(running) < args.parallel:
@@ -314,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 "machine": os.uname().nodename, "rows": rows}, indent=2))
     print_table(rows, args.eval_fractions)
     print(f"wrote {path}")
-    return 0 if len(rows) == len(todo) else 1
+    return 0 if args.collect or len(rows) == len(todo) else 1
 
 
 if __name__ == "__main__":

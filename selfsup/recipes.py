@@ -34,6 +34,8 @@ SEQUENCE_RECIPES: dict[str, dict[str, Any]] = {
         "optim": {"lr": 4e-3},
         "train": {"batch_size": 256, "budget_minutes": 10.0},
     },
+    # 20newsgroups, 10 minutes: linear 51.2 / 62.6 / 63.7 against TF-IDF's 49.4 / 75.2 / 83.0
+    # (the old Transformer MLM: 17.8 / 28.2 / 35.1); the only recipe measured beside the old one
     "text": {
         "method": {"name": "seq-contrastive"},
         "backbone": {"name": "bag-small"},
