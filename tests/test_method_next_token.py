@@ -87,3 +87,13 @@ def test_loss_falls_on_a_tiny_synthetic_set():
     batch = dna.encode_batch(sequences)
     losses = step_losses(method, optimizer, lambda: views(batch, generator))
     assert_loss_falls(losses, margin=0.3)
+
+
+def test_a_backbone_without_a_causal_mode_is_refused_by_name():
+    from selfsup.backbones import build_backbone
+    from selfsup.errors import ConfigError
+    from selfsup.methods import build_method
+
+    encoder = build_backbone({"name": "bytenet-tiny", "vocab_size": 30}, 0, 0)
+    with pytest.raises(ConfigError, match="bytenet-tiny backbone has no causal mode"):
+        build_method({"name": "next-token"}, encoder)

@@ -53,7 +53,12 @@ class NextToken(Method):
     def __init__(self, encoder: nn.Module, options: NextTokenOptions | None = None) -> None:
         super().__init__(encoder)
         self.options = options or NextTokenOptions()
-        if not getattr(as_token_encoder(encoder, "next-token", contextual=True), "causal", False):
+        encoder = as_token_encoder(encoder, "next-token", contextual=True)
+        if not hasattr(encoder, "causal"):
+            raise ConfigError(f"next-token needs a causal Transformer (transformer-tiny, "
+                              f"transformer-small or esm2-8m with backbone.causal=true); the "
+                              f"{encoder.preset} backbone has no causal mode")
+        if not encoder.causal:
             raise ConfigError("next-token needs a causal encoder, so that evaluation reads it the "
                               "way it was trained: set backbone.causal=true")
         self.head = LanguageModelHead(encoder, self.options.tie_embeddings)
