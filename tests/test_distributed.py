@@ -43,6 +43,7 @@ import random
 import subprocess
 import sys
 import warnings
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -425,7 +426,21 @@ def trainer_runs(runs: dict[str, Any]) -> dict[str, Any]:
     dist.barrier()  # rank 0 has written the checkpoint every process resumes from
     resumed = Trainer(runs["resumed"], resume=True)
     resumed.fit()
+    # a budget: rank 1's clock runs 10× fast, so alone it would stop timing steps first and wait
+    # forever in the other rank's next all-reduce; the stop is shared, so both agree
+    import selfsup.train.trainer as trainer_module
+
+    clock = trainer_module.time.perf_counter
+    if dist.get_rank() == 1:
+        trainer_module.time = type("FastClock", (), {"perf_counter": staticmethod(
+            lambda: 10 * clock()), "time": staticmethod(time.time)})
+    try:
+        budget = Trainer(runs["budget"])
+        budget.fit()
+    finally:
+        trainer_module.time = time
     return {"straight": copy.deepcopy(straight.method.state_dict()),
+            "budget_steps": budget.total_steps,
             "resumed": copy.deepcopy(resumed.method.state_dict()),
             "base_lrs": straight.base_lrs, "micro_batch": straight.micro_batch}
 
@@ -437,6 +452,7 @@ def spawned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     base = TINY + ["train.epochs=2", "train.steps_per_epoch=2", "method.name=simclr"]
     runs = {name: load_config(None, [*base, f"out={out / name}"]) for name in ("straight", "resumed")}
+    runs["budget"] = load_config(None, [*base, "train.budget_minutes=0.05", f"out={out / 'budget'}"])
     mp.spawn(_worker, args=(free_port(), cases, runs, str(out)), nprocs=WORLD, join=True)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     return {"cases": {case.name: case for case in cases}, "ranks": ranks, "runs": runs}
@@ -681,3 +697,8 @@ def test_selfsup_pretrain_runs_unchanged_under_torchrun(tmp_path):
     assert len(starts) == 1 and starts[0]["processes"] == WORLD and starts[0]["micro_batch"] == 32
     assert [r["step"] for r in records if r["kind"] == "epoch"] == [3, 6]
     assert (out / "encoder.safetensors").is_file() and (out / "health_verdict.json").is_file()
+
+
+def test_a_budget_under_ddp_takes_one_step_count_though_the_clocks_disagree(spawned):
+    steps = [results["trainer"]["budget_steps"] for results in spawned["ranks"]]
+    assert steps[0] == steps[1] >= 1

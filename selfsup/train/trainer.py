@@ -328,7 +328,10 @@ class Trainer:
             timed = i + 1 - CALIBRATION_WARMUP
             now = time.perf_counter()
             enough = timed >= CALIBRATION_STEPS and now - timed_from >= CALIBRATION_SECONDS
-            if enough or (timed >= 2 and now - started > CALIBRATION_SHARE * budget):
+            stop = enough or (timed >= 2 and now - started > CALIBRATION_SHARE * budget)
+            # every process must take the same number of steps (each step's gradients are
+            # all-reduced): stop when any of them would, a decision they share
+            if all_reduce_sum_(torch.tensor([float(stop)], device=self.device)).item() > 0:
                 break
         float(loss)
         seconds = time.perf_counter() - timed_from
@@ -339,10 +342,11 @@ class Trainer:
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-        # every process must train the same number of steps: the mean of their rates
-        rate = all_reduce_sum_(torch.tensor([timed / max(seconds, 1e-9)], device=self.device)
-                               ).item() / self.process.world_size
-        calibration = time.perf_counter() - started
+        # every process must train the same number of steps: the means of their rates and of
+        # their calibration times, which each measured on its own clock
+        measured = torch.tensor([timed / max(seconds, 1e-9), time.perf_counter() - started],
+                                device=self.device, dtype=torch.float64)
+        rate, calibration = (all_reduce_sum_(measured) / self.process.world_size).tolist()
         train.total_steps = max(1, math.floor(rate * max(0.0, budget - calibration)))
         self._set_schedule()
         if self.process.is_main:
