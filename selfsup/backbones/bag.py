@@ -118,13 +118,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.token_encoder import (
-    TokenEncoder, TokenEncoderOptions, TokenInput, register_preset,
+    TokenEncoder, TokenEncoderOptions, TokenInput, init_token_weights, register_preset,
 )
 from selfsup.errors import ConfigError
 from selfsup.tokenize.base import LEADING_SPECIALS
 from selfsup.views.sequence import reverse_complement
 
-INIT_STD = 0.02  # the Transformer's token embedding scale, so the same optimiser recipes fit
 POOLS = ("mean", "sqrt")
 MAX_N = 16
 FIRST_ORDINARY_ID = len(LEADING_SPECIALS)  # ids 0-3 are <cls> <pad> <eos> <unk>; V-1 is <mask>
@@ -197,11 +196,7 @@ class BagEncoder(TokenEncoder):
         self._finish_init()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
-            if isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_token_weights(self)  # no pad row to zero: padding is never looked up
         self.head.zero_init_residual()
 
     # ------------------------------------------------------------------ n-grams

@@ -47,12 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.token_encoder import (
-    TokenEncoder, TokenEncoderOptions, TokenInput, register_preset,
+    TokenEncoder, TokenEncoderOptions, TokenInput, init_token_weights, register_preset,
 )
 from selfsup.errors import ConfigError
-
-INIT_STD = 0.02  # the Transformer's init (see ByteNetEncoder._init_weights)
-
 
 def dilation_schedule(depth: int, max_dilation: int) -> tuple[int, ...]:
     """CARP's dilations: 1, 2, 4, … doubling per block up to ``max_dilation`` (a power of two),
@@ -156,13 +153,7 @@ class ByteNetEncoder(TokenEncoder):
         token encoders alike; the pre-norm blocks re-normalise their inputs, so the small residual
         stream is no obstacle.
         """
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
-            if isinstance(module, (nn.Linear, nn.Conv1d)):
-                nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            self.token_embedding.weight[self.pad_id].zero_()
+        init_token_weights(self, self.pad_id)
 
     @property
     def receptive_field(self) -> int:

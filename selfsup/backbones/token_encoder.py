@@ -143,6 +143,24 @@ class TokenEncoder(nn.Module):
         return ids, attention_mask
 
 
+# the token encoders' weight scale (BERT's, ESM's): a tied LM head's logits start near uniform
+INIT_STD = 0.02
+
+
+def init_token_weights(module: nn.Module, pad_id: Optional[int] = None) -> None:
+    """The token encoders' init: every Linear, Conv1d and Embedding weight from a normal of std
+    ``INIT_STD`` truncated at ±2 std, zero biases, and the ``pad_id`` embedding row zero."""
+    for part in module.modules():
+        if isinstance(part, (nn.Linear, nn.Conv1d, nn.Embedding)):
+            nn.init.trunc_normal_(part.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+        if isinstance(part, (nn.Linear, nn.Conv1d)) and part.bias is not None:
+            nn.init.zeros_(part.bias)
+    embedding = getattr(module, "token_embedding", None)
+    if pad_id is not None and embedding is not None:
+        with torch.no_grad():
+            embedding.weight[pad_id].zero_()
+
+
 def check_token_options(o: TokenEncoderOptions) -> None:
     """ConfigError for an unset vocabulary or a padding id outside it."""
     if o.vocab_size < 1:

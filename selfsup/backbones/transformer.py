@@ -37,11 +37,11 @@ import torch.utils.checkpoint
 from torch import nn
 
 from selfsup.backbones.token_encoder import (  # noqa: F401  (as_token_encoder: re-exported)
-    TokenEncoder, TokenEncoderOptions, TokenInput, as_token_encoder, register_preset,
+    INIT_STD, TokenEncoder, TokenEncoderOptions, TokenInput, as_token_encoder, init_token_weights,
+    register_preset,
 )
 from selfsup.errors import ConfigError, DataError
 
-INIT_STD = 0.02
 POOLS = ("mean", "cls")
 POSITIONS = ("rotary", "learned")
 
@@ -162,13 +162,7 @@ class TransformerEncoder(TokenEncoder):
         self._finish_init()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
-            if isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            self.token_embedding.weight[self.pad_id].zero_()
+        init_token_weights(self, self.pad_id)
 
     @property
     def max_tokens(self) -> Optional[int]:
