@@ -25,7 +25,7 @@ def proteins() -> list[str]:
     return [sequence[:60] for sequence in load_split("swissprot-loc", "train").sequences[:120]]
 
 
-def test_each_modality_gets_its_own_contrastive_recipe(tmp_path):
+def test_each_modality_gets_its_own_contrastive_recipe():
     from selfsup.tokenize.text import TextTokenizer
 
     text = TextTokenizer.train(["the cat sat on the mat", "a dog ran in the park"] * 20, 300)

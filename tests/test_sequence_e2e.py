@@ -96,5 +96,7 @@ def test_new_backbones_pretrain_then_embed_and_finetune(tmp_path, backbone):
     settings = FinetuneSettings(epochs=1, min_steps=2, batch_size=64, seeds=1)
     result = finetune_run(run_dir, fractions=[0.01], settings=settings, device="cpu",
                           log=lambda message: None)
-    entries = result["entries"] if "entries" in result else result
-    assert entries  # one fine-tuned entry recorded
+    entry = result["datasets"]["swissprot-loc"]["full"]["pretrained"]
+    (fraction, scores), = entry.items()  # the one fraction asked for
+    assert float(fraction) == 0.01 and scores["num_test"] == features.shape[0]
+    assert len(scores["accuracy"]) == 1 and 0.0 <= scores["mean"] <= 1.0

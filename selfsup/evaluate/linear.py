@@ -11,9 +11,8 @@ stratified k-fold cross-validation on the labelled training rows only (never the
   of ``standardise_with`` (the whole unlabelled training set), so they need no labels;
 * the L2 weight decay, from a grid of half decades walked from strong to weak with warm starts.
 
-The criterion is the mean validation accuracy, ties broken by the mean validation cross-entropy
-(``SELECT_BY``). The folds keep the data set's groups apart
-when they are given (``stratified_folds``). Then the probe is refit on all labelled rows.
+The criterion is the mean validation accuracy, ties broken by the mean validation cross-entropy.
+The folds keep the data set's groups apart when they are given (``stratified_folds``). Then the probe is refit on all labelled rows.
 
 For speed only (none changes the optimum): the folds are fitted together in one L-BFGS run; with
 fewer rows than features the fit runs in the rows' own span (``RowSpace``); sparse features
@@ -49,13 +48,12 @@ SELECTION_TOLERANCE = 1e-4  # the cross-validation fits only rank decays: looser
 # L-BFGS iterations per cross-validation fit: warm-started along the path, 50 rank the decays as
 # 100 do (the same choices on Fashion-MNIST pixels, TF-IDF, composition, k-mers) at half the time
 SELECTION_ITERATIONS = 50
-# What ranks the (scaling, decay) pairs: "accuracy" (validation accuracy, ties to the lower
-# cross-entropy) or "cross_entropy". Cross-entropy, a proper score, picks a decay about half a decade
-# stronger than accuracy's: on swissprot composition at 10 % of labels it cost 1.2 points against
-# the reference's accuracy-chosen C, and on no yardstick set did it win by more than 0.3
-# (docs/benchmarks.md, 2026-12-07). The sweep stops on cross-entropy either way (PATIENCE): it is
-# smooth where accuracy moves in steps.
-SELECT_BY = "accuracy"
+# The (scaling, decay) pairs are ranked by validation accuracy, ties to the lower cross-entropy.
+# Cross-entropy alone, a proper score, picked a decay about half a decade stronger than
+# accuracy's: on swissprot composition at 10 % of labels it cost 1.2 points against the
+# reference's accuracy-chosen C, and on no yardstick set did it win by more than 0.3
+# (docs/benchmarks.md, 2026-12-07). The sweep stops on cross-entropy (PATIENCE): it is smooth
+# where accuracy moves in steps.
 PATIENCE = 2  # stop a decay sweep after this many weaker decays that validate worse in a row
 SELECTION_MAX_ROWS = 5000  # scaling and decay are chosen on at most this many labelled rows
 
@@ -249,11 +247,11 @@ class RowSpace:
 
 
 class Choice(NamedTuple):
-    """What cross-validation chose: its score (``SELECT_BY``'s tuple, larger is better), the
+    """What cross-validation chose: its score ((accuracy, −cross-entropy), larger is better), the
     scaling, the decay (for the rows of one fold's fit) and fold 0's full-space parameters there
     (the refit's warm start)."""
 
-    score: tuple[float, ...]
+    score: tuple[float, float]
     scaling: str
     weight_decay: float
     params: Params
@@ -264,7 +262,7 @@ def _sweep(space: RowSpace, y: torch.Tensor, held: torch.Tensor, num_classes: in
     """Mean k-fold validation accuracy and cross-entropy of each decay, strong to weak, all folds
     fitted together (:func:`_fit`'s ``row_weights``) and warm-started from their fit at the
     previous decay; stops ``PATIENCE`` decays past the lowest cross-entropy. The best by
-    ``SELECT_BY`` (ties: the stronger decay) as a Choice, or None when no fold has rows to fit and
+    accuracy, then cross-entropy (ties: the stronger decay) as a Choice, or None when no fold has rows to fit and
     rows of the classes it fits to validate.
 
     ``space`` holds the rows (projected onto their span: every fold's fitting rows lie in it, so
@@ -295,7 +293,7 @@ def _sweep(space: RowSpace, y: torch.Tensor, held: torch.Tensor, num_classes: in
         cross_entropy = float(((loss * held).sum(dim=0) / held.sum(dim=0)).mean())
         right = (logits.argmax(dim=2) == y[:, None]).float()
         accuracy = float(((right * held).sum(dim=0) / held.sum(dim=0)).mean())
-        score = (accuracy, -cross_entropy) if SELECT_BY == "accuracy" else (-cross_entropy,)
+        score = (accuracy, -cross_entropy)
         if best is None or score > best.score:
             fold0 = (params[0][:, :num_classes], params[1][:num_classes])
             best = Choice(score, scaling, decay, space.to_full(fold0))
