@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.token_encoder import as_token_encoder
-from selfsup.heads import MLPHead
 from selfsup.losses import nt_xent
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import StepOutput
 from selfsup.methods.mlm import SEQUENCE_OPTIM
+from selfsup.methods.simclr import SimCLR, SimCLROptions
 from selfsup.registry import METHODS
 from selfsup.tokenize import DnaTokenizer, make_tokenizer
 from selfsup.tokenize.base import Tokenizer
@@ -49,17 +49,16 @@ from selfsup.views.sequence_recipes import CONTRASTIVE_VIEW_DEFAULTS
 
 
 @dataclass
-class SequenceContrastiveOptions:
-    temperature: float = 0.2
-    proj_hidden_dim: int = 0  # 0: the encoder's width
-    proj_dim: int = 128
-    proj_layers: int = 2
+class SequenceContrastiveOptions(SimCLROptions):
     rc_invariant: bool = False  # strand-averaged encoder, invariant to reverse complements (DNA)
 
 
 @METHODS.register("seq-contrastive", "contrastive (NT-Xent) on proteins, DNA or text: two views by "
                                      "crops, substitutions, masking (+ reverse complement for DNA)")
-class SequenceContrastive(Method):
+class SequenceContrastive(SimCLR):
+    """SimCLR's projector and loss over sequence views; its own forward pads the two views to one
+    width and passes the attention mask."""
+
     Options = SequenceContrastiveOptions
     name = "seq-contrastive"  # in error messages
     view_recipe = "protein-contrastive"  # the recipe when no tokeniser says otherwise
@@ -70,15 +69,10 @@ class SequenceContrastive(Method):
                  tokenizer: Optional[Tokenizer] = None) -> None:
         """``tokenizer``: the data's DNA tokeniser, whose reverse complement an ``rc_invariant``
         encoder uses (default: the one the encoder's options name, else single nucleotides)."""
-        super().__init__(encoder)
-        self.options = o = options or SequenceContrastiveOptions()
         as_token_encoder(encoder, self.name)
-        if o.rc_invariant and not encoder.rc_invariant:
+        super().__init__(encoder, options or SequenceContrastiveOptions())
+        if self.options.rc_invariant and not encoder.rc_invariant:
             encoder.make_rc_invariant(tokenizer or _data_tokenizer(encoder))
-        width = encoder.out_dim
-        self.projector = MLPHead(width, o.proj_hidden_dim or width, o.proj_dim, o.proj_layers)
-        self.gather = None  # set by the distributed trainer
-        self.rank = 0
 
     @classmethod
     def view_recipe_for(cls, tokenizer: Optional[Tokenizer]) -> str:
