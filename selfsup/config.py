@@ -46,9 +46,9 @@ def check_ranges(section: object, where: str, bounds: dict[str, tuple[float, flo
 
 
 ANY = (0, math.inf)
-LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (selfsup.train.optim.scaled_lr)
 COUNT = (1, math.inf)
 FRACTION = (0, 1)
+LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (selfsup.train.optim.scaled_lr)
 
 
 @dataclass

@@ -293,6 +293,14 @@ class Trainer:
             warmup = min(warmup, round(BUDGET_WARMUP_SHARE * self.total_steps))
         self.warmup_steps = min(warmup, max(0, self.total_steps - 1))
 
+    def _optimizer_step(self, images: torch.Tensor, view_gen: torch.Generator
+                        ) -> tuple[torch.Tensor, StepOutput]:
+        """Views of one batch, then one optimiser step on them: (loss, the method's output)."""
+        views = [v.contiguous(memory_format=self.memory_format) for v in self.views(images, view_gen)]
+        return train_step(self.step_fn, split_views(views, self.accumulate_steps), self.optimizer,
+                          self.device, self.precision, self.config.optim.clip_grad, self.scaler,
+                          self.method)
+
     def _measure_total_steps(self) -> None:
         """Fix ``train.total_steps`` from ``train.budget_minutes`` and the measured step rate
         (see the module docstring); saved to config.yaml. Nothing the run computes afterwards
@@ -320,11 +328,7 @@ class Trainer:
                 if loss is not None:
                     float(loss)  # waits for the device
                 timed_from = time.perf_counter()
-            views = [v.contiguous(memory_format=self.memory_format)
-                     for v in self.views(images, view_gen)]
-            loss, _ = train_step(self.step_fn, split_views(views, self.accumulate_steps),
-                                 self.optimizer, self.device, self.precision,
-                                 self.config.optim.clip_grad, self.scaler, self.method)
+            loss, _ = self._optimizer_step(images, view_gen)
             timed = i + 1 - CALIBRATION_WARMUP
             now = time.perf_counter()
             enough = timed >= CALIBRATION_STEPS and now - timed_from >= CALIBRATION_SECONDS
@@ -545,10 +549,7 @@ class Trainer:
                 break
             factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio)
             set_learning_rates(self.optimizer, self.base_lrs, factor)
-            views = [v.contiguous(memory_format=self.memory_format) for v in self.views(images, view_gen)]
-            loss, out = train_step(self.step_fn, split_views(views, self.accumulate_steps),
-                                   self.optimizer, self.device, self.precision,
-                                   self.config.optim.clip_grad, self.scaler, self.method)
+            loss, out = self._optimizer_step(images, view_gen)
             self.method.after_step(step, self.total_steps)
             step += 1
             interval_steps += 1
