@@ -20,6 +20,7 @@ import argparse
 import gzip
 import itertools
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -67,6 +68,47 @@ def make_step(trainer):
             update(made)
 
     return step
+
+
+PARTS = ("views", "forward", "backward", "optimizer")
+
+
+def part_milliseconds(trainer, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median wall-clock milliseconds per step of each part of the Trainer's step on its real
+    data: the views, forward + loss (under the run's autocast), backward, and the optimiser step
+    with the method's ``after_step`` (e.g. an EMA update). Synchronised between parts on a GPU.
+    Without gradient accumulation, clipping or a loss scaler: the parts of a plain step.
+    Changes the trainer's weights (it trains): build a fresh one for the run itself."""
+    from selfsup.train.device import autocast
+
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    generator = torch.Generator(device=trainer.device).manual_seed(0)
+    batches = itertools.cycle([images for images, _ in itertools.islice(
+        trainer.stream.epoch(0), warmup + repeats)])
+    samples: dict[str, list[float]] = {part: [] for part in PARTS}
+    for i in range(warmup + repeats):
+        images = next(batches)
+        marks = [time.perf_counter()]
+        views = [v.contiguous(memory_format=trainer.memory_format)
+                 for v in trainer.views(images, generator)]
+        sync()
+        marks.append(time.perf_counter())
+        with autocast(trainer.device, trainer.precision):
+            loss = trainer.step_fn(views).loss.float()
+        sync()
+        marks.append(time.perf_counter())
+        loss.backward()
+        sync()
+        marks.append(time.perf_counter())
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.method.after_step(i, 10**6)
+        sync()
+        marks.append(time.perf_counter())
+        if i >= warmup:
+            for part, start, end in zip(PARTS, marks, marks[1:]):
+                samples[part].append(1000 * (end - start))
+    return {part: statistics.median(values) for part, values in samples.items()}
 
 
 def milliseconds(step, phase: str, repeats: int, device: torch.device) -> float:

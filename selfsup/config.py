@@ -49,6 +49,7 @@ ANY = (0, math.inf)
 COUNT = (1, math.inf)
 FRACTION = (0, 1)
 LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (selfsup.train.optim.scaled_lr)
+LR_SCHEDULES = ("cosine", "linear")  # optim.schedule (selfsup.train.optim.lr_factor)
 
 
 @dataclass
@@ -80,7 +81,8 @@ class OptimConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = 10.0
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
+    schedule: str = "cosine"  # the decay after warm-up: cosine | linear (both end at the last step)
     clip_grad: float = 0.0  # max global grad norm; 0 disables clipping
     lars_eta: float = 0.02  # LARS trust coefficient
 
@@ -88,6 +90,9 @@ class OptimConfig:
         check_ranges(self, "optim", {"lr": ANY, "weight_decay": ANY, "momentum": FRACTION,
                                      "warmup_epochs": ANY, "min_lr_ratio": FRACTION,
                                      "clip_grad": ANY, "lars_eta": ANY}, above=("lr", "lars_eta"))
+        if self.schedule not in LR_SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                              f"{self.schedule!r}")
         if self.lr_scaling not in LR_SCALINGS:
             raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got "
                               f"{self.lr_scaling!r}")

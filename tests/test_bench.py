@@ -107,3 +107,28 @@ def test_probe_strength_compares_on_the_same_subsets_and_reuses_the_reference(tm
     assert len(seen) == 4  # another variant set is another reference
     assert raw_only[0]["reference_std"] is None
     assert raw_only[0]["reference"] == raw_only[0]["reference_raw"] == rows[1]["reference_raw"]
+
+
+def test_a_budget_sweep_runs_only_the_candidates_without_a_row_and_collects_in_order(tmp_path):
+    import json
+    import subprocess
+
+    sweep = load_bench("budget_sweep")
+    done = sweep.row_path(tmp_path, "a")
+    done.parent.mkdir()
+    done.write_text(json.dumps({"name": "a", "kept": True}))  # from a sweep cut short
+    launched = []
+
+    def launch(name: str) -> subprocess.Popen:
+        launched.append(name)
+        path = sweep.row_path(tmp_path, name)
+        path.parent.mkdir()
+        code = f"import json; open({str(path)!r}, 'w').write(json.dumps({{'name': {name!r}}}))"
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    rows = sweep.run_sweep(["c", "a", "b"], tmp_path, launch, parallel=2)
+    assert launched == ["c", "b"]  # a's row was reused, not rerun
+    assert [row["name"] for row in rows] == ["c", "a", "b"] and rows[1]["kept"]
+    # collecting runs nothing and returns what exists
+    assert len(sweep.run_sweep(["a", "d"], tmp_path, launch, parallel=1, collect=True)) == 1
+    assert launched == ["c", "b"]

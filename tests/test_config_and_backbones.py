@@ -33,6 +33,7 @@ def test_overrides_yaml_and_round_trip(tmp_path):
     ("optim.lr=-1", r"optim\.lr must be a number > 0"),
     ("optim.lr=.nan", r"optim\.lr must be a number > 0, got nan"),
     ("optim.min_lr_ratio=2", r"optim\.min_lr_ratio must be a number in \[0, 1\], got 2"),
+    ("optim.schedule=step", r"optim\.schedule must be one of cosine, linear, got 'step'"),
     ("optim.betas=[0.9]", r"optim\.betas must be two numbers in \[0, 1\)"),
     ("data.num_workers=-1", r"data\.num_workers must be a number ≥ 0"),
     ('data.dataset=""', r"data\.dataset is empty"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -144,6 +145,16 @@ def test_warmup_then_cosine_schedule():
     assert lr_factor(98, 100, 10, 0.1) > 0.1
 
 
+def test_warmup_then_linear_schedule():
+    assert lr_factor(0, 100, 10, 0.0, "linear") == pytest.approx(0.1)  # the same warm-up
+    assert lr_factor(10, 101, 10, 0.0, "linear") == pytest.approx(1.0)
+    # a straight line from step 10 to step 100: a fifth of the way at step 28, where the cosine
+    # is still at 0.90
+    assert lr_factor(28, 101, 10, 0.0, "linear") == pytest.approx(0.8)
+    assert lr_factor(28, 101, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert lr_factor(99, 100, 10, 0.1, "linear") == pytest.approx(0.1)  # the end, at the last step
+
+
 def test_method_logs_reach_the_step_records(tiny_config, monkeypatch):
     from selfsup.methods.simclr import SimCLR
 
@@ -207,6 +218,15 @@ def test_a_fixed_step_count_cuts_the_last_epoch_short_and_ends_the_schedule_ther
     assert len(lrs) == 5
     assert lrs[-1] == pytest.approx(trainer.base_lrs[0] * 0.1)  # the end value, at the last step
     assert lrs[-2] > lrs[-1]
+
+
+def test_the_linear_schedule_reaches_the_trainer(tiny_config):
+    config = tiny_config("train.total_steps=5", "train.epochs=100", "train.log_every=1",
+                         "optim.warmup_epochs=0", "optim.schedule=linear")
+    trainer = Trainer(config)
+    lrs = [r["lr"] for r in step_records(trainer.fit())]
+    # evenly spaced from the base rate to 0 at the last step (the cosine's steps are uneven)
+    assert lrs == pytest.approx([trainer.base_lrs[0] * f for f in (1, 0.75, 0.5, 0.25, 0)])
 
 
 def test_a_budget_measures_its_step_count_once_and_records_it(tiny_config):

@@ -319,7 +319,7 @@ class Trainer:
             epoch_seed(train.seed, 0, VIEW_STREAM, self.process.rank))
         set_learning_rates(self.optimizer, self.base_lrs,
                            lr_factor(0, self.total_steps, self.warmup_steps,
-                                     self.config.optim.min_lr_ratio))
+                                     self.config.optim.min_lr_ratio, self.config.optim.schedule))
         batches = itertools.chain.from_iterable(self.stream.epoch(e) for e in itertools.count())
         timed_from, timed, loss = started, 0, None
         self.method.train()
@@ -547,7 +547,8 @@ class Trainer:
         for i, (images, _) in enumerate(self.stream.epoch(epoch)):
             if i >= steps_this_epoch:
                 break
-            factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio)
+            factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio,
+                               self.config.optim.schedule)
             set_learning_rates(self.optimizer, self.base_lrs, factor)
             loss, out = self._optimizer_step(images, view_gen)
             self.method.after_step(step, self.total_steps)

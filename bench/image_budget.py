@@ -1,0 +1,218 @@
+"""Which image recipe learns the most in a fixed wall-clock budget on this machine?
+
+Every candidate (method × schedule × key options, on Fashion-MNIST) pretrains for the same
+wall-clock budget (``train.budget_minutes``), then is evaluated with the demo's protocol: k-NN
+(k = 200) and linear probes at 1 % (3 label subsets), 10 % (3 subsets) and 100 % of the labels,
+beside raw pixels and the random-init encoder (evaluated once, with the first candidate: they do
+not depend on the recipe). Before its run, each candidate's step is timed part by part on the real
+data (``profile_step.part_milliseconds``: views, forward + loss, backward, optimiser), outside the
+budget, so the table says where its time goes.
+
+Each candidate runs as its own process (``--worker``) with ``--threads`` threads, ``--parallel``
+side by side; rows land in ``<out-dir>/<recipe>/row.json`` and a row already there is reused.
+
+    # issue 17's table: 6-minute budget, two candidates side by side, one thread each
+    python bench/image_budget.py --budget 6 --parallel 2 --threads 1 \\
+        --json bench/results/image_budget-cpu.json
+    python bench/image_budget.py --smoke    # digits, seconds per recipe: every piece runs
+
+Only budgets measured on the same machine, with the same threads and neighbours, compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/image_budget.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder is not a package
+from budget_sweep import launch_worker, row_path, run_sweep, write_results  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A candidate: a method and its config overrides."""
+
+    method: str
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+
+# The demo's CPU recipe before this study (SimCLR, small CNN, LARS 0.6 per 256 at batch 128,
+# τ = 0.2), its epochs replaced by the budget. Every other candidate changes one or two things.
+DEMO = ("train.batch_size=128", "optim.name=lars", "optim.lr=0.6", "optim.warmup_epochs=1",
+        "optim.weight_decay=1e-6", "method.temperature=0.2")
+RECIPES: dict[str, Recipe] = {
+    "simclr-demo": Recipe("simclr", DEMO, "the demo's recipe before this study"),
+    "simclr-linear": Recipe("simclr", DEMO + ("optim.schedule=linear",),
+                            "linear decay to 0 (budgeted training)"),
+    "simclr-b256": Recipe("simclr", DEMO + ("train.batch_size=256",), "twice the batch"),
+    "simclr-t0.1": Recipe("simclr", DEMO + ("method.temperature=0.1",)),
+    "simclr-t0.5": Recipe("simclr", DEMO + ("method.temperature=0.5",)),
+    "simclr-crop0.35": Recipe("simclr", DEMO + ("views.crop_scale=[0.35, 1]",),
+                              "milder crops"),
+    "byol": Recipe("byol", ("train.batch_size=128", "optim.warmup_epochs=1")),
+    "vicreg": Recipe("vicreg", ("train.batch_size=128", "optim.warmup_epochs=1")),
+    "barlow-twins": Recipe("barlow-twins", ("train.batch_size=128", "optim.warmup_epochs=1")),
+    "mocov3": Recipe("mocov3", ("train.batch_size=128", "optim.warmup_epochs=1")),
+    "dino-small-crops": Recipe("dino", ("train.batch_size=128", "optim.warmup_epochs=1",
+                                        "views.num_local_views=4", "views.local_size=12"),
+                               "2 global 28-px + 4 local 12-px crops"),
+}
+# health checks and the online probe every few hundred steps: they would eat into the budget
+COMMON = ("data.dataset=fashion-mnist", "backbone.name=small-cnn", "train.device=cpu",
+          "train.progress=false", "train.steps_per_epoch=180", "train.health_every=2",
+          "train.probe_every=4", "train.probe_train_samples=5000",
+          "train.probe_test_samples=2000", "eval.knn_k=200", "eval.tsne_samples=200")
+SMOKE = ("data.dataset=digits", "backbone.widths=[8, 16]", "train.steps_per_epoch=5",
+         "train.health_samples=512", "train.probe_train_samples=256",
+         "train.probe_test_samples=128", "eval.tsne_samples=50")
+
+
+def recipe_overrides(recipe: Recipe, args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The pretraining config of one candidate."""
+    return [f"method.name={recipe.method}", *COMMON, *recipe.overrides,
+            f"train.budget_minutes={args.budget}", f"out={run_dir}",
+            f"eval.label_fractions={json.dumps(args.eval_fractions)}", f"eval.seeds={args.seeds}",
+            *(SMOKE if args.smoke else ()), *args.set]
+
+
+def step_parts(overrides: list[str], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each part of the candidate's step, on a trainer built apart from
+    the run (its weights move)."""
+    from profile_step import part_milliseconds
+
+    from selfsup.config import load_config
+    from selfsup.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(None, overrides + [f"out={tmp}/run", "train.budget_minutes=0"])
+        trainer = Trainer(config)
+        trainer._build()  # the parts fit() trains with; nothing is written
+        return part_milliseconds(trainer, repeats)
+
+
+def run_one(name: str, args: argparse.Namespace, baselines: bool) -> dict[str, Any]:
+    """Time the step's parts, pretrain for the budget and evaluate, in this process; the row."""
+    from selfsup.config import load_config
+    from selfsup.evaluate.run import evaluate_run
+    from selfsup.train import pretrain
+    from selfsup.train.metrics_log import read_metrics
+
+    recipe = RECIPES[name]
+    run_dir = Path(args.out_dir) / name
+    overrides = recipe_overrides(recipe, args, run_dir)
+    parts = step_parts(overrides, 3 if args.smoke else 20)
+    config = load_config(None, overrides)
+    started = time.perf_counter()
+    pretrain(config)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = evaluate_run(run_dir, device="cpu", baselines=baselines,
+                          log=lambda message: print(f"  [{name}] {message}", flush=True))
+    eval_seconds = time.perf_counter() - started
+    records = read_metrics(run_dir / "metrics.jsonl")
+    budget = next(r for r in records if r.get("event") == "budget")
+    probes = [(r["step"], r["knn_top1"]) for r in records if r["kind"] == "probe"]
+    accuracies = {k: result[k] for k in ("knn_top1", "linear_top1", "linear_top1_std")
+                  if k in result}
+    return {
+        "recipe": name, "method": recipe.method, "overrides": list(recipe.overrides) + args.set,
+        "note": recipe.note, "budget_minutes": args.budget, "threads": args.threads,
+        "batch_size": config.train.batch_size, "total_steps": budget["total_steps"],
+        "steps_per_second": budget["steps_per_second"],
+        "images_per_second": budget["steps_per_second"] * config.train.batch_size,
+        "step_ms": parts, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+        "online_knn": probes, "effective_rank": result["health"]["effective_rank"],
+        "knn_k": result.get("knn_k"), "sets": {"ssl": accuracies, **result.get("baselines", {})},
+    }
+
+
+def _cells(acc: dict[str, Any], keys: list[str]) -> str:
+    return f"{100 * acc['knn_top1']:>6.1f} " + " ".join(
+        f"{100 * acc['linear_top1'].get(k, float('nan')):>8.1f}" for k in keys)
+
+
+def print_table(rows: list[dict[str, Any]], fractions: list[float]) -> None:
+    """Each recipe's accuracies, rate and step parts (share of the step), then the baselines."""
+    from profile_step import PARTS
+
+    keys = [str(float(f)) for f in fractions]
+    header = (f"{'recipe / features':<20} {'k-NN':>6} " + " ".join(f"{'lin@' + k:>8}" for k in keys)
+              + f" {'steps':>6} {'img/s':>6}  " + " ".join(f"{p[:5]:>5}" for p in PARTS))
+    print("\n" + header + "\n" + "-" * len(header))
+    for row in rows:
+        total = sum(row["step_ms"].values())
+        shares = " ".join(f"{100 * row['step_ms'][p] / total:>4.0f}%" for p in PARTS)
+        print(f"{row['recipe']:<20} {_cells(row['sets']['ssl'], keys)} {row['total_steps']:>6} "
+              f"{row['images_per_second']:>6.0f}  {shares}")
+    for row in rows:
+        for name, acc in row["sets"].items():
+            if name != "ssl":
+                print(f"{'baseline: ' + name:<20} {_cells(acc, keys)}")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--budget", type=float, default=6.0, help="minutes of pretraining each")
+    parser.add_argument("--parallel", type=int, default=1, help="candidates side by side")
+    parser.add_argument("--threads", type=int, default=2, help="threads per candidate")
+    parser.add_argument("--eval-fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--seeds", type=int, default=3, help="label subsets per fraction below 1")
+    parser.add_argument("--set", action="append", default=[],
+                        help="extra config override for every candidate")
+    parser.add_argument("--out-dir", default="runs/bench-image-budget")
+    parser.add_argument("--json", default="bench/results/image_budget.json")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: gather the rows already in --out-dir into the table")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a recipe, run in this process
+    parser.add_argument("--baselines", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true",
+                        help="digits, a tiny CNN, seconds of budget: every piece runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        if args.recipes == list(RECIPES):  # the default: two (DINO's 12-px crops need more than 8 px)
+            args.recipes = ["simclr-demo", "byol"]
+        args.budget, args.seeds, args.eval_fractions = 0.05, 1, [0.1]
+        args.out_dir, args.json = "runs/bench-image-budget-smoke", "runs/bench-image-budget-smoke/smoke.json"
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        row = run_one(args.worker, args, args.baselines)
+        row_path(args.out_dir, args.worker).write_text(json.dumps(row, indent=2))
+        return 0
+
+    def launch(name: str) -> subprocess.Popen:
+        # the first recipe also evaluates the baselines: raw pixels and the random-init encoder
+        extra = ["--baselines"] if name == args.recipes[0] else []
+        return launch_worker(__file__, name, [
+            "--budget", str(args.budget), "--out-dir", args.out_dir, "--seeds", str(args.seeds),
+            "--threads", str(args.threads), "--eval-fractions", *map(str, args.eval_fractions),
+            *(["--smoke"] if args.smoke else []), *extra,
+            *[item for s in args.set for item in ("--set", s)]], args.out_dir, args.threads)
+
+    rows = run_sweep(args.recipes, args.out_dir, launch, args.parallel, args.collect,
+                     f"({args.budget:g} min, {args.threads} threads)")
+    path = write_results(args.json, args, rows)
+    if rows:
+        print_table(rows, args.eval_fractions)
+    print(f"wrote {path}")
+    return 0 if args.collect or len(rows) == len(args.recipes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
