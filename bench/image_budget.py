@@ -178,6 +178,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="run nothing: gather the rows already in --out-dir into the table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a recipe, run in this process
     parser.add_argument("--baselines", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baselines-with", metavar="RECIPE",
+                        help="the recipe whose evaluation adds the baselines (default: the first "
+                             "of --recipes; one outside --recipes: none, as when two sweeps share "
+                             "--out-dir)")
     parser.add_argument("--smoke", action="store_true",
                         help="digits, a tiny CNN, seconds of budget: every piece runs")
     args = parser.parse_args(argv)
@@ -197,8 +201,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     def launch(name: str) -> subprocess.Popen:
-        # the first recipe also evaluates the baselines: raw pixels and the random-init encoder
-        extra = ["--baselines"] if name == args.recipes[0] else []
+        # one recipe also evaluates the baselines: raw pixels and the random-init encoder
+        extra = ["--baselines"] if name == (args.baselines_with or args.recipes[0]) else []
         return launch_worker(__file__, name, [
             "--budget", str(args.budget), "--out-dir", args.out_dir, "--seeds", str(args.seeds),
             "--threads", str(args.threads), "--eval-fractions", *map(str, args.eval_fractions),

@@ -38,3 +38,15 @@ def test_images_keep_simclr_and_files_are_sniffed(tmp_path):
     assert data_modality("fashion-mnist") == "image"
     assert load_config(None, [f"data.dataset={reads}"]).method["name"] == \
         SEQUENCE_RECIPES["dna"]["method"]["name"]
+
+
+def test_a_recipe_carries_its_backbone_options_into_the_built_encoder():
+    from selfsup.backbones import build_backbone
+    from selfsup.tokenize import make_tokenizer
+
+    config = load_config(None, ["data.dataset=20newsgroups"])
+    wanted = {k: v for k, v in SEQUENCE_RECIPES["text"]["backbone"].items() if k != "name"}
+    assert {k: config.backbone[k] for k in wanted} == wanted
+    # the same options reach the encoder (a small vocabulary: only the widths matter here)
+    encoder = build_backbone(config.backbone, 1, 1, tokenizer=make_tokenizer("protein"))
+    assert encoder.out_dim == wanted["dim"] and encoder.max_n == wanted["max_n"]
