@@ -525,3 +525,27 @@ def test_sparse_rows_fit_as_the_dense_ones():
                   offset=mean)
     torch.testing.assert_close(sparse[0], dense[0], atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(sparse[1], dense[1], atol=2e-4, rtol=1e-3)
+
+
+def test_cross_validation_ranks_decays_by_accuracy_before_cross_entropy(monkeypatch):
+    # Two decays whose fits (stand-ins with W = 0, so every row gets the bias as its logits)
+    # disagree: the strong decay's confident bias for class 0 is right on 60 % of the rows but
+    # costs a cross-entropy of ~2.0; the weak decay's slight lean to class 1 is right on 40 % at
+    # ~0.65. Cross-entropy alone would pick the weak decay; the probe must pick the strong one.
+    from selfsup.evaluate import linear
+
+    y = torch.tensor([0] * 6 + [1] * 4).repeat(5)
+    x = torch.randn(len(y), 3)
+    folds = linear.CV_FOLDS
+    held = torch.zeros(len(y), folds, dtype=torch.bool)
+    for fold in range(folds):
+        held[fold * 10:(fold + 1) * 10, fold] = True
+    biases = {1.0: torch.tensor([5.0, 0.0]), 0.1: torch.tensor([0.0, 0.1])}
+
+    def fit(x, y, num_classes, decay, **_):
+        return torch.zeros(x.shape[1], num_classes * folds), biases[decay].repeat(folds)
+
+    monkeypatch.setattr(linear, "_fit", fit)
+    choice = linear._sweep(linear.RowSpace(x), y, held, 2, [1.0, 0.1], "standardise")
+    assert choice.weight_decay == 1.0
+    assert choice.score[0] == pytest.approx(0.6) and -choice.score[1] > 1.5
