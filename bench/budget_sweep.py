@@ -8,6 +8,7 @@ cut short continues where it stopped, and ``collect`` gathers the rows without r
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -15,6 +16,30 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, budget: float, out_dir: str,
+                        json_path: str) -> None:
+    """The options every budget sweep has (``worker_argv`` hands them on to a worker)."""
+    parser.add_argument("--budget", type=float, default=budget, help="minutes of pretraining each")
+    parser.add_argument("--parallel", type=int, default=1, help="candidates side by side")
+    parser.add_argument("--threads", type=int, default=2, help="threads per candidate")
+    parser.add_argument("--eval-fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--seeds", type=int, default=3, help="label subsets per fraction below 1")
+    parser.add_argument("--set", action="append", default=[],
+                        help="extra config override for every candidate")
+    parser.add_argument("--out-dir", default=out_dir)
+    parser.add_argument("--json", default=json_path)
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: gather the rows already in --out-dir into the table")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one candidate, run in this process
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The sweep's options as a worker's command line."""
+    return ["--budget", str(args.budget), "--out-dir", args.out_dir, "--seeds", str(args.seeds),
+            "--threads", str(args.threads), "--eval-fractions", *map(str, args.eval_fractions),
+            *[item for s in args.set for item in ("--set", s)]]
 
 
 def row_path(out_dir: str | Path, name: str) -> Path:

@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/image_budget.py` from anywhere
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder is not a package
-from budget_sweep import launch_worker, row_path, run_sweep, write_results  # noqa: E402
+from budget_sweep import (  # noqa: E402
+    add_sweep_arguments, launch_worker, row_path, run_sweep, worker_argv, write_results,
+)
 
 
 @dataclass(frozen=True)
@@ -165,18 +167,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
-    parser.add_argument("--budget", type=float, default=6.0, help="minutes of pretraining each")
-    parser.add_argument("--parallel", type=int, default=1, help="candidates side by side")
-    parser.add_argument("--threads", type=int, default=2, help="threads per candidate")
-    parser.add_argument("--eval-fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    parser.add_argument("--seeds", type=int, default=3, help="label subsets per fraction below 1")
-    parser.add_argument("--set", action="append", default=[],
-                        help="extra config override for every candidate")
-    parser.add_argument("--out-dir", default="runs/bench-image-budget")
-    parser.add_argument("--json", default="bench/results/image_budget.json")
-    parser.add_argument("--collect", action="store_true",
-                        help="run nothing: gather the rows already in --out-dir into the table")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a recipe, run in this process
+    add_sweep_arguments(parser, 6.0, "runs/bench-image-budget", "bench/results/image_budget.json")
     parser.add_argument("--baselines", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baselines-with", metavar="RECIPE",
                         help="the recipe whose evaluation adds the baselines (default: the first "
@@ -203,11 +194,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     def launch(name: str) -> subprocess.Popen:
         # one recipe also evaluates the baselines: raw pixels and the random-init encoder
         extra = ["--baselines"] if name == (args.baselines_with or args.recipes[0]) else []
-        return launch_worker(__file__, name, [
-            "--budget", str(args.budget), "--out-dir", args.out_dir, "--seeds", str(args.seeds),
-            "--threads", str(args.threads), "--eval-fractions", *map(str, args.eval_fractions),
-            *(["--smoke"] if args.smoke else []), *extra,
-            *[item for s in args.set for item in ("--set", s)]], args.out_dir, args.threads)
+        return launch_worker(__file__, name, worker_argv(args) + extra
+                             + (["--smoke"] if args.smoke else []), args.out_dir, args.threads)
 
     rows = run_sweep(args.recipes, args.out_dir, launch, args.parallel, args.collect,
                      f"({args.budget:g} min, {args.threads} threads)")
