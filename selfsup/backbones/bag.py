@@ -99,8 +99,10 @@ AdamW step over ``param_groups``); two threads ran 10–100× slower there, the 
 A contrastive step runs the encoder on two views, so proteins train at ~600 sequences/s before
 the data pipeline's and the projector's costs: ~100 epochs of swissprot-loc's 7,234 proteins in 20
 minutes, ~30 of 20newsgroups' 11,293 posts.
-For DNA reads, longer n-grams are cheap where exact (A⁶ = 15,625 rows fit 2^14): ``max_n`` 6–8
-is worth trying against the 4-mer baseline.
+For DNA reads, longer n-grams are cheap where exact (A⁶ = 15,625 rows fit 2^14), and they are what
+read-to-read similarity needs: the DNA default recipe (``selfsup.recipes``) uses ``min_n`` 4,
+``max_n`` 6, whose untrained bag already beats the canonical 4-mer profile's k-NN (93.1 against
+91.7 at phylum; with 1- to 4-grams, 83.3: the composition orders' means drown the long words).
 
 ``forward_tokens`` (per-token features for featurize and the base contract) gives position t the
 MLP of the summed embeddings of the n-grams starting at t, the same scale as the pooled input
