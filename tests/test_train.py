@@ -153,6 +153,8 @@ def test_warmup_then_linear_schedule():
     assert lr_factor(28, 101, 10, 0.0, "linear") == pytest.approx(0.8)
     assert lr_factor(28, 101, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
     assert lr_factor(99, 100, 10, 0.1, "linear") == pytest.approx(0.1)  # the end, at the last step
+    with pytest.raises(ValueError, match="schedule 'cosin'"):
+        lr_factor(50, 100, 10, 0.0, "cosin")
 
 
 def test_method_logs_reach_the_step_records(tiny_config, monkeypatch):

@@ -24,7 +24,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from selfsup.config import OptimConfig
+from selfsup.config import LR_SCHEDULES, OptimConfig
 from selfsup.errors import ConfigError
 
 # learnt input tokens and position tables (ViT, MAE, BEiT): no weight decay (see ``decays``)
@@ -200,6 +200,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float,
     Ramanan, "Budgeted Training", ICLR 2020)."""
     import math
 
+    if schedule not in LR_SCHEDULES:  # a typo in a direct caller must not quietly mean cosine
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of "
+                         f"{', '.join(LR_SCHEDULES)}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps)

@@ -293,6 +293,12 @@ class Trainer:
             warmup = min(warmup, round(BUDGET_WARMUP_SHARE * self.total_steps))
         self.warmup_steps = min(warmup, max(0, self.total_steps - 1))
 
+    def _lr_factor(self, step: int) -> float:
+        """The schedule's factor of the base rates at ``step`` (warm-up, then the decay)."""
+        optim = self.config.optim
+        return lr_factor(step, self.total_steps, self.warmup_steps, optim.min_lr_ratio,
+                         optim.schedule)
+
     def _optimizer_step(self, images: torch.Tensor, view_gen: torch.Generator
                         ) -> tuple[torch.Tensor, StepOutput]:
         """Views of one batch, then one optimiser step on them: (loss, the method's output)."""
@@ -317,9 +323,7 @@ class Trainer:
         cuda_rng = torch.cuda.get_rng_state_all() if self.cuda else None
         view_gen = torch.Generator(device=self.device).manual_seed(
             epoch_seed(train.seed, 0, VIEW_STREAM, self.process.rank))
-        set_learning_rates(self.optimizer, self.base_lrs,
-                           lr_factor(0, self.total_steps, self.warmup_steps,
-                                     self.config.optim.min_lr_ratio, self.config.optim.schedule))
+        set_learning_rates(self.optimizer, self.base_lrs, self._lr_factor(0))
         batches = itertools.chain.from_iterable(self.stream.epoch(e) for e in itertools.count())
         timed_from, timed, loss = started, 0, None
         self.method.train()
@@ -333,9 +337,13 @@ class Trainer:
             now = time.perf_counter()
             enough = timed >= CALIBRATION_STEPS and now - timed_from >= CALIBRATION_SECONDS
             stop = enough or (timed >= 2 and now - started > CALIBRATION_SHARE * budget)
-            # every process must take the same number of steps (each step's gradients are
-            # all-reduced): stop when any of them would, a decision they share
-            if all_reduce_sum_(torch.tensor([float(stop)], device=self.device)).item() > 0:
+            if self.process.world_size > 1:
+                # every process must take the same number of steps (each step's gradients are
+                # all-reduced): stop when any of them would, a decision they share. Alone, no
+                # flag: on a GPU its .item() would wait for the device at every timed step.
+                flag = torch.tensor([float(stop)], device=self.device)
+                stop = all_reduce_sum_(flag).item() > 0
+            if stop:
                 break
         float(loss)
         seconds = time.perf_counter() - timed_from
@@ -547,9 +555,7 @@ class Trainer:
         for i, (images, _) in enumerate(self.stream.epoch(epoch)):
             if i >= steps_this_epoch:
                 break
-            factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio,
-                               self.config.optim.schedule)
-            set_learning_rates(self.optimizer, self.base_lrs, factor)
+            set_learning_rates(self.optimizer, self.base_lrs, self._lr_factor(step))
             loss, out = self._optimizer_step(images, view_gen)
             self.method.after_step(step, self.total_steps)
             step += 1
