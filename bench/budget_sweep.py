@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benches import selfsup from this checkout, run from anywhere
+    sys.path.insert(0, str(ROOT))
+
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, budget: float, out_dir: str,
                         json_path: str) -> None:
@@ -56,7 +60,7 @@ def launch_worker(script: str | Path, name: str, worker_args: list[str], out_dir
     log = open(Path(out_dir) / f"{name}.log", "w")
     return subprocess.Popen([sys.executable, str(script), "--worker", name, *worker_args],
                             env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(script).resolve().parents[1])
+                            cwd=ROOT)
 
 
 def run_sweep(names: list[str], out_dir: str | Path, launch: Callable[[str], subprocess.Popen],

@@ -30,17 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/sequence_budget.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder is not a package
-from budget_sweep import (  # noqa: E402
+# run as a script, this folder is on sys.path; budget_sweep puts the repository there too
+from budget_sweep import (
     add_sweep_arguments, launch_worker, row_path, run_sweep, worker_argv, write_results,
 )
 
