@@ -69,6 +69,24 @@ def test_backbone_features(name, dim, channels, size):
     assert out.shape == (2, dim) == (2, net.out_dim)
 
 
+def test_small_cnn_grid_read_out_keeps_where_features_fire():
+    net = build_backbone({"name": "small-cnn", "widths": [8, 16], "grid": 2}, 1, 28).eval()
+    x = torch.randn(3, 1, 28, 28)
+    feature_map = net.features(x)  # (3, 16, 14, 14)
+    out = net(x)
+    assert out.shape == (3, 16 * 4) == (3, net.out_dim)
+    # channel-major cells: channel c's top-left 7 × 7 quadrant mean, then its top-right one
+    cells = out.view(3, 16, 2, 2)
+    torch.testing.assert_close(cells[:, :, 0, 0], feature_map[:, :, :7, :7].mean(dim=(2, 3)))
+    torch.testing.assert_close(cells[:, :, 0, 1], feature_map[:, :, :7, 7:].mean(dim=(2, 3)))
+    # the quadrants' means average to the global pool of grid 1, the same weights
+    one = build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 28).eval()
+    one.load_state_dict(net.state_dict())
+    torch.testing.assert_close(one(x), cells.mean(dim=(2, 3)))
+    with pytest.raises(ConfigError, match="backbone.grid of small-cnn must be ≥ 1"):
+        build_backbone({"name": "small-cnn", "grid": 0}, 1, 28)
+
+
 def test_resnet18_has_the_cifar_stem():
     net = build_backbone({"name": "resnet18"}, 3, 32)
     stem = net.stem[0]
