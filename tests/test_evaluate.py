@@ -25,7 +25,7 @@ from selfsup.evaluate import (
     tsne_embedding,
 )
 from selfsup.evaluate.knn import KNN_K_CLASS_FACTOR, knn_k_limit, online_knn_k
-from selfsup.evaluate.linear import DEFAULT_WEIGHT_DECAYS, stratified_folds
+from selfsup.evaluate.linear import DEFAULT_WEIGHT_DECAYS, feature_scalings, stratified_folds
 from selfsup.config import EvalConfig
 from selfsup.evaluate.run import embed_run, evaluate_run, load_run_config
 from selfsup.report import write_report
@@ -549,3 +549,15 @@ def test_cross_validation_ranks_decays_by_accuracy_before_cross_entropy(monkeypa
     choice = linear._sweep(linear.RowSpace(x), y, held, 2, [1.0, 0.1], "standardise")
     assert choice.weight_decay == 1.0
     assert choice.score[0] == pytest.approx(0.6) and -choice.score[1] > 1.5
+
+
+def test_feature_scalings_match_torch_statistics_over_many_row_chunks():
+    # 10,000 rows: the std is summed over three row chunks; a large offset tests the centring
+    x = torch.randn(10_000, 6, generator=torch.Generator().manual_seed(0)) * torch.arange(1., 7.) + 50
+    x[:, 2] = 3.0  # a constant feature keeps scale 1 (it is 0 after centring)
+    scalings = feature_scalings(x, ["standardise", "uniform"])
+    std = x.double().std(dim=0, correction=0)
+    torch.testing.assert_close(scalings["standardise"].mean, x.mean(dim=0))
+    torch.testing.assert_close(scalings["standardise"].scale.double(),
+                               torch.where(std > 1e-8, std, torch.ones_like(std)), rtol=1e-4, atol=0)
+    assert float(scalings["uniform"].scale) == pytest.approx(float(std.pow(2).mean().sqrt()), rel=1e-4)

@@ -120,6 +120,15 @@ def test_alignment_and_uniformity_match_direct_formulas():
         assert uniformity(z1, t=t) == pytest.approx(direct, rel=1e-9)
 
 
+def test_health_metrics_estimate_uniformity_on_the_first_rows_only():
+    from selfsup.health.metrics import UNIFORMITY_MAX_ROWS
+
+    z = gaussian(UNIFORMITY_MAX_ROWS + 300, 4)
+    z[UNIFORMITY_MAX_ROWS:] = z[0]  # the rows past the cap all collapse onto one point
+    assert health_metrics(z)["uniformity"] == pytest.approx(uniformity(z[:UNIFORMITY_MAX_ROWS]))
+    assert uniformity(z) > uniformity(z[:UNIFORMITY_MAX_ROWS]) + 0.01  # they would have counted
+
+
 def test_uniformity_is_zero_when_collapsed_and_finite_for_large_t():
     assert uniformity(torch.ones(6, 3)) == pytest.approx(0.0, abs=1e-12)
     assert math.isfinite(uniformity(gaussian(6, 3), t=1e4))
