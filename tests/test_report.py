@@ -15,6 +15,7 @@ from PIL import Image
 from selfsup.errors import DataError
 from selfsup.report import (
     format_eval_table,
+    format_verdict,
     plot_probe_curves,
     plot_rank_curves,
     read_metrics,
@@ -187,6 +188,19 @@ def test_format_eval_table_without_baselines_or_linear_probe():
     table = format_eval_table({"knn_top1": 0.5})
     assert table.splitlines()[0].split("|")[2].strip() == "k-NN top-1"
     assert "50.0%" in table and len(table.splitlines()) == 3
+
+
+def test_format_verdict_gives_the_lead_over_each_baseline_in_points():
+    lines = format_verdict(EVAL).splitlines()
+    # by hand from EVAL: k-NN 82.34 − 74.56, @1 % 65.12 − 53.21, @100 % 86.11 − 73.89
+    assert lines[0] == ("vs raw pixels: k-NN +7.8, linear @1% +11.9, linear @100% +12.2 points "
+                        "(ahead on every probe)")
+    assert lines[1].startswith("vs random init: k-NN +26.7,")
+    behind = {**EVAL, "knn_top1": 0.70}  # below raw pixels' 74.56 on k-NN only
+    assert format_verdict(behind).splitlines()[0].endswith(
+        "(ahead on linear @1%, linear @100%)")
+    assert "k-NN -4.6" in format_verdict(behind)
+    assert format_verdict({"knn_top1": 0.5}) == ""  # no baselines, no verdict
 
 
 def test_format_eval_table_rejects_percentages_where_fractions_belong():

@@ -163,6 +163,31 @@ def format_eval_table(eval_json: dict) -> str:
     return _markdown_table(header, rows)
 
 
+def format_verdict(eval_json: dict) -> str:
+    """One line per baseline: the encoder's lead (or lag) over it, in points, on k-NN and on the
+    linear probe at the smallest and the largest label fraction: the questions a user asks
+    first (did pretraining beat the input itself, and the untrained network?). Empty without
+    baselines."""
+    metrics = [("k-NN", eval_json.get("knn_top1"), lambda r: r.get("knn_top1"))]
+    fractions = sorted(_by_fraction(eval_json.get("linear_top1")))
+    for fraction in sorted({fractions[0], fractions[-1]} if fractions else ()):
+        metrics.append((f"linear @{100 * fraction:g}%", _by_fraction(eval_json["linear_top1"])[fraction],
+                        lambda r, f=fraction: _by_fraction(r.get("linear_top1")).get(f)))
+    lines = []
+    for name, result in (eval_json.get("baselines") or {}).items():
+        gaps = [(label, 100 * (ours - theirs)) for label, ours, read in metrics
+                if ours is not None and (theirs := read(result)) is not None]
+        if not gaps:
+            continue
+        ahead = [label for label, gap in gaps if gap > 0]
+        summary = ("ahead on every probe" if len(ahead) == len(gaps)
+                   else "behind on every probe" if not ahead else f"ahead on {', '.join(ahead)}")
+        lines.append(f"vs {plots.BASELINE_NAMES.get(name, name)}: "
+                     + ", ".join(f"{label} {gap:+.1f}" for label, gap in gaps)
+                     + f" points ({summary})")
+    return "\n".join(lines)
+
+
 def _by_fraction(mapping: Optional[dict]) -> dict[float, Any]:
     """eval.json keys label fractions by strings ("0.01"); compare them as numbers."""
     return {float(key): value for key, value in (mapping or {}).items()}
