@@ -49,6 +49,10 @@ class Recipe:
 # τ = 0.2), its epochs replaced by the budget. Every other candidate changes one or two things.
 DEMO = ("train.batch_size=128", "optim.name=lars", "optim.lr=0.6", "optim.warmup_epochs=1",
         "optim.weight_decay=1e-6", "method.temperature=0.2")
+# The demo's recipe after this study but for its middle stages (selfsup.cli.demo_overrides)
+RECIPE_G4_W64 = DEMO + ("optim.schedule=linear", "backbone.grid=4",
+                        "backbone.widths=[32, 64, 128, 64]", "method.proj_hidden_dim=1024",
+                        "method.temperature=0.1")
 RECIPES: dict[str, Recipe] = {
     "simclr-demo": Recipe("simclr", DEMO, "the demo's recipe before this study"),
     "simclr-linear": Recipe("simclr", DEMO + ("optim.schedule=linear",),
@@ -58,6 +62,34 @@ RECIPES: dict[str, Recipe] = {
     "simclr-t0.5": Recipe("simclr", DEMO + ("method.temperature=0.5",)),
     "simclr-crop0.35": Recipe("simclr", DEMO + ("views.crop_scale=[0.35, 1]",),
                               "milder crops"),
+    "simclr-grid2": Recipe("simclr", DEMO + ("optim.schedule=linear", "backbone.grid=2"),
+                           "linear decay; features pooled to a 2×2 grid"),
+    "simclr-grid2-b64": Recipe("simclr", DEMO + ("optim.schedule=linear", "backbone.grid=2",
+                                                 "train.batch_size=64"),
+                               "the same at batch 64: twice the steps"),
+    "simclr-grid4": Recipe("simclr", DEMO + ("optim.schedule=linear", "backbone.grid=4",
+                                             "method.proj_hidden_dim=1024"),
+                           "linear decay; the whole 4×4 map (4,096-d), projector 1,024 wide"),
+    "simclr-grid4-t0.1": Recipe("simclr", DEMO + ("optim.schedule=linear", "backbone.grid=4",
+                                                  "method.proj_hidden_dim=1024",
+                                                  "method.temperature=0.1"),
+                                "the same at τ 0.1"),
+    "simclr-g4-w128": Recipe("simclr", DEMO + ("optim.schedule=linear", "backbone.grid=4",
+                                               "backbone.widths=[32, 64, 128, 128]",
+                                               "method.proj_hidden_dim=1024",
+                                               "method.temperature=0.1"),
+                             "grid 4 at τ 0.1, last stage 128 wide (2,048-d)"),
+    "simclr-g4-w64": Recipe("simclr", RECIPE_G4_W64,
+                            "grid 4 at τ 0.1, last stage 64 wide (1,024-d)"),
+    "simclr-g4-w64-crop0.35": Recipe("simclr", RECIPE_G4_W64 + ("views.crop_scale=[0.35, 1]",),
+                                     "the same, crops of ≥ 35 % area"),
+    "simclr-g4-w64-crop0.6": Recipe("simclr", RECIPE_G4_W64 + ("views.crop_scale=[0.6, 1]",),
+                                    "the same, crops of ≥ 60 % area"),
+    "simclr-g4-w96-192": Recipe("simclr", RECIPE_G4_W64 + ("backbone.widths=[32, 96, 192, 64]",),
+                                "the same, middle stages 96 and 192 wide (~1.6× the FLOPs)"),
+    "simclr-g4-w128-256": Recipe("simclr", RECIPE_G4_W64 + ("backbone.widths=[32, 128, 256, 64]",),
+                                 "the same, middle stages 128 and 256 wide (~2.5× the FLOPs): "
+                                 "the new demo's recipe, in fp32"),
     "byol": Recipe("byol", ("train.batch_size=128", "optim.warmup_epochs=1")),
     "vicreg": Recipe("vicreg", ("train.batch_size=128", "optim.warmup_epochs=1")),
     "barlow-twins": Recipe("barlow-twins", ("train.batch_size=128", "optim.warmup_epochs=1")),
@@ -135,8 +167,8 @@ def run_one(name: str, args: argparse.Namespace, baselines: bool) -> dict[str, A
     }
 
 
-def _cells(acc: dict[str, Any], keys: list[str]) -> str:
-    return f"{100 * acc['knn_top1']:>6.1f} " + " ".join(
+def _cells(acc: dict[str, Any], keys: list[str], knn_k: Any = "") -> str:
+    return f"{100 * acc['knn_top1']:>6.1f} {acc.get('knn_k', knn_k):>3} " + " ".join(
         f"{100 * acc['linear_top1'].get(k, float('nan')):>8.1f}" for k in keys)
 
 
@@ -145,18 +177,19 @@ def print_table(rows: list[dict[str, Any]], fractions: list[float]) -> None:
     from profile_step import PARTS
 
     keys = [str(float(f)) for f in fractions]
-    header = (f"{'recipe / features':<20} {'k-NN':>6} " + " ".join(f"{'lin@' + k:>8}" for k in keys)
+    header = (f"{'recipe / features':<20} {'k-NN':>6} {'k':>3} " + " ".join(f"{'lin@' + k:>8}" for k in keys)
               + f" {'steps':>6} {'img/s':>6}  " + " ".join(f"{p[:5]:>5}" for p in PARTS))
     print("\n" + header + "\n" + "-" * len(header))
     for row in rows:
         total = sum(row["step_ms"].values())
         shares = " ".join(f"{100 * row['step_ms'][p] / total:>4.0f}%" for p in PARTS)
-        print(f"{row['recipe']:<20} {_cells(row['sets']['ssl'], keys)} {row['total_steps']:>6} "
+        print(f"{row['recipe']:<20} {_cells(row['sets']['ssl'], keys, row['knn_k'])} "
+              f"{row['total_steps']:>6} "
               f"{row['images_per_second']:>6.0f}  {shares}")
     for row in rows:
         for name, acc in row["sets"].items():
             if name != "ssl":
-                print(f"{'baseline: ' + name:<20} {_cells(acc, keys)}")
+                print(f"{name + ' (' + row['recipe'] + ')':<20} {_cells(acc, keys)}")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -45,6 +45,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles). There, bf16
+    autocast makes a small CNN's step ~1.35× faster (docs/benchmarks.md, issue 17); elsewhere
+    oneDNN emulates bf16 and it would only lose precision. PyTorch exposes the check privately,
+    so its absence reads as no."""
+    checks = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and bool(check()) for check in checks)
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for a precision (a no-op for fp32)."""
     if precision in ("bf16", "fp16"):
