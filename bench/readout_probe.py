@@ -1,0 +1,84 @@
+"""Does the read-out of a small CNN's last feature map change what its k-NN sees? No training.
+
+Reads the same weights (a ``small-cnn`` run's encoder, and the same network at random init) four
+ways: the last map average-pooled globally, to 2 × 2 and to 4 × 4 cells, and global average +
+max; then the weighted k-NN of ``selfsup evaluate`` (cosine, T = 0.1, the whole training split as
+the bank) at fixed k on the test split. Issue 17 found the global pool forgets where a feature
+fires, which on centred, upright Fashion-MNIST is much of what tells classes apart.
+
+    OMP_NUM_THREADS=1 python bench/readout_probe.py runs/bench-image-budget/simclr-linear \\
+        --json bench/results/readout_probe-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from selfsup.evaluate.knn import knn_predict  # noqa: E402
+from selfsup.evaluate.run import (  # noqa: E402
+    extract_features, labelled_splits, load_encoder, load_run_config, random_image_encoder,
+)
+
+READOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "global average": lambda m: m.mean(dim=(2, 3)),
+    "2 x 2 cells": lambda m: F.adaptive_avg_pool2d(m, 2).flatten(1),
+    "4 x 4 cells": lambda m: F.adaptive_avg_pool2d(m, 4).flatten(1),
+    "global average + max": lambda m: torch.cat([m.mean(dim=(2, 3)), m.amax(dim=(2, 3))], 1),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a run folder whose encoder is a small-cnn")
+    parser.add_argument("--k", type=int, nargs="+", default=[200, 20])
+    parser.add_argument("--json", help="write the table here too")
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    encoder, spec = load_encoder(args.run, device)
+    if not hasattr(encoder, "features"):
+        parser.error(f"{args.run}: the encoder is not a small-cnn (no .features map to read)")
+    _, train, test = labelled_splits(load_run_config(args.run), spec, args.run)
+    networks = {"trained": encoder,
+                "random init": random_image_encoder(spec, load_run_config(args.run).train.seed,
+                                                    device)}
+    rows = []
+    for network_name, network in networks.items():
+        network.eval()
+        maps = lambda x, n=network: n.features(x)  # noqa: E731
+        train_maps = extract_features(maps_flat(maps), train, device)
+        test_maps = extract_features(maps_flat(maps), test, device)
+        shape = network.features(torch.zeros(1, *spec_shape(spec))).shape[1:]
+        for readout_name, readout in READOUTS.items():
+            bank = readout(train_maps.view(-1, *shape))
+            queries = readout(test_maps.view(-1, *shape))
+            row = {"network": network_name, "readout": readout_name, "dim": bank.shape[1]}
+            for k in args.k:
+                predicted = knn_predict(bank, train.labels, queries, train.num_classes, k=k)
+                row[f"k={k}"] = round(100 * float((predicted == test.labels).float().mean()), 1)
+            rows.append(row)
+            print("  ".join(f"{key} {value}" for key, value in row.items()), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"run": args.run, "rows": rows}, indent=2))
+    return 0
+
+
+def maps_flat(maps: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """extract_features stacks (N, D) rows: the map flattened, restored by the caller."""
+    return lambda x: maps(x).flatten(1)
+
+
+def spec_shape(spec: dict) -> tuple[int, int, int]:
+    return spec["in_channels"], spec["image_size"], spec["image_size"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
