@@ -1,0 +1,152 @@
+"""Golden runs: fixed-seed CPU runs whose outputs a refactor must keep (issue 18).
+
+Each case is a list of ``selfsup`` command lines run in order in one folder (``{run}`` is the
+run directory): pretraining, then ``evaluate`` or ``finetune``. What a case leaves is reduced to a
+fingerprint: the SHA-256 of ``encoder.safetensors`` (the weights, bit for bit) and every number
+of ``eval.json`` / ``finetune.json`` (timings left out). ``tests/test_golden_runs.py`` reruns the
+cases and compares fingerprints with ``tests/golden/golden.json``.
+
+Bit-identical weights are a promise of one machine: float reductions differ between CPU
+instruction sets, thread counts and PyTorch versions. So the file records where it was made, and
+the test compares only on a match (skipping, with the reason, elsewhere). Record again, after
+checking that a difference is a fix, with
+
+    OMP_NUM_THREADS=1 python tests/golden_runs.py --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+GOLDEN_FILE = Path(__file__).parent / "golden" / "golden.json"
+
+_IMAGE = ["--set", "train.progress=false", "--set", "train.device=cpu",
+          "--set", "train.health_samples=512", "--set", "train.probe_every=1",
+          "--set", "train.probe_train_samples=256", "--set", "train.probe_test_samples=256",
+          "--set", "eval.seeds=2", "--set", "eval.tsne_samples=100", "--set", "eval.batch_size=512"]
+_SEQUENCE = ["--set", "data.max_length=48", "--set", "train.batch_size=32",
+             "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
+             "--set", "train.health_samples=512", "--set", "train.probe_every=1",
+             "--set", "train.probe_train_samples=256", "--set", "train.probe_test_samples=256",
+             "--set", "train.progress=false", "--set", "train.device=cpu",
+             "--set", "optim.warmup_epochs=0.5", "--set", "eval.seeds=1",
+             "--set", "eval.label_fractions=[1.0]", "--set", "eval.tsne_samples=100",
+             "--set", "eval.batch_size=256", "--set", "eval.knn_k=20"]
+_TINY_TRANSFORMER = ["--backbone", "transformer-tiny", "--set", "backbone.dim=32",
+                     "--set", "backbone.depth=1", "--set", "backbone.ffn_dim=64"]
+
+CASES: dict[str, list[list[str]]] = {
+    "simclr-digits": [
+        ["pretrain", "--method", "simclr", "--dataset", "digits", "--backbone", "small-cnn",
+         "--set", "backbone.widths=[8, 16]", "--epochs", "2", "--set", "train.steps_per_epoch=3",
+         "--batch-size", "64", "--set", "optim.name=lars", "--set", "optim.lr=0.3",
+         "--set", "optim.warmup_epochs=0.5", *_IMAGE, "--out", "{run}"],
+        ["evaluate", "{run}", "--device", "cpu"],
+        ["finetune", "{run}", "--labels-fraction", "0.1", "--seeds", "1", "--epochs", "1",
+         "--device", "cpu"],
+    ],
+    "mae-digits": [
+        ["pretrain", "--method", "mae", "--dataset", "digits", "--backbone", "vit-tiny",
+         "--set", "backbone.depth=1", "--set", "backbone.embed_dim=32",
+         "--set", "backbone.num_heads=2", "--set", "backbone.patch_size=2",
+         "--epochs", "2", "--set", "train.steps_per_epoch=3", "--batch-size", "64",
+         *_IMAGE, "--out", "{run}"],
+        ["evaluate", "{run}", "--device", "cpu"],
+    ],
+    "mlm-swissprot": [
+        ["pretrain", "--method", "mlm", "--dataset", "swissprot-loc", *_TINY_TRANSFORMER,
+         *_SEQUENCE, "--out", "{run}"],
+        ["evaluate", "{run}", "--device", "cpu"],
+    ],
+    "dna-contrastive-16s": [
+        ["pretrain", "--method", "dna-contrastive", "--dataset", "16s-reads", *_TINY_TRANSFORMER,
+         *_SEQUENCE, "--set", "data.max_length=160", "--set", "method.rc_invariant=true",
+         "--out", "{run}"],
+        ["evaluate", "{run}", "--device", "cpu"],
+    ],
+}
+SLOW_CASES = ("dna-contrastive-16s",)  # its evaluation encodes 16s-reads' 50k reads: minutes
+_TIMINGS = ("seconds", "time", "wall", "images_per_s", "elapsed")
+
+
+def environment() -> dict[str, str]:
+    """Where bit-identical results can be expected: the same of all these (the CPU model too:
+    oneDNN picks its kernels by what the processor has)."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_model": _cpu_model(), "machine": platform.machine(),
+            "threads": str(torch.get_num_threads())}
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor())
+
+
+def _numbers(value: Any, path: str = "") -> dict[str, Any]:
+    """Every number (and string) of a JSON tree by its dotted path, timings left out."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not any(word in str(key) for word in _TIMINGS):
+                out.update(_numbers(item, f"{path}.{key}" if path else str(key)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for index, item in enumerate(value):
+            out.update(_numbers(item, f"{path}[{index}]"))
+        return out
+    return {path: value} if isinstance(value, (int, float, str, bool)) or value is None else {}
+
+
+def fingerprint(run_dir: Path) -> dict[str, Any]:
+    """The weights' SHA-256 and the evaluation and fine-tuning numbers a case left."""
+    result: dict[str, Any] = {
+        "encoder_sha256": hashlib.sha256((run_dir / "encoder.safetensors").read_bytes()).hexdigest()}
+    for name in ("eval.json", "finetune.json"):
+        if (run_dir / name).is_file():
+            result[name] = _numbers(json.loads((run_dir / name).read_text()))
+    return result
+
+
+def run_case(name: str, folder: Path) -> dict[str, Any]:
+    """Run case ``name`` in ``folder`` through the command line; its fingerprint."""
+    from selfsup.cli import main
+
+    run_dir = folder / name
+    for command in CASES[name]:
+        argv = [part.replace("{run}", str(run_dir)) for part in command]
+        if main(argv) != 0:
+            raise RuntimeError(f"golden case {name}: `selfsup {' '.join(argv)}` failed")
+    return fingerprint(run_dir)
+
+
+def record() -> None:
+    torch.set_num_threads(1)  # as the tests run (conftest.py)
+    with tempfile.TemporaryDirectory() as folder:
+        cases = {name: run_case(name, Path(folder)) for name in CASES}
+    GOLDEN_FILE.parent.mkdir(exist_ok=True)
+    GOLDEN_FILE.write_text(json.dumps({"environment": environment(), "cases": cases}, indent=1,
+                                      sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN_FILE}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--record", action="store_true", help="rerun every case, write the file")
+    if parser.parse_args().record:
+        record()
