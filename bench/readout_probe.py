@@ -43,23 +43,22 @@ def main() -> int:
     parser.add_argument("--json", help="write the table here too")
     args = parser.parse_args()
     device = torch.device("cpu")
+    config = load_run_config(args.run)
     encoder, spec = load_encoder(args.run, device)
     if not hasattr(encoder, "features"):
         parser.error(f"{args.run}: the encoder is not a small-cnn (no .features map to read)")
-    _, train, test = labelled_splits(load_run_config(args.run), spec, args.run)
+    _, train, test = labelled_splits(config, spec, args.run)
     networks = {"trained": encoder,
-                "random init": random_image_encoder(spec, load_run_config(args.run).train.seed,
-                                                    device)}
+                "random init": random_image_encoder(spec, config.train.seed, device)}
     rows = []
     for network_name, network in networks.items():
         network.eval()
-        maps = lambda x, n=network: n.features(x)  # noqa: E731
-        train_maps = extract_features(maps_flat(maps), train, device)
-        test_maps = extract_features(maps_flat(maps), test, device)
-        shape = network.features(torch.zeros(1, *spec_shape(spec))).shape[1:]
         for readout_name, readout in READOUTS.items():
-            bank = readout(train_maps.view(-1, *shape))
-            queries = readout(test_maps.view(-1, *shape))
+            def read(x: torch.Tensor, n=network, r=readout) -> torch.Tensor:
+                return r(n.features(x))
+
+            bank = extract_features(read, train, device)
+            queries = extract_features(read, test, device)
             row = {"network": network_name, "readout": readout_name, "dim": bank.shape[1]}
             for k in args.k:
                 predicted = knn_predict(bank, train.labels, queries, train.num_classes, k=k)
@@ -69,15 +68,6 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"run": args.run, "rows": rows}, indent=2))
     return 0
-
-
-def maps_flat(maps: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """extract_features stacks (N, D) rows: the map flattened, restored by the caller."""
-    return lambda x: maps(x).flatten(1)
-
-
-def spec_shape(spec: dict) -> tuple[int, int, int]:
-    return spec["in_channels"], spec["image_size"], spec["image_size"]
 
 
 if __name__ == "__main__":
