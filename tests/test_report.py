@@ -121,6 +121,8 @@ def test_report_shows_eval_percentages_warnings_and_links(full_run):
     assert text.startswith("# Run report: simclr · resnet18 · fashion-mnist")
     for expected in EXPECTED_PERCENTAGES:
         assert expected in text, expected
+    for line in format_verdict(EVAL).splitlines():  # the verdict, as `selfsup evaluate` prints it
+        assert f"- {line}" in text
     assert "⚠️ collapsed" in text
     assert "projector rank fell to 3.3" in text
     assert f"epoch 3: {WARNING_MESSAGE}" in text

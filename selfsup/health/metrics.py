@@ -149,7 +149,8 @@ def health_metrics(z: torch.Tensor, z_pair: Optional[torch.Tensor] = None) -> di
     batch minus its mean: how many directions the embeddings vary in, blind to a common offset
     such as the positive mean of ReLU features); embedding_std; embedding_std_x_sqrt_dim (≈ 1 when
     healthy and isotropic, → 0 when collapsed); mean_cosine (raw); mean_cosine_centred;
-    uniformity (of the first ``UNIFORMITY_MAX_ROWS`` rows); dim; num_samples; spectrum (raw singular values normalised to sum to 1,
+    uniformity (of the first ``UNIFORMITY_MAX_ROWS`` rows); dim; num_samples; spectrum (raw
+    singular values normalised to sum to 1,
     descending); and alignment when ``z_pair`` (a second view of the same inputs) is given.
     """
     z = _as_batch(z, min_rows=2)

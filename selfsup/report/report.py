@@ -168,15 +168,19 @@ def format_verdict(eval_json: dict) -> str:
     linear probe at the smallest and the largest label fraction: the questions a user asks
     first (did pretraining beat the input itself, and the untrained network?). Empty without
     baselines."""
-    metrics = [("k-NN", eval_json.get("knn_top1"), lambda r: r.get("knn_top1"))]
+    def probes(result: dict) -> dict[str, Optional[float]]:
+        linear = _by_fraction(result.get("linear_top1"))
+        return {"k-NN": result.get("knn_top1"),
+                **{f"linear @{100 * f:g}%": linear.get(f) for f in ends}}
+
     fractions = sorted(_by_fraction(eval_json.get("linear_top1")))
-    for fraction in sorted({fractions[0], fractions[-1]} if fractions else ()):
-        metrics.append((f"linear @{100 * fraction:g}%", _by_fraction(eval_json["linear_top1"])[fraction],
-                        lambda r, f=fraction: _by_fraction(r.get("linear_top1")).get(f)))
+    ends = sorted({fractions[0], fractions[-1]}) if fractions else []
+    ours = probes(eval_json)
     lines = []
     for name, result in (eval_json.get("baselines") or {}).items():
-        gaps = [(label, 100 * (ours - theirs)) for label, ours, read in metrics
-                if ours is not None and (theirs := read(result)) is not None]
+        theirs = probes(result)
+        gaps = [(label, 100 * (ours[label] - theirs[label])) for label in ours
+                if ours[label] is not None and theirs[label] is not None]
         if not gaps:
             continue
         ahead = [label for label, gap in gaps if gap > 0]
@@ -481,6 +485,10 @@ def _evaluation(eval_json: Optional[dict], run_dir: Path, suffix: str) -> list[s
         if facts:
             lines += [", ".join(facts) + ".", ""]
         lines.append(format_eval_table(eval_json))
+        verdict = format_verdict(eval_json)
+        if verdict:  # a markdown list: the same lines `selfsup evaluate` prints
+            lines += ["", "The encoder, in points of accuracy:", ""]
+            lines += [f"- {line}" for line in verdict.splitlines()]
         lines += _data_warnings(eval_json.get("data_checks"))
         if eval_json.get("linear_top1"):
             name = f"label_efficiency{suffix}.png"
