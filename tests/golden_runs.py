@@ -29,37 +29,41 @@ import torch
 
 GOLDEN_FILE = Path(__file__).parent / "golden" / "golden.json"
 
-_IMAGE = ["--set", "train.progress=false", "--set", "train.device=cpu",
-          "--set", "train.health_samples=512", "--set", "train.probe_every=1",
-          "--set", "train.probe_train_samples=256", "--set", "train.probe_test_samples=256",
-          "--set", "eval.seeds=2", "--set", "eval.tsne_samples=100", "--set", "eval.batch_size=512"]
-_SEQUENCE = ["--set", "data.max_length=48", "--set", "train.batch_size=32",
-             "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
-             "--set", "train.health_samples=512", "--set", "train.probe_every=1",
-             "--set", "train.probe_train_samples=256", "--set", "train.probe_test_samples=256",
-             "--set", "train.progress=false", "--set", "train.device=cpu",
-             "--set", "optim.warmup_epochs=0.5", "--set", "eval.seeds=1",
-             "--set", "eval.label_fractions=[1.0]", "--set", "eval.tsne_samples=100",
-             "--set", "eval.batch_size=256", "--set", "eval.knn_k=20"]
-_TINY_TRANSFORMER = ["--backbone", "transformer-tiny", "--set", "backbone.dim=32",
-                     "--set", "backbone.depth=1", "--set", "backbone.ffn_dim=64"]
+def _sets(*items: str) -> list[str]:
+    """``--set`` flags for config items."""
+    return [flag for item in items for flag in ("--set", item)]
+
+
+# Spelt out here, not taken from conftest's TINY lists: a golden case must not change when another
+# test's settings do.
+_IMAGE = _sets("train.progress=false", "train.device=cpu", "train.health_samples=512",
+               "train.probe_every=1", "train.probe_train_samples=256",
+               "train.probe_test_samples=256", "eval.seeds=2", "eval.tsne_samples=100",
+               "eval.batch_size=512")
+_SEQUENCE = _sets("data.max_length=48", "train.batch_size=32", "train.epochs=2",
+                  "train.steps_per_epoch=3", "train.health_samples=512", "train.probe_every=1",
+                  "train.probe_train_samples=256", "train.probe_test_samples=256",
+                  "train.progress=false", "train.device=cpu", "optim.warmup_epochs=0.5",
+                  "eval.seeds=1", "eval.label_fractions=[1.0]", "eval.tsne_samples=100",
+                  "eval.batch_size=256", "eval.knn_k=20")
+_TINY_TRANSFORMER = ["--backbone", "transformer-tiny",
+                     *_sets("backbone.dim=32", "backbone.depth=1", "backbone.ffn_dim=64")]
 
 CASES: dict[str, list[list[str]]] = {
     "simclr-digits": [
         ["pretrain", "--method", "simclr", "--dataset", "digits", "--backbone", "small-cnn",
-         "--set", "backbone.widths=[8, 16]", "--epochs", "2", "--set", "train.steps_per_epoch=3",
-         "--batch-size", "64", "--set", "optim.name=lars", "--set", "optim.lr=0.3",
-         "--set", "optim.warmup_epochs=0.5", *_IMAGE, "--out", "{run}"],
+         "--epochs", "2", "--batch-size", "64",
+         *_sets("backbone.widths=[8, 16]", "train.steps_per_epoch=3", "optim.name=lars",
+                "optim.lr=0.3", "optim.warmup_epochs=0.5"), *_IMAGE, "--out", "{run}"],
         ["evaluate", "{run}", "--device", "cpu"],
         ["finetune", "{run}", "--labels-fraction", "0.1", "--seeds", "1", "--epochs", "1",
          "--device", "cpu"],
     ],
     "mae-digits": [
         ["pretrain", "--method", "mae", "--dataset", "digits", "--backbone", "vit-tiny",
-         "--set", "backbone.depth=1", "--set", "backbone.embed_dim=32",
-         "--set", "backbone.num_heads=2", "--set", "backbone.patch_size=2",
-         "--epochs", "2", "--set", "train.steps_per_epoch=3", "--batch-size", "64",
-         *_IMAGE, "--out", "{run}"],
+         "--epochs", "2", "--batch-size", "64",
+         *_sets("backbone.depth=1", "backbone.embed_dim=32", "backbone.num_heads=2",
+                "backbone.patch_size=2", "train.steps_per_epoch=3"), *_IMAGE, "--out", "{run}"],
         ["evaluate", "{run}", "--device", "cpu"],
     ],
     "mlm-swissprot": [
@@ -69,8 +73,7 @@ CASES: dict[str, list[list[str]]] = {
     ],
     "dna-contrastive-16s": [
         ["pretrain", "--method", "dna-contrastive", "--dataset", "16s-reads", *_TINY_TRANSFORMER,
-         *_SEQUENCE, "--set", "data.max_length=160", "--set", "method.rc_invariant=true",
-         "--out", "{run}"],
+         *_SEQUENCE, *_sets("data.max_length=160", "method.rc_invariant=true"), "--out", "{run}"],
         ["evaluate", "{run}", "--device", "cpu"],
     ],
 }
