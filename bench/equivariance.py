@@ -80,7 +80,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         result = evaluate_run(config.out, device=args.device, baselines=False, log=lambda _: None,
                               eval_config=EvalConfig(label_fractions=[0.01, 1.0], tsne_samples=200))
-        rows.append({"model": mode, **errors(trainer.method, images.to(trainer.device)),
+        rows.append({"model": mode, **errors(trainer.parts.method, images.to(trainer.parts.device)),
                      "knn_top1": result["knn_top1"], "linear_top1": result["linear_top1"],
                      "train_seconds": seconds})
     print(f"\n{args.dataset}, {args.backbone}, {args.epochs} × {args.steps_per_epoch or 'all'} steps "

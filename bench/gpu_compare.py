@@ -190,17 +190,16 @@ def lightly_batches(images: np.ndarray, transform: Callable, batch: int, batches
 
 
 # ------------------------------------------------------------------------------------ timing
-def built_trainer(overrides: list[str], batch: int, device: str, compile: bool, out: Path):
-    """A Trainer with its model, views, optimiser and (compiled) step function built, not run."""
+def built_parts(overrides: list[str], batch: int, device: str, compile: bool, out: Path):
+    """The parts a Trainer runs (model, views, optimiser, (compiled) step function), built, not
+    run: ``selfsup.train.parts.build_parts``."""
     from selfsup.config import load_config
-    from selfsup.train import Trainer
+    from selfsup.train.parts import build_parts
 
     config = load_config(None, overrides + [
         f"train.batch_size={batch}", f"train.device={device}", f"train.compile={str(compile).lower()}",
         "train.progress=false", "optim.warmup_epochs=0", f"out={out}"])
-    trainer = Trainer(config)
-    trainer._build()  # the same parts fit() trains with; nothing is written
-    return trainer
+    return build_parts(config)  # the same parts fit() trains with; nothing is written
 
 
 def views_of(trainer) -> list[torch.Tensor]:
@@ -212,7 +211,7 @@ def views_of(trainer) -> list[torch.Tensor]:
 
 def trainer_floor_rate(trainer, warmup: int, steps: int) -> dict[str, float]:
     """Forward + backward + step (+ the method's after_step, e.g. an EMA update) on fixed views."""
-    from selfsup.train.trainer import train_step
+    from selfsup.train.step import train_step
 
     views = views_of(trainer)
     batch = trainer.config.train.batch_size
@@ -303,7 +302,7 @@ def compare_method(method: str, overrides: list[str], args, lightly, images: np.
     def trainer(compiled: bool, tag: str):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        return built_trainer(overrides, args.batch, args.device, compiled, workdir / tag)
+        return built_parts(overrides, args.batch, args.device, compiled, workdir / tag)
 
     if lightly is not None:  # what lightly's loader alone delivers, once per method
         record(method, LOADER, "-", 0,

@@ -115,13 +115,12 @@ def step_parts(overrides: list[str], repeats: int) -> dict[str, float]:
     from profile_step import part_milliseconds
 
     from selfsup.config import load_config
-    from selfsup.train import Trainer
+    from selfsup.train.parts import build_parts
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(None, overrides + [f"out={tmp}/run", "train.budget_minutes=0"])
-        trainer = Trainer(config)
-        trainer._build()  # the parts fit() trains with; nothing is written
-        return part_milliseconds(trainer, repeats)
+        parts = build_parts(config)  # the parts fit() trains with; nothing is written
+        return part_milliseconds(parts, repeats)
 
 
 def run_one(name: str, args: argparse.Namespace, baselines: bool) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def _image_splits(dataset: str):
 
 def pixels(dataset: str = "fashion-mnist") -> FeatureSet:
     """The raw-pixel baseline of ``selfsup evaluate``, extracted as it extracts it."""
-    from selfsup.evaluate.run import extract_features, raw_pixels
+    from selfsup.modalities.image import extract_features, raw_pixels
 
     train, test = _image_splits(dataset)
     cpu = torch.device("cpu")
@@ -86,8 +86,9 @@ def pixels(dataset: str = "fashion-mnist") -> FeatureSet:
 def encoder(run: Optional[str], random_init: bool) -> FeatureSet:
     """Features of ``run``'s image encoder on its data set, or of the same backbone at random
     init (``selfsup evaluate``'s random-init baseline)."""
-    from selfsup.evaluate.run import (encoder_fn, extract_features, load_run_config,
-                                      random_image_encoder)
+    from selfsup.evaluate.run import load_run_config
+    from selfsup.modalities.image import encoder_fn, extract_features
+    from selfsup.modalities.image import random_encoder as random_image_encoder
     from selfsup.train.checkpoint import load_encoder
 
     if run is None:
@@ -115,7 +116,7 @@ def sequences(dataset: str, make: Callable, options: Optional[dict] = None) -> F
 
 def tfidf() -> FeatureSet:
     """20newsgroups' TF-IDF baseline (learnt from the training posts)."""
-    from selfsup.evaluate.text_baselines import TfidfFeatures
+    from selfsup.modalities.text_baselines import TfidfFeatures
 
     train, test = load_split("20newsgroups", "train"), load_split("20newsgroups", "test")
     features = TfidfFeatures(train.sequences)
@@ -124,7 +125,7 @@ def tfidf() -> FeatureSet:
 
 
 def feature_sets(args: argparse.Namespace) -> dict[str, Callable[[], FeatureSet]]:
-    from selfsup.evaluate.sequence_baselines import (canonical_kmer_profile, kmer_profile,
+    from selfsup.modalities.sequence_baselines import (canonical_kmer_profile, kmer_profile,
                                                      protein_composition)
 
     reads = {"reads_per_gene": args.reads_per_gene, "rank": getattr(args, "rank", "phylum")}

@@ -30,14 +30,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder is not a package
-from gpu_compare import built_trainer
+from gpu_compare import built_parts
 from gpu_throughput import write_synthetic
 
 
 def make_step(trainer):
     """step(phase) runs one training step; phase "views" or "update" runs only that part (on views
     made once), "all" the whole step as the Trainer's loop does."""
-    from selfsup.train.trainer import train_step
+    from selfsup.train.step import train_step
 
     generator = torch.Generator(device=trainer.device).manual_seed(0)
     batches = itertools.cycle([images for images, _ in trainer.stream.epoch(0)])
@@ -163,7 +163,7 @@ def main() -> None:
     write_synthetic(workdir / "synthetic.npy", args.batch, 2, side)  # two batches to cycle through
     overrides = [f"data.dataset={workdir / 'synthetic.npy'}", f"method.name={args.method}",
                  f"backbone.name={args.backbone}", *args.set]
-    trainer = built_trainer(overrides, args.batch, args.device, args.compile, workdir / "run")
+    trainer = built_parts(overrides, args.batch, args.device, args.compile, workdir / "run")
     step = make_step(trainer)
     for _ in range(args.warmup):
         step()

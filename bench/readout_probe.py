@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfsup.evaluate.knn import knn_predict  # noqa: E402
-from selfsup.evaluate.run import (  # noqa: E402
-    extract_features, labelled_splits, load_encoder, load_run_config, random_image_encoder,
-)
+from selfsup.evaluate.run import labelled_splits, load_encoder, load_run_config  # noqa: E402
+from selfsup.modalities.image import extract_features  # noqa: E402
+from selfsup.modalities.image import random_encoder as random_image_encoder  # noqa: E402
 
 READOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "global average": lambda m: m.mean(dim=(2, 3)),

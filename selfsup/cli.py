@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.errors import ConfigError, SelfsupError
+from selfsup.run_dir import BO_CACHE_DIR, EVAL_FILE, FINETUNE_FILE, REPORT_FILE, RunDir
 
 
 def _pretrain_parser(sub) -> None:
@@ -66,7 +67,8 @@ def _finetune_parser(sub) -> None:
                     "stratified fraction of the training labels and report test top-1 over "
                     "seeds; with --compare-scratch "
                     "also the same backbone from a random init (the baseline). Results are merged "
-                    "into RUN/finetune.json; `selfsup report RUN` draws the label-efficiency plot.")
+                    f"into RUN/{FINETUNE_FILE}; `selfsup report RUN` draws the label-efficiency "
+                    "plot.")
     _add_run_dir(p)
     p.add_argument("--dataset", help="fine-tune on another labelled dataset than the pretraining "
                                      "one; needed after an unlabelled corpus (uniprot-go: "
@@ -90,7 +92,7 @@ def _finetune_parser(sub) -> None:
     p.add_argument("--lr", type=float, help="the head's AdamW learning rate (default 1e-2); the "
                                             "backbone's is backbone_lr_scale times it")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="results file (default RUN/finetune.json); entries are merged")
+    p.add_argument("--out", help=f"results file (default RUN/{FINETUNE_FILE}); entries are merged")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any fine-tuning setting, e.g. --set layer_decay=0.75, --set augment=false, "
                         "--set backbone_lr_scale=0.2, --set min_steps=500 (repeatable)")
@@ -111,7 +113,7 @@ def _bo_parser(sub) -> None:
     p.add_argument("--featurizer", default="onehot",
                    help="onehot (default), descriptors, or a protein run directory (selfsup "
                         "pretrain --method mlm ...) whose encoder embeds the candidates; its "
-                        "embeddings are cached in RUN/bo-embeddings")
+                        f"embeddings are cached in RUN/{BO_CACHE_DIR}")
     p.add_argument("--sites", metavar="I[,I...]", help="1-based positions to featurise (default: "
                                                       "where the pool's sequences differ)")
     p.add_argument("--pooling", default="mean", choices=["mean", "sites"],
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="k-NN and linear probes at 1/10/100%% labels vs baselines",
                        description="Evaluate a run's frozen encoder: weighted k-NN and linear probes "
                                    "at several label fractions, against raw pixels and a random-init "
-                                   "encoder. Writes RUN/eval.json and prints the table.")
+                                   f"encoder. Writes RUN/{EVAL_FILE} and prints the table.")
     _add_run_dir(p)
     p.add_argument("--dataset", help="evaluate on another labelled dataset than the pretraining one")
     p.add_argument("--data-dir")
@@ -154,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     _finetune_parser(sub)
     _bo_parser(sub)
 
-    p = sub.add_parser("report", help="write plots and report.md for a run",
-                       description="Write PNG plots and report.md into the run directory.")
+    p = sub.add_parser("report", help=f"write plots and {REPORT_FILE} for a run",
+                       description=f"Write PNG plots and {REPORT_FILE} into the run directory.")
     _add_run_dir(p)
 
     sub.add_parser("list", help="list methods, backbones, datasets and view recipes",
@@ -174,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pretrain_config(args):
     from selfsup.config import Config, from_dict, load_config, set_key
-    from selfsup.evaluate.run import load_run_config
 
     flags = []
     for key, value in (("method.name", args.method), ("data.dataset", args.dataset),
@@ -193,7 +194,7 @@ def _pretrain_config(args):
         # The run continues where it is now, not where config.yaml says it was written (a copied
         # or moved run would otherwise train into the original); the flags override as --set does
         # (e.g. --epochs 20 extends a run).
-        data = load_run_config(args.out).to_dict()
+        data = RunDir(args.out).load_config().to_dict()
         for item in flags + args.set:
             set_key(data, item)
         return from_dict(Config, data)
@@ -233,7 +234,6 @@ def _evaluate_and_report(run_dir, device: str = "auto", **kwargs) -> dict:
 
 def cmd_evaluate(args) -> int:
     from selfsup.config import EvalConfig, from_dict, set_key
-    from selfsup.evaluate.run import load_run_config
 
     eval_config = None
     for item in args.set:
@@ -241,7 +241,7 @@ def cmd_evaluate(args) -> int:
             raise ConfigError(f"--set {item}: evaluate takes eval.* settings (e.g. "
                               "eval.knn_k=20); the rest of the run's config is fixed by training")
     if args.set:
-        data = {"eval": load_run_config(args.run_dir).to_dict()["eval"]}
+        data = {"eval": RunDir(args.run_dir).load_config().to_dict()["eval"]}
         for item in args.set:
             set_key(data, item)
         eval_config = from_dict(EvalConfig, data["eval"], "eval")
@@ -268,10 +268,13 @@ def _comma_list(text: str, convert, what: str) -> list:
 
 def cmd_finetune(args) -> int:
     from selfsup.evaluate.finetune import finetune_run, settings_from
+    from selfsup.run_dir import RunDir
     from selfsup.report.finetune_report import format_finetune_table
 
+    # the run's own finetune section (its config.yaml) under the flags and --set
     settings = settings_from({"seeds": args.seeds, "epochs": args.epochs,
-                              "batch_size": args.batch_size, "lr": args.lr}, args.set)
+                              "batch_size": args.batch_size, "lr": args.lr}, args.set,
+                             RunDir(args.run_dir).load_config().finetune)
     fractions = (None if args.labels_fraction is None
                  else _comma_list(args.labels_fraction, float, "--labels-fraction"))
     inits = (["scratch"] if args.scratch else
@@ -300,8 +303,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from selfsup import catalog
     from selfsup.registry import BACKBONES, DATASETS, METHODS, VIEW_RECIPES
 
+    catalog.load()  # the built-ins and the plugins of installed packages
     for title, registry in (("methods", METHODS), ("backbones", BACKBONES), ("datasets", DATASETS),
                             ("view recipes", VIEW_RECIPES)):
         print(f"{title}:")

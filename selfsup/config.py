@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Optional, Sequence, TypeVar, Union
 
 import yaml
 
@@ -170,6 +170,61 @@ class EvalConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """The fine-tuning protocol (``selfsup finetune``; the ``finetune`` section of a run's config
+    is its default); every field is recorded with the results."""
+
+    epochs: int = 10  # at least; small subsets run more epochs to reach min_steps
+    min_steps: int = 300  # optimiser steps every run takes at least
+    batch_size: int = 256  # capped at the size of the labelled subset
+    lr: float = 1e-2  # the head's AdamW learning rate (absolute, not scaled by the batch size)
+    weight_decay: float = 0.05  # on weight matrices only, not biases, norms or ViT tokens
+    backbone_lr_scale: float = 0.1  # backbone LR / head LR (a ViT's top block; lower blocks decay)
+    layer_decay: Optional[float] = None  # ViTs; None: 0.65 from 12 blocks up, else 0.75
+    warmup_fraction: float = 0.1  # share of the steps with a linear warm-up
+    label_smoothing: float = 0.1
+    augment: bool = True  # random resized crop + horizontal flip (the crop-flip recipe)
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # milder than pretraining's: keep the label visible
+    flip_prob: float = 0.5  # set 0 for data that is not mirror-symmetric (digits, text)
+    seeds: int = 3
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first field with an impossible value."""
+        for name, low in (("epochs", 1), ("batch_size", 1), ("seeds", 1), ("min_steps", 0)):
+            check_number(getattr(self, name), f"finetune {name}", low, whole=True)
+        ranges = {"lr": (0, math.inf), "weight_decay": (0, math.inf), "warmup_fraction": (0, 1),
+                  "label_smoothing": (0, 1), "flip_prob": (0, 1),
+                  "backbone_lr_scale": (0, 1), "layer_decay": (0, 1)}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value is None and name == "layer_decay":
+                continue  # the backbone's default
+            check_number(value, f"finetune {name}", low, high)
+        if self.lr == 0 or self.backbone_lr_scale == 0 or self.layer_decay == 0:
+            raise ConfigError("finetune lr, backbone_lr_scale and layer_decay must be above 0; "
+                              "for a backbone that does not train use --mode frozen")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"finetune precision must be auto, bf16 or fp32, got {self.precision!r}")
+        scale = self.crop_scale
+        if not (isinstance(scale, (list, tuple)) and len(scale) == 2
+                and all(isinstance(v, (int, float)) for v in scale) and 0 < scale[0] <= scale[1] <= 1):
+            raise ConfigError(f"finetune crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def changed_from_default(self, names: Sequence[str]) -> list[str]:
+        """Those of the fields ``names`` whose value differs from the default (a list and a tuple
+        of the same numbers are equal: ``to_dict`` makes both lists)."""
+        ours, defaults = self.to_dict(), FinetuneConfig().to_dict()
+        return [name for name in names if ours[name] != defaults[name]]
+
+
+@dataclass
 class Config:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "simclr"})
     backbone: dict[str, Any] = field(default_factory=lambda: {"name": "resnet18"})
@@ -178,6 +233,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     out: str = "runs/run"
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,8 +377,10 @@ def _backbone_defaults_for(name: str, defaults: dict[str, Any]) -> dict[str, Any
     ``pool=mean``; with ``backbone.name=resnet18`` the ViT-only keys are dropped instead of failing
     as unknown keys (the method itself then says whether it works with that backbone).
     """
+    from selfsup import catalog
     from selfsup.registry import BACKBONES
 
+    catalog.load()  # the built-ins and the plugins' backbones
     if name not in BACKBONES:
         return {"name": name}
     options_cls = getattr(BACKBONES.get(name), "options", None)
@@ -333,8 +391,10 @@ def _backbone_defaults_for(name: str, defaults: dict[str, Any]) -> dict[str, Any
 def method_config_defaults(name: str) -> dict[str, Any]:
     """The config sections a method sets by default (empty for an unknown name: the method's own
     look-up reports that with the list of known methods)."""
+    from selfsup import catalog
     from selfsup.registry import METHODS
 
+    catalog.load()  # the built-ins and the plugins' methods
     if name not in METHODS:
         return {}
     return getattr(METHODS.get(name), "config_defaults", {}) or {}

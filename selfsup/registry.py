@@ -2,6 +2,12 @@
 
 Adding a method, backbone, dataset or view recipe is one new file plus one ``@REGISTRY.register``
 line; the CLI lists the registries and configs refer to entries by name.
+
+This module is a leaf: it imports nothing of selfsup but its errors, so any module can register
+itself here. A registry holds what has been imported so far: each package (``selfsup.methods``,
+``.backbones``, ``.data``, ``.views``) imports all its own modules, and ``selfsup.catalog`` imports
+the four and loads the plugins of other installed packages. Whatever looks names up for the user
+without going through one of those packages calls ``selfsup.catalog.load()`` first.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        _import_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -43,15 +48,12 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
-        _import_builtins()
         return sorted(self._entries)
 
     def help(self, name: str) -> str:
-        _import_builtins()
         return self._help.get(name, "")
 
     def __contains__(self, name: str) -> bool:
-        _import_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -62,17 +64,4 @@ METHODS: Registry = Registry("method")
 BACKBONES: Registry = Registry("backbone")
 DATASETS: Registry = Registry("dataset")
 VIEW_RECIPES: Registry = Registry("view recipe")
-
-_imported = False
-
-
-def _import_builtins() -> None:
-    """Import the packages whose modules register the built-in entries (once, lazily)."""
-    global _imported
-    if _imported:
-        return
-    _imported = True
-    import selfsup.backbones  # noqa: F401
-    import selfsup.data  # noqa: F401
-    import selfsup.methods  # noqa: F401
-    import selfsup.views  # noqa: F401
+MODALITIES: Registry = Registry("modality")

@@ -18,8 +18,12 @@ from selfsup.methods import build_method
 from selfsup.momentum import momentum_at
 from selfsup.tokenize import make_tokenizer
 from selfsup.tokenize.base import Tokenizer
+from selfsup.run_dir import RunDir
 from selfsup.train import Trainer
-from selfsup.train.checkpoint import image_encoder_spec, save_encoder, token_encoder_spec
+from selfsup.train.hooks import Hook, default_hooks
+from selfsup.modalities import MODALITIES
+from selfsup.modalities.image import ImageModality
+from selfsup.train.checkpoint import save_encoder
 from selfsup.views import make_views
 
 TINY_TRANSFORMER = {"name": "transformer-tiny", "dim": 16, "depth": 2, "num_heads": 2,
@@ -108,21 +112,31 @@ def assert_loss_falls(losses: list[float], margin: float = 0.1) -> None:
     assert last < first - margin, f"loss did not fall: first 3 {first:.3f}, last 3 {last:.3f}"
 
 
+class StopAfterEpoch(Hook):
+    """Kills a run (KeyboardInterrupt, on every process) once the end-of-epoch hooks before it
+    (the checkpoint among them) have run for epoch ``epoch`` (0-based)."""
+
+    all_ranks = True
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def interrupted_trainer(config: Config, stop_after_epoch: int) -> Trainer:
+    """A Trainer of ``config`` with the default hooks and a kill after epoch ``stop_after_epoch``."""
+    return Trainer(config, hooks=default_hooks(RunDir(config.out)) + [StopAfterEpoch(stop_after_epoch)])
+
+
 def interrupt_then_resume(config: Config, stop_after_epoch: int, monkeypatch) -> Path:
     """Run ``config`` until the checkpoint of epoch ``stop_after_epoch`` (0-based) is written, kill
     it there (KeyboardInterrupt), check no final encoder was written, then resume to the end."""
-    original = Trainer._end_of_epoch
-
-    def stop(self, epoch, step):
-        original(self, epoch, step)
-        if epoch == stop_after_epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config).fit()
+        interrupted_trainer(config, stop_after_epoch).fit()
     assert not (Path(config.out) / "encoder.safetensors").exists()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
     return Trainer(config, resume=True).fit()
 
 
@@ -135,6 +149,14 @@ def assert_health_watches_the_encoder_only(method: nn.Module, x: torch.Tensor) -
 
 
 # ---------------------------------------------------------------- run dirs without training
+
+
+def spec_config(dataset: str, backbone: dict | None = None) -> Config:
+    """A config that names ``dataset`` (and ``backbone``), for a modality's ``encoder_spec``."""
+    config = load_config(None, [f"data.dataset={dataset}"])
+    if backbone is not None:
+        config.backbone = dict(backbone)
+    return config
 
 
 def _save_run(run_dir: Path, encoder: nn.Module, spec: dict, overrides: list[str]) -> None:
@@ -156,8 +178,8 @@ def save_token_run(run_dir: Path, tokenizer_name: str = "protein", max_length: i
     with torch.no_grad():
         for parameter in encoder.parameters():
             nn.init.normal_(parameter, std=0.5)
-    _save_run(Path(run_dir), encoder,
-              token_encoder_spec(encoder.config(), tokenizer.config(), dataset, max_length),
+    modality = MODALITIES.get(tokenizer.name)(tokenizer, max_length)
+    _save_run(Path(run_dir), encoder, modality.encoder_spec(encoder, spec_config(dataset)),
               ["method.name=mlm", "backbone.name=transformer-tiny",
                f"data.max_length={max_length}", "eval.batch_size=512"])
     return encoder.eval(), tokenizer
@@ -168,6 +190,6 @@ def save_image_run(run_dir: Path, dataset: str = "digits") -> nn.Module:
     torch.manual_seed(0)
     encoder = build_backbone(TINY_CNN, 1, 8)
     _save_run(Path(run_dir), encoder,
-              image_encoder_spec(TINY_CNN, (1, 8, 8), dataset),
+              ImageModality((1, 8, 8)).encoder_spec(encoder, spec_config(dataset, TINY_CNN)),
               ["backbone.name=small-cnn"])
     return encoder

@@ -13,7 +13,7 @@ from selfsup.backbones import build_backbone
 from selfsup.backbones.bag import BagEncoder, BagOptions
 from selfsup.backbones.token_encoder import as_token_encoder
 from selfsup.errors import ConfigError
-from selfsup.evaluate.sequence_baselines import (
+from selfsup.modalities.sequence_baselines import (
     canonical_kmer_classes, canonical_kmer_profile, kmer_profile, protein_composition,
 )
 from selfsup.tokenize import DnaTokenizer, KmerDnaTokenizer, ProteinTokenizer

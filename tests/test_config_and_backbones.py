@@ -118,7 +118,10 @@ def test_missing_external_library_is_a_named_error(monkeypatch):
 
 
 def test_method_defaults_sit_below_everything_the_user_writes(tmp_path):
+    from selfsup import catalog
     from selfsup.registry import METHODS
+
+    catalog.load()
 
     simsiam = METHODS.get("simsiam").config_defaults["optim"]
     config = load_config(None, ["method.name=simsiam"])

@@ -63,7 +63,8 @@ from selfsup.data.base import ImageSource, TensorImages
 from selfsup.data.loader import BatchStream
 from selfsup.errors import ConfigError
 from selfsup.losses import masked_token_cross_entropy
-from selfsup.methods import build_method
+from selfsup.methods import BuildContext, build_method
+from selfsup.methods.base import SINGLE_PROCESS, Collectives
 from selfsup.methods.dino import has_batchnorm
 from selfsup.methods.next_token import next_token_targets
 from selfsup.registry import METHODS
@@ -74,16 +75,17 @@ from selfsup.train.distributed import (
     all_reduce_sum_,
     convert_sync_batchnorm,
     prepare_method,
+    process_collectives,
     sync_batchnorm_default,
 )
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer, scaled_lr
 from selfsup.train.process import ProcessInfo, process_info
-from selfsup.train.trainer import split_views, train_step
+from selfsup.train.step import split_views, train_step
 from selfsup.views import is_sequence_recipe, make_sequence_views, make_views
 
 from conftest import TINY
-from method_helpers import free_port
+from method_helpers import free_port, interrupted_trainer
 
 WORLD = 2
 LOCAL_BATCH = 8  # b: the reference sees 2b
@@ -130,9 +132,10 @@ class Case:
 # what both sides compute
 
 
-def build(case: Case) -> nn.Module:
+def build(case: Case, collectives: Collectives = SINGLE_PROCESS) -> nn.Module:
     torch.manual_seed(0)
-    return build_method(case.method, build_backbone(case.backbone, 1, 8), IN_SHAPE)
+    return build_method(case.method, build_backbone(case.backbone, 1, 8),
+                        BuildContext(in_shape=IN_SHAPE, collectives=collectives))
 
 
 def local_views(method: nn.Module, step: int, rank: int) -> list[torch.Tensor]:
@@ -222,7 +225,7 @@ def masks_drawn_per_rank(method: nn.Module, step: int):
 
 def distributed_run(case: Case, info: ProcessInfo) -> dict[str, Any]:
     """STEPS data-parallel steps of ``case`` on this process; its final state and losses."""
-    method = build(case)
+    method = build(case, process_collectives(info))
     step_module = prepare_method(method, info, CPU, case.sync_bn)
     optimizer = optimizer_for(method)
     losses = []
@@ -409,40 +412,30 @@ def trainer_runs(runs: dict[str, Any]) -> dict[str, Any]:
     """Whole Trainer runs under the torchrun environment: straight, and stopped then resumed."""
     straight = Trainer(runs["straight"])
     straight.fit()
-    original = Trainer._end_of_epoch
-
-    def stop_after_first_epoch(self, epoch, step):
-        original(self, epoch, step)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    Trainer._end_of_epoch = stop_after_first_epoch
     try:
-        Trainer(runs["resumed"]).fit()
+        interrupted_trainer(runs["resumed"], 0).fit()
     except KeyboardInterrupt:
         pass
-    finally:
-        Trainer._end_of_epoch = original
     dist.barrier()  # rank 0 has written the checkpoint every process resumes from
     resumed = Trainer(runs["resumed"], resume=True)
     resumed.fit()
     # a budget: rank 1's clock runs 10× fast, so alone it would stop timing steps first and wait
     # forever in the other rank's next all-reduce; the stop is shared, so both agree
-    import selfsup.train.trainer as trainer_module
+    import selfsup.train.budget as budget_module  # where the step rate is timed
 
-    clock = trainer_module.time.perf_counter
+    clock = budget_module.time.perf_counter
     if dist.get_rank() == 1:
-        trainer_module.time = type("FastClock", (), {"perf_counter": staticmethod(
+        budget_module.time = type("FastClock", (), {"perf_counter": staticmethod(
             lambda: 10 * clock()), "time": staticmethod(time.time)})
     try:
         budget = Trainer(runs["budget"])
         budget.fit()
     finally:
-        trainer_module.time = time
-    return {"straight": copy.deepcopy(straight.method.state_dict()),
-            "budget_steps": budget.total_steps,
-            "resumed": copy.deepcopy(resumed.method.state_dict()),
-            "base_lrs": straight.base_lrs, "micro_batch": straight.micro_batch}
+        budget_module.time = time
+    return {"straight": copy.deepcopy(straight.parts.method.state_dict()),
+            "budget_steps": budget.parts.schedule.total_steps,
+            "resumed": copy.deepcopy(resumed.parts.method.state_dict()),
+            "base_lrs": straight.parts.base_lrs, "micro_batch": straight.parts.micro_batch}
 
 
 @pytest.fixture(scope="module")

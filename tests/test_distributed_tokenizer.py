@@ -67,10 +67,10 @@ def _worker(rank: int, port: int, runs: dict[str, Config], out: str) -> None:
     trainer = Trainer(runs["learnt"])
     trainer.fit()
     results["calls"] = list(calls)
-    results["vocabulary"] = trainer.tokenizer.backend.get_vocab(with_added_tokens=True)
-    results["sha256"] = trainer.tokenizer.sha256
-    results["path"] = str(trainer.tokenizer.path)
-    results["parameters"] = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    results["vocabulary"] = trainer.parts.modality.tokenizer.backend.get_vocab(with_added_tokens=True)
+    results["sha256"] = trainer.parts.modality.tokenizer.sha256
+    results["path"] = str(trainer.parts.modality.tokenizer.path)
+    results["parameters"] = {k: v.clone() for k, v in trainer.parts.method.state_dict().items()}
     try:  # a vocabulary too small to learn: rank 0 fails, and the others must not wait for it
         Trainer(runs["failing"]).fit()
         results["failure"] = None
@@ -130,4 +130,4 @@ def test_one_process_learns_saves_and_records_the_tokeniser(tmp_path, monkeypatc
     assert calls == [48]  # the training split alone
     spec = json.loads((run_dir / "encoder.json").read_text())
     saved = TextTokenizer.load(run_dir / TOKENIZER_FILE, spec["tokenizer"]["sha256"])
-    assert saved.to_json() == trainer.tokenizer.to_json()
+    assert saved.to_json() == trainer.parts.modality.tokenizer.to_json()

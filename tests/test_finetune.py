@@ -17,12 +17,12 @@ from selfsup.config import load_config
 from selfsup.data import load_split
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
+from selfsup.config import FinetuneConfig
 from selfsup.evaluate import run as run_module
 from selfsup.evaluate.finetune import (
     Classifier,
-    FinetuneSettings,
     backbone_lr_scales,
-    build_optimizer,
+    classifier_optimizer,
     default_layer_decay,
     finetune_model,
     finetune_run,
@@ -33,8 +33,8 @@ from selfsup.evaluate.finetune import (
     settings_from,
 )
 from selfsup.data import sequence_loader
-from selfsup.evaluate.sequence_baselines import encoder_features
-from selfsup.evaluate.sequence_finetune import SequenceInputs
+from selfsup.modalities.sequence_baselines import encoder_features
+from selfsup.modalities.sequence_finetune import SequenceInputs
 from selfsup.report.finetune_report import finetune_section, format_finetune_table
 from selfsup.tokenize import make_tokenizer
 from selfsup.train import Trainer
@@ -66,7 +66,7 @@ def state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def train_small(model, digits, count=128, **settings):
     train, test = digits
     return finetune_model(model, train.subset(torch.arange(count)), test,
-                          FinetuneSettings(**{**QUICK, **settings}), seed=0, device=CPU,
+                          FinetuneConfig(**{**QUICK, **settings}), seed=0, device=CPU,
                           backbone_scales=backbone_lr_scales(model.backbone))
 
 
@@ -133,7 +133,7 @@ def test_layerwise_lr_decay_gives_each_vit_layer_its_exact_rate():
     vit = VisionTransformer(in_channels=1, img_size=8, patch_size=4, embed_dim=16, depth=depth,
                             num_heads=2)
     model = Classifier(vit, num_classes=10, freeze_backbone=False)
-    optimizer = build_optimizer(model, lr, wd, backbone_lr_scales(vit, scale, decay))
+    optimizer = classifier_optimizer(model, lr, wd, backbone_lr_scales(vit, scale, decay))
     # worked by hand for depth 3: embeddings are layer 0, block i layer i + 1, the rest layer 4
     expected_exponent = {"patch_embed": 4, "cls_token": 4, "pos_embed": 4,
                          "blocks.0": 3, "blocks.1": 2, "blocks.2": 1, "norm": 0}
@@ -164,7 +164,7 @@ def test_default_layer_decay_depends_on_depth():
 def test_cnn_backbone_trains_at_a_tenth_of_the_head_rate():
     cnn = SmallCNN(1, (8, 16))
     model = Classifier(cnn, num_classes=10, freeze_backbone=False)
-    optimizer = build_optimizer(model, 1e-2, 0.05, backbone_lr_scales(cnn))
+    optimizer = classifier_optimizer(model, 1e-2, 0.05, backbone_lr_scales(cnn))
     for param in cnn.parameters():
         assert group_of(optimizer, param)["lr"] == pytest.approx(1e-3)
     head_lr = group_of(optimizer, model.head[1].weight)["lr"]
@@ -173,7 +173,7 @@ def test_cnn_backbone_trains_at_a_tenth_of_the_head_rate():
 
 def test_frozen_backbone_is_not_in_the_optimizer():
     model = Classifier(SmallCNN(1, (8,)), num_classes=3, freeze_backbone=True)
-    optimizer = build_optimizer(model, 1e-2, 0.05, backbone_lr_scales(model.backbone))
+    optimizer = classifier_optimizer(model, 1e-2, 0.05, backbone_lr_scales(model.backbone))
     optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert optimised == {id(p) for p in model.head.parameters()}
 
@@ -249,7 +249,7 @@ def test_damaged_results_file_is_a_named_error(tmp_path):
 
 def test_finetune_run_twice_merges_and_records_seeds_and_settings(run_dir, tmp_path):
     out = tmp_path / "ft.json"
-    settings = FinetuneSettings(**{**QUICK, "seeds": 2})
+    settings = FinetuneConfig(**{**QUICK, "seeds": 2})
     finetune_run(run_dir, [0.1], settings=settings, device="cpu", out=out, log=lambda _: None)
     merged = finetune_run(run_dir, [1.0], modes=["frozen"], inits=["scratch"], settings=settings,
                           device="cpu", out=out, log=lambda _: None)
@@ -275,7 +275,7 @@ def test_finetune_run_twice_merges_and_records_seeds_and_settings(run_dir, tmp_p
 ])
 def test_bad_choices_fail_before_any_training(run_dir, kwargs, error, message):
     with pytest.raises(error, match=message):
-        finetune_run(run_dir, settings=FinetuneSettings(**QUICK), device="cpu",
+        finetune_run(run_dir, settings=FinetuneConfig(**QUICK), device="cpu",
                      log=lambda line: pytest.fail(f"trained despite bad input: {line}"), **kwargs)
 
 
@@ -443,7 +443,7 @@ def finetune_motif(mode: str, epochs: int = 8):
     encoder = token_encoder()
     before = state_copy(encoder)
     model = Classifier(encoder, num_classes=2, freeze_backbone=mode == "frozen")
-    settings = FinetuneSettings(epochs=epochs, min_steps=0, batch_size=32, seeds=1)
+    settings = FinetuneConfig(epochs=epochs, min_steps=0, batch_size=32, seeds=1)
     outcome = finetune_model(model, motif_proteins(256, seed=0), motif_proteins(200, seed=1), settings,
                              seed=0, device=CPU, backbone_scales=backbone_lr_scales(encoder, 1.0),
                              eval_batch_size=64,
@@ -504,12 +504,12 @@ def swissprot():
 
 
 def test_sequence_results_have_the_image_shape_and_the_report_renders(run_dir, swissprot, tmp_path):
-    image = finetune_run(run_dir, [0.1], settings=FinetuneSettings(**QUICK), device="cpu",
+    image = finetune_run(run_dir, [0.1], settings=FinetuneConfig(**QUICK), device="cpu",
                          out=tmp_path / "image.json", log=lambda _: None)
     image_entry = image["datasets"]["digits"]["full"]["pretrained"]["0.1"]
     protein_run = save_protein_run(tmp_path / "protein")
     results = finetune_run(protein_run, [0.01], modes=["full", "frozen"], inits=["pretrained", "scratch"],
-                           settings=FinetuneSettings(**QUICK_SEQUENCES), device="cpu",
+                           settings=FinetuneConfig(**QUICK_SEQUENCES), device="cpu",
                            log=lambda _: None)
     train, test = swissprot
     per_class = sum(max(1, round(0.01 * int(n))) for n in torch.bincount(train.labels))
@@ -568,7 +568,7 @@ def test_sequence_runs_refuse_mismatched_data_and_image_settings(tmp_path, fake_
                                                                  settings, error, message):
     protein_run = save_protein_run(tmp_path / "protein")
     with pytest.raises(error, match=message):
-        finetune_run(protein_run, [1.0], settings=FinetuneSettings(**QUICK_SEQUENCES, **settings),
+        finetune_run(protein_run, [1.0], settings=FinetuneConfig(**QUICK_SEQUENCES, **settings),
                      dataset=dataset, device="cpu",
                      log=lambda line: pytest.fail(f"trained despite bad input: {line}"))
 
@@ -576,7 +576,7 @@ def test_sequence_runs_refuse_mismatched_data_and_image_settings(tmp_path, fake_
 def test_image_only_settings_are_refused_before_any_data_loads(tmp_path):
     protein_run = save_protein_run(tmp_path / "protein")
     with pytest.raises(ConfigError, match="finetune flip_prob applies to images only"):
-        finetune_run(protein_run, [1.0], settings=FinetuneSettings(flip_prob=0.0),
+        finetune_run(protein_run, [1.0], settings=FinetuneConfig(flip_prob=0.0),
                      dataset="no-such-data-set", device="cpu")  # loading it would be a DataError
 
 

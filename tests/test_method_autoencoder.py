@@ -260,10 +260,10 @@ def test_a_whole_run_logs_finite_losses_and_health(tiny_config, name):
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
 def test_build_method_fits_the_decoder_to_the_data_shape(shape):
     from selfsup.backbones import build_backbone
-    from selfsup.methods import build_method
+    from selfsup.methods import BuildContext, build_method
 
     encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, shape[0], shape[1])
-    method = build_method({"name": "vae", "decoder_width": 16}, encoder, in_shape=shape)
+    method = build_method({"name": "vae", "decoder_width": 16}, encoder, BuildContext(in_shape=shape))
     method.eval()
     x = torch.randn(2, *shape)
     assert method.reconstruct(x).shape == x.shape

@@ -22,6 +22,7 @@ from selfsup.config import load_config
 from selfsup.data import load_split
 from selfsup.errors import ConfigError, DataError
 from selfsup.masking import random_masking
+from selfsup.methods.base import Collectives
 from selfsup.methods.beit import (
     BEiT,
     BEiTOptions,
@@ -283,8 +284,8 @@ def two_processes() -> tuple[list[BEiT], list[torch.Tensor], list[torch.Tensor]]
     images = [digits(8)[:4], digits(8)[4:]]
     patches = [method.patches(x) for method, x in zip(methods, images)]
     for rank, method in enumerate(methods):
-        method.rank = rank
-        method.gather = lambda local, rank=rank: torch.cat([local if r == rank else patches[r] for r in (0, 1)])
+        gather = lambda local, rank=rank: torch.cat([local if r == rank else patches[r] for r in (0, 1)])  # noqa: E731
+        method.collectives = Collectives(gather=gather, rank=rank, world_size=2)
     return methods, images, patches
 
 

@@ -418,7 +418,7 @@ def test_a_whole_dino_run_logs_finite_losses_and_health_and_exports_the_teacher(
     watched = {r["embedding"] for r in records if r["kind"] == "health"}
     assert watched == {"encoder", "projector"}
     exported = load_file(str(run / "encoder.safetensors"))
-    teacher, student = trainer.method.teacher.net[0].state_dict(), trainer.method.encoder.state_dict()
+    teacher, student = trainer.parts.method.teacher.net[0].state_dict(), trainer.parts.method.encoder.state_dict()
     assert exported.keys() == teacher.keys()
     assert all(torch.equal(exported[k], teacher[k]) for k in exported)
     assert not all(torch.equal(exported[k], student[k]) for k in exported)

@@ -22,6 +22,7 @@ from selfsup.config import OptimConfig
 from selfsup.data import load_split
 from selfsup.errors import ConfigError
 from selfsup.methods import build_method
+from selfsup.methods.base import BuildContext, Collectives
 from selfsup.methods.moco import (
     KeyQueue,
     MoCoV2,
@@ -40,6 +41,11 @@ from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import build_optimizer
 from selfsup.views import make_views
 
+
+
+def two_processes(gather, rank: int) -> Collectives:
+    """Collectives of a stand-in second process: ``gather`` puts the other's keys in place."""
+    return Collectives(gather=gather, rank=rank, world_size=2)
 
 def tiny_encoder() -> torch.nn.Module:
     torch.manual_seed(0)
@@ -161,7 +167,7 @@ def test_default_queue_size_follows_the_training_set(num_train, size):
 def test_build_method_sizes_the_queue_from_the_training_set_unless_one_is_given():
     def queue_length(section: dict, num_train: int | None) -> int:
         return len(build_method({"name": "mocov2", **section}, tiny_encoder(),
-                                num_train=num_train).queue.keys)
+                                BuildContext(num_train=num_train)).queue.keys)
 
     assert queue_length({}, 1438) == 719
     assert queue_length({}, 2_000_000) == 65536
@@ -170,7 +176,7 @@ def test_build_method_sizes_the_queue_from_the_training_set_unless_one_is_given(
 
 
 def test_a_checkpointed_queue_keeps_its_length_when_the_method_is_rebuilt_without_the_data():
-    trained = MoCoV2(tiny_encoder(), MoCoV2Options(proj_dim=16), num_train=100)  # 50 keys
+    trained = MoCoV2(tiny_encoder(), MoCoV2Options(proj_dim=16), BuildContext(num_train=100))  # 50 keys
     trained(digit_views("simclr"))
     rebuilt = MoCoV2(tiny_encoder(), MoCoV2Options(proj_dim=16))  # 4096 keys until loaded
     rebuilt.load_state_dict(trained.state_dict())
@@ -216,7 +222,7 @@ def test_mocov2_batch_negatives_are_the_gathered_keys_of_all_processes():
     assert method.options.batch_negatives
     views = digit_views("simclr")
     other = F.normalize(torch.randn(16, 16, generator=torch.Generator().manual_seed(1)), dim=1)
-    method.gather, method.rank = (lambda keys: torch.cat([other, keys])), 1  # process 0's first
+    method.collectives = two_processes(lambda keys: torch.cat([other, keys]), rank=1)  # 0's first
     negatives = method.queue.keys.clone().numpy()
     with torch.no_grad():
         q1, q2 = (t.numpy() for t in method.projector(method.encoder(torch.cat(views))).chunk(2))
@@ -349,7 +355,7 @@ def test_bad_bn_splits_raise_named_config_errors():
     # two processes (a stand-in gather that doubles the batch): 48 keys in 3 sub-batches of 16,
     # but 3 sub-batches cannot be shared by 2 processes
     method = tiny_mocov2(bn_splits=3)
-    method.gather = lambda x: torch.cat([x, x])
+    method.collectives = two_processes(lambda x: torch.cat([x, x]), rank=0)
     with pytest.raises(ConfigError, match="multiple of the number of processes"):
         method(digit_views("simclr", count=12))
 
@@ -371,7 +377,7 @@ def test_mocov3_takes_negatives_from_the_gathered_keys_of_all_processes():
     method = tiny_mocov3(temperature=0.5)
     views = digit_views("byol")
     other = torch.randn(16, 16, generator=torch.Generator().manual_seed(1))  # process 0's keys
-    method.gather, method.rank = (lambda keys: torch.cat([other, keys])), 1
+    method.collectives = two_processes(lambda keys: torch.cat([other, keys]), rank=1)
     with torch.no_grad():
         z = method.projector(method.encoder(torch.cat(views)))
         p1, p2 = (t.numpy() for t in method.predictor(z).chunk(2))

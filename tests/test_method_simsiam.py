@@ -136,12 +136,12 @@ def test_a_whole_simsiam_run_logs_finite_losses_and_health_with_the_predictor_at
     assert watched == {"encoder", "projector"}
     # After the last step (6 of 6, with half an epoch of warm-up) the scheduled groups sit at the
     # cosine's end, the predictor's at its base rate (SimSiam's "fix lr for predictor").
-    factor = lr_factor(trainer.total_steps - 1, trainer.total_steps, trainer.warmup_steps,
+    factor = lr_factor(trainer.parts.schedule.total_steps - 1, trainer.parts.schedule.total_steps, trainer.parts.schedule.warmup_steps,
                        trainer.config.optim.min_lr_ratio)
     assert factor < 0.2
-    predictor = {id(p) for p in trainer.method.predictor.parameters()}
-    for group, base in zip(trainer.optimizer.param_groups, trainer.base_lrs):
+    predictor = {id(p) for p in trainer.parts.method.predictor.parameters()}
+    for group, base in zip(trainer.parts.optimizer.param_groups, trainer.parts.base_lrs):
         is_predictor = {id(p) for p in group["params"]} <= predictor
         assert group["lr"] == pytest.approx(base if is_predictor else base * factor)
     step_lrs = [r["lr"] for r in records if r["kind"] == "step"]  # the log shows the schedule
-    assert step_lrs[-1] == pytest.approx(trainer.base_lrs[0] * factor)
+    assert step_lrs[-1] == pytest.approx(trainer.parts.base_lrs[0] * factor)

@@ -27,7 +27,7 @@ from selfsup.train.optim import (
     scaled_lr,
     set_learning_rates,
 )
-from selfsup.train.trainer import split_views, train_step
+from selfsup.train.step import split_views, train_step
 from selfsup.views import make_views
 
 CPU = torch.device("cpu")

@@ -14,7 +14,7 @@ from selfsup.backbones import build_backbone
 from selfsup.data import load_split
 from selfsup.errors import DataError
 from selfsup.masking import random_masking
-from selfsup.methods import build_method
+from selfsup.methods import BuildContext, build_method
 from selfsup.methods.autoencoder import add_noise
 from selfsup.methods.mae import MAE, MAEOptions
 from selfsup.report import pictures
@@ -64,7 +64,8 @@ def tiny_vit(pool: str = "cls", depth: int = 1, sharpen: float = 1.0):
 def tiny_autoencoder(name: str, **options):
     torch.manual_seed(0)
     encoder = build_backbone({"name": "small-cnn", "widths": [8, 16]}, 1, 8)
-    return build_method({"name": name, "decoder_width": 16, **options}, encoder, in_shape=(1, 8, 8))
+    return build_method({"name": name, "decoder_width": 16, **options}, encoder,
+                        BuildContext(in_shape=(1, 8, 8)))
 
 
 # ---------------------------------------------------------------------------------- loading

@@ -278,7 +278,7 @@ def test_plot_probe_curves_draws_each_runs_probe_and_loss_in_its_own_panel(tmp_p
         return probes, epochs
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or Path(path))
     runs = {"stop-gradient": run([0.5, 0.6, 0.7]), "no stop-gradient": run([0.5, 0.45, 0.45])}
     plot_probe_curves(runs, tmp_path / "two.png")
     (fig,) = figures

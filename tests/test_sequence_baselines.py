@@ -10,11 +10,11 @@ import torch
 from selfsup.backbones import build_backbone
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
-from selfsup.evaluate.sequence_baselines import (
+from selfsup.modalities import modality_for_spec
+from selfsup.modalities.sequence_baselines import (
     amino_acid_composition, baseline_features, canonical_kmer_classes, canonical_kmer_profile,
     dipeptide_frequencies, encoder_features, evaluation_stream, in_order_batches, kmer_profile,
     protein_composition, rc_consistency, reverse_complement_consistency, reverse_complement_source,
-    sequence_feature_sets,
 )
 from selfsup.tokenize import DnaTokenizer, ProteinTokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
@@ -166,7 +166,8 @@ def test_sequence_feature_sets_for_dna_hold_every_set_and_rc_consistency():
                               "depth": 1, "ffn_dim": 32, "rc_invariant": True,
                               "tokenizer": tokenizer.config()}, 0, 0)
     spec = {"backbone": encoder.config(), "tokenizer": tokenizer.config(), "max_length": 64}
-    sets, extras = sequence_feature_sets(encoder, spec, train, test, "cpu", batch_size=8)
+    sets, extras = modality_for_spec(spec).feature_sets(encoder, spec, train, test, "cpu", 8,
+                                                         "fp32", baselines=True, seed=0)
     assert {name: (a.shape, b.shape) for name, (a, b) in sets.items()} == {
         "ssl": ((20, 16), (10, 16)), "kmer4": ((20, 256), (10, 256)),
         "canonical_kmer4": ((20, 136), (10, 136)), "random_init": ((20, 16), (10, 16)),
@@ -195,7 +196,8 @@ def test_sequence_feature_sets_for_text_learn_tfidf_from_the_training_split(tmp_
                               "dim": 16, "depth": 1, "ffn_dim": 32}, 0, 0)
     spec = {"backbone": encoder.config(), "max_length": 64,
             "tokenizer": {**tokenizer.config(), "file": str(tmp_path / "tokenizer.json")}}
-    sets, extras = sequence_feature_sets(encoder, spec, train, test, "cpu", batch_size=2)
+    sets, extras = modality_for_spec(spec).feature_sets(encoder, spec, train, test, "cpu", 2,
+                                                         "fp32", baselines=True, seed=0)
     assert set(sets) == {"ssl", "tfidf", "random_init"} and extras == {}
     tfidf_train, tfidf_test = sets["tfidf"]
     assert tfidf_train.shape[1] == tfidf_test.shape[1]

@@ -82,7 +82,7 @@ def test_new_backbones_pretrain_then_embed_and_finetune(tmp_path, backbone):
     pretraining, the saved encoder reloaded for embed and for fine-tuning."""
     import numpy as np
 
-    from selfsup.evaluate.finetune import FinetuneSettings, finetune_run
+    from selfsup.evaluate.finetune import FinetuneConfig, finetune_run
     from selfsup.evaluate.run import embed_run
 
     tiny = [item for item in TINY_SEQUENCES if not item.startswith("backbone.")]
@@ -93,7 +93,7 @@ def test_new_backbones_pretrain_then_embed_and_finetune(tmp_path, backbone):
     assert spec["backbone"]["name"] == backbone
     features = embed_run(run_dir, None, "test", tmp_path / "test.npy", device="cpu")
     assert features.shape[0] > 1000 and np.isfinite(features).all()
-    settings = FinetuneSettings(epochs=1, min_steps=2, batch_size=64, seeds=1)
+    settings = FinetuneConfig(epochs=1, min_steps=2, batch_size=64, seeds=1)
     result = finetune_run(run_dir, fractions=[0.01], settings=settings, device="cpu",
                           log=lambda message: None)
     entry = result["datasets"]["swissprot-loc"]["full"]["pretrained"]

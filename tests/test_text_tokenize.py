@@ -18,7 +18,7 @@ from selfsup.backbones import build_backbone
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
-from selfsup.evaluate.text_baselines import TfidfFeatures, tfidf_logistic_regression
+from selfsup.modalities.text_baselines import TfidfFeatures, tfidf_logistic_regression
 from selfsup.methods import build_method
 from selfsup.tokenize import make_tokenizer
 from selfsup.tokenize.base import IGNORE_LABEL

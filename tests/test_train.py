@@ -13,11 +13,14 @@ from safetensors.torch import load_file
 
 from selfsup.errors import TrainingDiverged
 from selfsup.train import Trainer
+from selfsup.train import trainer as trainer_module
+from selfsup.train.hooks import health_data
 from selfsup.train.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import LARS, lr_factor
+from selfsup.train.parts import Schedule, build_parts
 
-from method_helpers import interrupt_then_resume
+from method_helpers import interrupt_then_resume, interrupted_trainer
 
 
 def encoder_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -97,8 +100,7 @@ def test_run_dir_contents_and_encoder_round_trip(tiny_config):
     encoder, spec = load_encoder(run)
     state = load_checkpoint(run / "checkpoints/last.pt")
     x = torch.randn(4, 1, 8, 8)
-    trained = Trainer(tiny_config(out="other"))
-    trained._build()
+    trained = build_parts(tiny_config(out="other"))
     trained.method.load_state_dict(state["method"])
     encoder.eval(), trained.method.eval()
     assert torch.allclose(encoder(x), trained.method.encoder(x))
@@ -177,13 +179,13 @@ def test_online_probe_works_with_default_sizes_on_a_small_data_set(tiny_config):
     """digits' test split (~360) is smaller than the health batch and its train split smaller than
     the default probe bank: the probe must still query held-out images, disjoint from its bank."""
     trainer = Trainer(tiny_config("train.probe_train_samples=10000", "train.probe_test_samples=10000"))
-    trainer._build()
-    data = trainer.health_data
-    assert len(data.images) == 512  # the health batch comes from the larger training split
+    trainer.parts = build_parts(trainer.config)
+    data = health_data(trainer)
+    assert len(data.inputs) == 512  # the health batch comes from the larger training split
     from selfsup.data import load_split
 
     test, train = load_split("digits", "test"), load_split("digits", "train")
-    assert len(data.query_images) == len(test) and len(data.bank_images) == len(train)
+    assert len(data.query_inputs) == len(test) and len(data.bank_inputs) == len(train)
     run = Trainer(tiny_config("train.probe_train_samples=10000", "train.probe_test_samples=10000",
                               out="run2")).fit()
     assert any(r["kind"] == "probe" for r in read_metrics(run / "metrics.jsonl"))
@@ -218,7 +220,7 @@ def test_a_fixed_step_count_cuts_the_last_epoch_short_and_ends_the_schedule_ther
     assert epochs == [3, 5]
     lrs = [r["lr"] for r in step_records(run)]
     assert len(lrs) == 5
-    assert lrs[-1] == pytest.approx(trainer.base_lrs[0] * 0.1)  # the end value, at the last step
+    assert lrs[-1] == pytest.approx(trainer.parts.base_lrs[0] * 0.1)  # the end value, at the last step
     assert lrs[-2] > lrs[-1]
 
 
@@ -228,7 +230,7 @@ def test_the_linear_schedule_reaches_the_trainer(tiny_config):
     trainer = Trainer(config)
     lrs = [r["lr"] for r in step_records(trainer.fit())]
     # evenly spaced from the base rate to 0 at the last step (the cosine's steps are uneven)
-    assert lrs == pytest.approx([trainer.base_lrs[0] * f for f in (1, 0.75, 0.5, 0.25, 0)])
+    assert lrs == pytest.approx([trainer.parts.base_lrs[0] * f for f in (1, 0.75, 0.5, 0.25, 0)])
 
 
 def test_a_budget_measures_its_step_count_once_and_records_it(tiny_config):
@@ -262,35 +264,28 @@ def test_a_budget_run_is_the_run_of_its_step_count_and_resumes_to_it(tiny_config
     # resume: 5 steps (two epochs, an interruption between them), the measurement made known
     five = Trainer(tiny_config("train.total_steps=5", out="five")).fit()
     interrupted = tiny_config("train.budget_minutes=0.02", "train.epochs=1000", out="resumed")
-    monkeypatch.setattr(Trainer, "_measure_total_steps", lambda self: _fix_steps(self, 5))
+    monkeypatch.setattr(trainer_module, "measure_total_steps", lambda parts: _fix_steps(parts, 5))
     resumed = interrupt_then_resume_from_disk(interrupted, monkeypatch)
     weights = encoder_weights(resumed)
     assert all(torch.equal(weights[k], v) for k, v in encoder_weights(five).items())
 
 
-def _fix_steps(trainer, steps: int) -> None:
-    """_measure_total_steps with a known outcome (the measured one varies with the machine)."""
-    trainer.config.train.total_steps = steps
-    trainer._set_schedule()
-    trainer.config.save(trainer.run_dir / "config.yaml")
+def _fix_steps(parts, steps: int) -> dict:
+    """measure_total_steps with a known outcome (the measured one varies with the machine)."""
+    parts.config.train.total_steps = steps
+    parts.schedule = Schedule.from_config(parts.config, parts.schedule.steps_per_epoch)
+    return {"kind": "run", "event": "budget", "steps_per_second": 1.0, "timed_steps": 0,
+            "total_steps": steps}
 
 
 def interrupt_then_resume_from_disk(config, monkeypatch) -> Path:
     """Kill the run after its first epoch's checkpoint, then resume it from its saved config."""
     from selfsup.evaluate.run import load_run_config
 
-    original = Trainer._end_of_epoch
-
-    def stop(self, epoch, step):
-        original(self, epoch, step)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config).fit()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+        interrupted_trainer(config, 0).fit()
     measured = []
-    monkeypatch.setattr(Trainer, "_measure_total_steps", lambda self: measured.append(1))
+    monkeypatch.setattr(trainer_module, "measure_total_steps", lambda parts: measured.append(1))
     run = Trainer(load_run_config(config.out), resume=True).fit()
     assert not measured  # the count came from config.yaml
     return run

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from selfsup.errors import ConfigError, DataError
@@ -66,6 +66,8 @@ def test_to_float_rejects_non_uint8():
     out_w=st.integers(2, 12),
     seed=st.integers(0, 2**31),
 )
+# a blurred pixel an ulp above 1, then solarised: once -1.2e-7 (found by hypothesis)
+@example(batch=2, channels=1, height=4, width=4, out_h=2, out_w=11, seed=427113352)
 def test_views_keep_shape_dtype_device_and_range(batch, channels, height, width, out_h, out_w, seed):
     x = to_float(random_images((batch, channels, height, width), seed))
     view = augment(x, every_op_spec((out_h, out_w)), generator(seed))

@@ -19,7 +19,6 @@ with a ``name``. Built in:
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence, Union
 
@@ -28,6 +27,7 @@ import torch
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.files import save_npy
+from selfsup.run_dir import ENCODER_SPEC_FILE, ENCODER_WEIGHTS_FILE, RunDir
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
 # Per-residue descriptors, one row per amino acid: (hydropathy, volume, charge, polarity).
@@ -59,8 +59,7 @@ DESCRIPTOR_TABLE = {
     "V": (4.2, 140.0, 0, 5.9),
 }
 POOLINGS = ("mean", "sites")
-ENCODER_FILE = "encoder.safetensors"  # the run directory's encoder weights (DESIGN.md)
-ENCODER_SPEC_FILE = "encoder.json"  # how to rebuild the encoder, and its tokeniser
+ENCODER_FILE = ENCODER_WEIGHTS_FILE  # the run directory's encoder weights, by its old name here
 BUILTIN_FEATURIZERS = ("onehot", "descriptors")
 EMBED_BATCH = 512  # sequences per forward pass of a run's encoder
 # RunEmbedding asks its encoder for this many residues at a time: the per-residue states of a
@@ -154,6 +153,7 @@ class RunEmbedding:
                  sites: Optional[Sequence[int]] = None,
                  encode: Optional[ResidueEncoder] = None) -> None:
         self.run_dir = Path(run_dir)
+        self.run = RunDir(self.run_dir)
         if not self.run_dir.is_dir():
             raise ConfigError(f"run directory {self.run_dir} does not exist")
         if pooling not in POOLINGS:
@@ -169,11 +169,11 @@ class RunEmbedding:
     def cache_path(self, sequences: list[str]) -> Path:
         digest = hashlib.sha256()
         digest.update(f"{self.pooling}|{self.sites}|".encode())
-        encoder = self.run_dir / ENCODER_FILE
+        encoder = self.run.encoder_weights
         if encoder.is_file():  # a retrained encoder must not reuse old embeddings
             digest.update(f"{encoder.stat().st_size}|{encoder.stat().st_mtime_ns}|".encode())
         digest.update("\n".join(sequences).encode())
-        return self.run_dir / "bo-embeddings" / f"{self.pooling}-{digest.hexdigest()[:16]}.npy"
+        return self.run.bo_cache_dir / f"{self.pooling}-{digest.hexdigest()[:16]}.npy"
 
     def __call__(self, sequences: list[str]) -> np.ndarray:
         if len(sequences) == 0:
@@ -240,7 +240,7 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     # Imported here: the training stack costs import time that only run directories need.
     from selfsup.backbones.token_encoder import as_token_encoder
     from selfsup.data.sequences import SequenceSource
-    from selfsup.evaluate.sequence_baselines import (
+    from selfsup.modalities.sequence_baselines import (
         evaluation_stream, in_order_batches, token_encoder_inputs,
     )
     from selfsup.train.checkpoint import load_encoder
@@ -284,10 +284,11 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
 def _check_protein_run(run_dir: Path) -> None:
     """ConfigError unless ``run_dir`` holds a trained protein token encoder. Cheap: reads its
     ``encoder.json`` only, no weights."""
-    if not (run_dir / ENCODER_SPEC_FILE).is_file() or not (run_dir / ENCODER_FILE).is_file():
+    run = RunDir(run_dir)
+    if not run.has_encoder():
         raise ConfigError(f"{run_dir} holds no trained encoder ({ENCODER_SPEC_FILE} and "
-                          f"{ENCODER_FILE}); {PROTEIN_RUN_HINT}")
-    spec = json.loads((run_dir / ENCODER_SPEC_FILE).read_text())
+                          f"{ENCODER_WEIGHTS_FILE}); {PROTEIN_RUN_HINT}")
+    spec = run.read_encoder_spec()
     tokenizer_config = spec.get("tokenizer")
     if not tokenizer_config:
         raise ConfigError(f"{run_dir}: its encoder ({spec['backbone'].get('name')}) reads images, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -12,7 +12,20 @@ from selfsup.config import build_options
 from selfsup.registry import BACKBONES
 from selfsup.tokenize.base import Tokenizer
 
-__all__ = ["build_backbone", "FeatureAdapter"]
+__all__ = ["build_backbone", "FeatureAdapter", "Layered"]
+
+
+@runtime_checkable
+class Layered(Protocol):
+    """A backbone made of a stack of layers (the ViT's blocks), which fine-tuning trains at rates
+    that fall layer by layer towards the input (layer-wise learning-rate decay, BEiT/MAE)."""
+
+    @property
+    def num_layers(self) -> int:
+        """The number of layers; parameters lie in layers 0 (the input) … num_layers + 1."""
+
+    def layer_id(self, name: str) -> int:
+        """The layer of the parameter called ``name`` (as ``named_parameters`` gives it)."""
 
 
 def build_backbone(section: dict[str, Any], in_channels: int, image_size: int,

@@ -105,6 +105,10 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+# parameters of the input embedding: layer 0 of layer-wise learning-rate decay
+EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
+
+
 class VisionTransformer(nn.Module):
     """ViT encoder; ``forward`` returns (B, embed_dim) features pooled by ``pool``.
 
@@ -130,6 +134,21 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim)
         self._init_weights()
+
+    @property
+    def num_layers(self) -> int:
+        """Layers for layer-wise learning-rate decay: the Transformer blocks."""
+        return len(self.blocks)
+
+    def layer_id(self, name: str) -> int:
+        """The BEiT/MAE layer of parameter ``name``: the input embedding (patch embedding, class
+        token, position table) 0, block i → i + 1, the rest (the final norm) ``num_layers`` + 1,
+        the layer of a head put on top."""
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        if name.split(".")[0] in EMBEDDING_NAMES:
+            return 0
+        return self.num_layers + 1
 
     def _init_weights(self) -> None:
         truncated_normal = _truncated_normal_init()

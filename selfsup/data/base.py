@@ -7,6 +7,8 @@ sets, which stream through a DataLoader whose workers only decode).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -14,13 +16,17 @@ import torch
 
 from selfsup.errors import DataError
 
+KEY_CHUNK = 1024  # images hashed at a time by item_keys
+
 
 class ImageSource:
     """Base class of image sources. Subclasses implement ``__len__`` and ``get``."""
 
     name: str = "images"
+    modality: str = "image"  # the Modality that reads it (selfsup.modalities)
     labels: Optional[torch.Tensor] = None  # int64 (N,), or None when unlabelled
     classes: Optional[list[str]] = None  # class names, index = label
+    groups: Optional[list[str]] = None  # images come without groups: each is its own
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -37,6 +43,19 @@ class ImageSource:
     @property
     def in_memory(self) -> bool:
         return False
+
+    def subset(self, indices: torch.Tensor) -> "ImageSource":
+        """The images at ``indices`` (a 1-D int64 tensor), with their labels."""
+        raise NotImplementedError
+
+    def item_keys(self) -> list[str]:
+        """One key per image, equal exactly when two images are identical: a hash of its bytes."""
+        keys = []
+        for start in range(0, len(self), KEY_CHUNK):
+            images = self.get(torch.arange(start, min(start + KEY_CHUNK, len(self))))
+            flat = images.contiguous().view(len(images), -1).numpy()
+            keys += [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat]
+        return keys
 
     @property
     def num_classes(self) -> int:
@@ -133,3 +152,8 @@ class FileImages(ImageSource):
         """Decode every file into memory (for evaluation of modest folders)."""
         images = torch.stack([self.load(i) for i in range(len(self))])
         return TensorImages(images, self.labels, self.classes, self.name)
+
+    def subset(self, indices: torch.Tensor) -> "FileImages":
+        """The files at ``indices``, still decoded lazily."""
+        labels = None if self.labels is None else self.labels[indices]
+        return dataclasses.replace(self, paths=[self.paths[int(i)] for i in indices], labels=labels)

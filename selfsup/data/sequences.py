@@ -90,6 +90,15 @@ class SequenceSource:
         return True
 
     @property
+    def modality(self) -> str:
+        """The Modality that reads these sequences (selfsup.modalities): their alphabet."""
+        return self.alphabet
+
+    def item_keys(self) -> list[str]:
+        """One key per record, equal exactly when two records are identical: the sequence."""
+        return list(self.sequences)
+
+    @property
     def num_classes(self) -> int:
         if self.labels is None:
             return 0

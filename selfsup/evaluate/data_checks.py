@@ -16,30 +16,20 @@ split does not group duplicates). :func:`check_labelled_data` returns the findin
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 import torch
 
-from selfsup.data.base import ImageSource
-from selfsup.data.loader import iterate_in_order
-from selfsup.data.sequences import SequenceSource
 
 MIN_PROBE_ITEMS = 2  # labelled items a class needs in a probe's subset: one to fit, one to validate
 EXAMPLES = 5  # groups or classes named in a warning
 
 
-def item_keys(source: ImageSource | SequenceSource) -> list[str]:
-    """One key per item, equal exactly when two items are identical: the sequence itself, or a
-    hash of the image's bytes."""
-    if isinstance(source, SequenceSource):
-        return list(source.sequences)
-    keys = []
-    for images, _ in iterate_in_order(source, 1024, torch.device("cpu")):
-        flat = images.contiguous().view(len(images), -1).numpy()
-        keys += [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat]
-    return keys
+def item_keys(source: Any) -> list[str]:
+    """One key per item, equal exactly when two items are identical (the source's own
+    ``item_keys``: the sequence itself, or a hash of the image's bytes)."""
+    return source.item_keys()
 
 
 def conflicting_labels(keys: Sequence[str], labels: Sequence[int]) -> list[dict[str, Any]]:
@@ -56,7 +46,7 @@ def conflicting_labels(keys: Sequence[str], labels: Sequence[int]) -> list[dict[
     return sorted(found, key=lambda group: group["first"])
 
 
-def check_labelled_data(train: ImageSource | SequenceSource, test: ImageSource | SequenceSource,
+def check_labelled_data(train: Any, test: Any,
                         num_classes: int, fractions: Iterable[float]) -> tuple[dict[str, Any],
                                                                                 list[str]]:
     """Findings on a labelled train/test pair: (``{"conflicting_labels": …, "small_classes": …,

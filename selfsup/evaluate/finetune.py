@@ -1,9 +1,10 @@
 """Fine-tuning: the transfer path of a run's encoder, and its label-efficiency study against scratch.
 
 Image encoders and token encoders (proteins, DNA, text) share one protocol; what differs is how data
-reaches the model, an *inputs* object: :class:`ImageInputs` here (device-side crop + flip),
-:class:`~selfsup.evaluate.sequence_finetune.SequenceInputs` for sequences (length-bucketed batches,
-long sequences cropped to random windows of the run's pretraining ``max_length``).
+reaches the model, an *inputs* object that the run's modality gives (:mod:`selfsup.modalities`):
+device-side crop + flip for images, length-bucketed batches for sequences (long sequences cropped to
+random windows of the run's pretraining ``max_length``). The training step, the optimiser builder
+and the learning-rate schedule are pretraining's (:mod:`selfsup.train`).
 
 A new linear head goes on top of the encoder and the pair trains on a stratified fraction of the
 training labels, in one of two modes:
@@ -46,7 +47,6 @@ linear probes of ``eval.json``) and the settings used. Accuracies are fractions 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import json
 import math
@@ -54,31 +54,29 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.backbones import build_backbone
-from selfsup.config import check_number, from_dict, set_key
-from selfsup.data.base import ImageSource
-from selfsup.data.loader import BatchStream
-from selfsup.data.sequences import SequenceSource
+from selfsup.backbones import Layered, build_backbone
+from selfsup.config import FinetuneConfig, OptimConfig, from_dict, set_key
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.protocol import stratified_subset, fraction_key
-from selfsup.evaluate.run import extract_features, labelled_splits, load_run_config
-from selfsup.evaluate.sequence_finetune import check_sequence_settings, sequence_inputs
-from selfsup.files import atomic_write
+from selfsup.evaluate.run import labelled_splits
+from selfsup.methods.base import StepOutput
+from selfsup.modalities import FinetuneInputs, modality_for_spec
+from selfsup.modalities.image import image_inputs
+from selfsup.run_dir import RunDir, write_json
 from selfsup.train.checkpoint import load_encoder
-from selfsup.train.device import autocast, resolve_device, resolve_precision, seed_everything
-from selfsup.train.optim import decays, lr_factor
-from selfsup.views import make_views
-from selfsup.views.image import to_input
+from selfsup.train.device import resolve_device, resolve_precision, seed_everything
+from selfsup.train.optim import build_optimizer, set_learning_rates
+from selfsup.train.parts import Schedule
+from selfsup.train.step import train_step
 
 MODES = ("full", "frozen")
 INITS = ("pretrained", "scratch")
-RESULTS_FILE = "finetune.json"
 
 # ViT parameters that belong to the input embedding (layer 0 of layer-wise LR decay); which get no
 # weight decay is ``selfsup.train.optim.decays``'s rule, shared with pretraining.
@@ -89,65 +87,16 @@ DEEP_VIT_LAYER_DECAY = 0.65
 SHALLOW_VIT_LAYER_DECAY = 0.75
 
 
-@dataclass
-class FinetuneSettings:
-    """The fine-tuning protocol; every field is recorded with the results."""
-
-    epochs: int = 10  # at least; small subsets run more epochs to reach min_steps
-    min_steps: int = 300  # optimiser steps every run takes at least
-    batch_size: int = 256  # capped at the size of the labelled subset
-    lr: float = 1e-2  # the head's AdamW learning rate (absolute, not scaled by the batch size)
-    weight_decay: float = 0.05  # on weight matrices only, not biases, norms or ViT tokens
-    backbone_lr_scale: float = 0.1  # backbone LR / head LR (a ViT's top block; lower blocks decay)
-    layer_decay: Optional[float] = None  # ViTs; None: 0.65 from 12 blocks up, else 0.75
-    warmup_fraction: float = 0.1  # share of the steps with a linear warm-up
-    label_smoothing: float = 0.1
-    augment: bool = True  # random resized crop + horizontal flip (the crop-flip recipe)
-    crop_scale: tuple[float, float] = (0.8, 1.0)  # milder than pretraining's: keep the label visible
-    flip_prob: float = 0.5  # set 0 for data that is not mirror-symmetric (digits, text)
-    seeds: int = 3
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-
-    def check(self) -> None:
-        """Raise ConfigError naming the first field with an impossible value."""
-        for name, low in (("epochs", 1), ("batch_size", 1), ("seeds", 1), ("min_steps", 0)):
-            check_number(getattr(self, name), f"finetune {name}", low, whole=True)
-        ranges = {"lr": (0, math.inf), "weight_decay": (0, math.inf), "warmup_fraction": (0, 1),
-                  "label_smoothing": (0, 1), "flip_prob": (0, 1),
-                  "backbone_lr_scale": (0, 1), "layer_decay": (0, 1)}
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if value is None and name == "layer_decay":
-                continue  # the backbone's default
-            check_number(value, f"finetune {name}", low, high)
-        if self.lr == 0 or self.backbone_lr_scale == 0 or self.layer_decay == 0:
-            raise ConfigError("finetune lr, backbone_lr_scale and layer_decay must be above 0; "
-                              "for a backbone that does not train use --mode frozen")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"finetune precision must be auto, bf16 or fp32, got {self.precision!r}")
-        scale = self.crop_scale
-        if not (isinstance(scale, (list, tuple)) and len(scale) == 2
-                and all(isinstance(v, (int, float)) for v in scale) and 0 < scale[0] <= scale[1] <= 1):
-            raise ConfigError(f"finetune crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def changed_from_default(self, names: Sequence[str]) -> list[str]:
-        """Those of the fields ``names`` whose value differs from the default (a list and a tuple
-        of the same numbers are equal: ``to_dict`` makes both lists)."""
-        ours, defaults = self.to_dict(), FinetuneSettings().to_dict()
-        return [name for name in names if ours[name] != defaults[name]]
-
-
-def settings_from(flags: dict[str, Any], overrides: Sequence[str] = ()) -> FinetuneSettings:
-    """Settings from command-line flags (``None`` = not given) and ``key=value`` overrides."""
-    data: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+def settings_from(flags: dict[str, Any], overrides: Sequence[str] = (),
+                  base: Optional[FinetuneConfig] = None) -> FinetuneConfig:
+    """Settings from ``base`` (a run's ``finetune`` config section; default: the defaults),
+    command-line flags (``None`` = not given) and ``key=value`` overrides over it, checked as
+    every config section is."""
+    data: dict[str, Any] = (base or FinetuneConfig()).to_dict()
+    data.update({k: v for k, v in flags.items() if v is not None})
     for item in overrides:
         set_key(data, item)
-    settings = from_dict(FinetuneSettings, data, "finetune")
-    settings.check()
-    return settings
+    return from_dict(FinetuneConfig, data, "finetune")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,14 +140,10 @@ class Classifier(nn.Module):
         return self.head(features)
 
 
-def vit_depth(backbone: nn.Module) -> Optional[int]:
-    """The number of Transformer blocks of a ViT-like backbone (a ``patch_embed`` and a ``blocks``
-    ModuleList), else None. Token Transformers have blocks but no patch embedding: their layers get
-    no decay (layer-wise decay is an image-path setting, see ``sequence_finetune``)."""
-    blocks = getattr(backbone, "blocks", None)
-    if not hasattr(backbone, "patch_embed") or not isinstance(blocks, nn.ModuleList):
-        return None
-    return len(blocks)
+def layer_count(backbone: nn.Module) -> Optional[int]:
+    """The number of layers of a backbone that has them (:class:`~selfsup.backbones.Layered`:
+    the ViTs), else None: CNNs and token Transformers train at one backbone rate throughout."""
+    return backbone.num_layers if isinstance(backbone, Layered) else None
 
 
 def default_layer_decay(depth: int) -> float:
@@ -213,20 +158,10 @@ def default_layer_decay(depth: int) -> float:
     return DEEP_VIT_LAYER_DECAY if depth >= DEEP_VIT_DEPTH else SHALLOW_VIT_LAYER_DECAY
 
 
-def vit_layer_id(name: str, depth: int) -> int:
-    """The BEiT/MAE layer id of a ViT parameter: embeddings 0, block i → i + 1, the rest (the final
-    norm) depth + 1, the head's layer."""
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    if name.split(".")[0] in VIT_EMBEDDING_NAMES:
-        return 0
-    return depth + 1
-
-
 def resolve_layer_decay(backbone: nn.Module, layer_decay: Optional[float] = None) -> Optional[float]:
     """The layer decay used on ``backbone``: None for backbones without layers, else ``layer_decay``
     or :func:`default_layer_decay`."""
-    depth = vit_depth(backbone)
+    depth = layer_count(backbone)
     if depth is None:
         return None
     return default_layer_decay(depth) if layer_decay is None else layer_decay
@@ -236,37 +171,44 @@ def backbone_lr_scales(backbone: nn.Module, backbone_lr_scale: float = 0.1,
                        layer_decay: Optional[float] = None) -> dict[str, float]:
     """Each backbone parameter's learning rate as a multiple of the head's (the base LR).
 
-    Backbones without layers get ``backbone_lr_scale`` throughout. A ViT's parameter in layer ``l``
-    (:func:`vit_layer_id`: embeddings 0, blocks 1 … depth, the head depth + 1) gets
-    ``backbone_lr_scale × layer_decay^(depth + 1 − l)``; ``backbone_lr_scale=1`` is exactly the
-    BEiT/MAE rule, where the head and the final norm share one rate. ``layer_decay`` defaults to
-    :func:`default_layer_decay`.
+    Backbones without layers get ``backbone_lr_scale`` throughout. A layered backbone's parameter
+    in layer ``l`` (its ``layer_id``: a ViT's embeddings 0, blocks 1 … depth, the rest depth + 1)
+    gets ``backbone_lr_scale × layer_decay^(depth + 1 − l)``; ``backbone_lr_scale=1`` is exactly
+    the BEiT/MAE rule, where the head and the final norm share one rate. ``layer_decay`` defaults
+    to :func:`default_layer_decay`.
     """
     decay = resolve_layer_decay(backbone, layer_decay)
-    depth = vit_depth(backbone)
+    depth = layer_count(backbone)
     return {name: backbone_lr_scale if depth is None
-            else backbone_lr_scale * decay ** (depth + 1 - vit_layer_id(name, depth))
+            else backbone_lr_scale * decay ** (depth + 1 - backbone.layer_id(name))
             for name, _ in backbone.named_parameters()}
 
 
-def build_optimizer(model: Classifier, lr: float, weight_decay: float,
-                    backbone_scales: dict[str, float]) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, one group per (LR scale, decayed or not).
+def classifier_optimizer(model: Classifier, lr: float, weight_decay: float,
+                         backbone_scales: dict[str, float]) -> torch.optim.Optimizer:
+    """AdamW at ``lr`` (not scaled by the batch size) over the trainable parameters, built by
+    pretraining's builder (:func:`selfsup.train.optim.build_optimizer`): the head at ``lr``, each
+    backbone parameter at its multiple in ``backbone_scales``; every group carries that multiple
+    as ``lr_scale``. A frozen backbone contributes no parameters."""
+    scales = {f"backbone.{name}": scale for name, scale in backbone_scales.items()}
+    config = OptimConfig(name="adamw", lr=lr, lr_scaling="none", weight_decay=weight_decay)
+    return build_optimizer(model, config, global_batch_size=1, lr_scales=scales)
 
-    Every group carries ``lr_scale``, its learning rate as a multiple of ``lr``; the head's is 1.
-    A frozen backbone contributes no parameters.
-    """
-    groups: dict[tuple[float, bool], list[torch.Tensor]] = {}
-    named = [(f"backbone.{n}", p, backbone_scales[n]) for n, p in model.backbone.named_parameters()]
-    named += [(f"head.{n}", p, 1.0) for n, p in model.head.named_parameters()]
-    for name, param, scale in named:
-        if param.requires_grad:
-            groups.setdefault((scale, decays(name, param)), []).append(param)
-    param_groups = [{"params": params, "lr": lr * scale, "lr_scale": scale,
-                     "weight_decay": weight_decay if decayed else 0.0}
-                    for (scale, decayed), params in groups.items()]
-    cuda = any(p.is_cuda for p in model.parameters())
-    return torch.optim.AdamW(param_groups, lr=lr, fused=cuda or None)
+
+class ClassifierStep(nn.Module):
+    """A classifier as a step module of :func:`~selfsup.train.step.train_step`: a batch
+    ``[*inputs, labels]`` to the label-smoothed cross-entropy, with the logits as embeddings."""
+
+    def __init__(self, model: Classifier, label_smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, batch: list[torch.Tensor]) -> StepOutput:
+        *inputs, labels = batch
+        logits = self.model(*inputs)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return StepOutput(loss=loss, embeddings=logits.detach())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +228,7 @@ class FinetuneOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def schedule(num_examples: int, settings: FinetuneSettings) -> tuple[int, int, int]:
+def schedule(num_examples: int, settings: FinetuneConfig) -> tuple[int, int, int]:
     """(batch size, steps per epoch, epochs): at least ``settings.epochs`` epochs and
     ``settings.min_steps`` steps, the batch capped at the number of examples."""
     batch_size = min(settings.batch_size, num_examples)
@@ -295,79 +237,19 @@ def schedule(num_examples: int, settings: FinetuneSettings) -> tuple[int, int, i
     return batch_size, steps_per_epoch, epochs
 
 
-Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (the model's inputs, labels)
-
-
-class Inputs(Protocol):
-    """How one kind of data reaches the classifier; everything else in fine-tuning is shared."""
-
-    noun: str  # what one example is called in messages: "images", "sequences"
-
-    def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """``model`` on ``device``, in the memory layout its inputs come in."""
-
-    def training_epochs(self, train: Any, batch_size: int, seed: int,
-                        device: torch.device) -> Callable[[int], Iterator[Batch]]:
-        """epoch → the full, shuffled, augmented batches of ``train``, fixed by (seed, epoch)."""
-
-    def logits(self, model: nn.Module, test: Any, device: torch.device, batch_size: int,
-               precision: str) -> torch.Tensor:
-        """float32 (N, classes) of ``model`` in eval mode on every test example, in order."""
-
-    def recorded(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """The settings as this kind of data uses them, for the results file."""
-
-
-@dataclass
-class ImageInputs:
-    """Images for fine-tuning: NHWC, with the ``crop-flip`` recipe on the device when ``augment``."""
-
-    augment: bool
-    crop_scale: tuple[float, float]
-    flip_prob: float
-    noun: str = "images"
-
-    @classmethod
-    def from_settings(cls, settings: FinetuneSettings) -> "ImageInputs":
-        return cls(settings.augment, tuple(settings.crop_scale), settings.flip_prob)
-
-    def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
-        return model.to(device=device, memory_format=torch.channels_last)
-
-    def training_epochs(self, train: ImageSource, batch_size: int, seed: int,
-                        device: torch.device) -> Callable[[int], Iterator[Batch]]:
-        views = make_views("crop-flip", train.shape, {"crop_scale": list(self.crop_scale),
-                                                      "flip_prob": self.flip_prob})
-        stream = BatchStream(train, batch_size, device, seed, shuffle=True, drop_last=True)
-        view_generator = torch.Generator(device=device).manual_seed(seed)
-
-        def epoch(index: int) -> Iterator[Batch]:
-            for images, labels in stream.epoch(index):
-                x = views(images, view_generator)[0] if self.augment else to_input(images)
-                yield (x.contiguous(memory_format=torch.channels_last),), labels
-
-        return epoch
-
-    def logits(self, model: nn.Module, test: ImageSource, device: torch.device, batch_size: int,
-               precision: str) -> torch.Tensor:
-        return extract_features(model, test, device, batch_size, precision)
-
-    def recorded(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return settings
-
-
-def finetune_model(model: Classifier, train: ImageSource | SequenceSource,
-                   test: ImageSource | SequenceSource, settings: FinetuneSettings, seed: int,
-                   device: torch.device, backbone_scales: dict[str, float],
-                   eval_batch_size: int = 1024, inputs: Optional[Inputs] = None) -> FinetuneOutcome:
+def finetune_model(model: Classifier, train: Any, test: Any, settings: FinetuneConfig,
+                   seed: int, device: torch.device, backbone_scales: dict[str, float],
+                   eval_batch_size: int = 1024, inputs: Optional[FinetuneInputs] = None
+                   ) -> FinetuneOutcome:
     """Train ``model`` on the labelled ``train`` examples in place; return its accuracy on ``test``.
 
     ``backbone_scales`` (from :func:`backbone_lr_scales`) sets each backbone parameter's learning
     rate relative to the head's ``settings.lr``. ``inputs`` turns the data into the model's inputs
-    (default: images, :class:`ImageInputs` of ``settings``). Data order and augmentations follow
-    ``seed``.
+    (default: images, the image modality's inputs under ``settings``). Data order and
+    augmentations follow ``seed``. Each step is pretraining's :func:`train_step`, at the rates of
+    a :class:`Schedule` (warm-up, then a cosine to zero).
     """
-    inputs = inputs or ImageInputs.from_settings(settings)
+    inputs = inputs or image_inputs(settings)
     if train.labels is None or test.labels is None:
         raise DataError(f"{train.name}: fine-tuning needs labelled train and test {inputs.noun}")
     if len(train) < 2:
@@ -380,8 +262,11 @@ def finetune_model(model: Classifier, train: ImageSource | SequenceSource,
     batch_size, steps_per_epoch, epochs = schedule(len(train), settings)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(round(settings.warmup_fraction * total_steps), total_steps - 1)
+    rates = Schedule(steps_per_epoch, total_steps, warmup_steps, 0.0, "cosine")
     model = inputs.prepare(model, device)
-    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, backbone_scales)
+    step_module = ClassifierStep(model, settings.label_smoothing)
+    optimizer = classifier_optimizer(model, settings.lr, settings.weight_decay, backbone_scales)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     training_epoch = inputs.training_epochs(train, batch_size, seed, device)
     started = time.perf_counter()
     history, step = [], 0
@@ -390,18 +275,11 @@ def finetune_model(model: Classifier, train: ImageSource | SequenceSource,
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         for x, labels in training_epoch(epoch):
-            factor = lr_factor(step, total_steps, warmup_steps, 0.0)
-            for group in optimizer.param_groups:
-                group["lr"] = settings.lr * group["lr_scale"] * factor
-            with autocast(device, precision):
-                logits = model(*x)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            set_learning_rates(optimizer, base_lrs, rates.factor(step))
+            loss, out = train_step(step_module, [[*x, labels]], optimizer, device, precision)
             step += 1
-            loss_sum += loss.detach()
-            correct += (logits.argmax(1) == labels).sum()
+            loss_sum += loss
+            correct += (out.embeddings.argmax(1) == labels).sum()
         history.append({"epoch": epoch + 1, "loss": (loss_sum / steps_per_epoch).item(),
                         "train_accuracy": (correct / (steps_per_epoch * batch_size)).item()})
     model.eval()
@@ -431,16 +309,6 @@ def initial_backbone(pretrained: nn.Module, spec: dict[str, Any], init: str, see
     raise ConfigError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}")
 
 
-def _subset(source: ImageSource | SequenceSource,
-            indices: torch.Tensor) -> ImageSource | SequenceSource:
-    if hasattr(source, "subset"):
-        return source.subset(indices)
-    if hasattr(source, "paths"):  # FileImages: keep decoding lazily
-        return dataclasses.replace(source, paths=[source.paths[int(i)] for i in indices],
-                                   labels=source.labels[indices])
-    raise DataError(f"{source.name}: cannot take a subset of a {type(source).__name__}")
-
-
 def check_choices(fractions: Sequence[float], modes: Sequence[str], inits: Sequence[str]) -> None:
     """Raise ConfigError for a label fraction outside (0, 1], an unknown mode or initialisation."""
     if not fractions or not modes or not inits:
@@ -457,7 +325,7 @@ def check_choices(fractions: Sequence[float], modes: Sequence[str], inits: Seque
             raise ConfigError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}")
 
 
-def effective_settings(settings: FinetuneSettings, init: str, backbone: nn.Module) -> dict[str, Any]:
+def effective_settings(settings: FinetuneConfig, init: str, backbone: nn.Module) -> dict[str, Any]:
     """The settings as used on ``backbone``: the layer decay resolved; a scratch backbone (nothing
     pretrained to protect) at the full base rate, without layer decay."""
     used = settings.to_dict()
@@ -469,7 +337,7 @@ def effective_settings(settings: FinetuneSettings, init: str, backbone: nn.Modul
 
 def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = None,
                  modes: Sequence[str] = ("full",), inits: Sequence[str] = ("pretrained",),
-                 settings: Optional[FinetuneSettings] = None, dataset: Optional[str] = None,
+                 settings: Optional[FinetuneConfig] = None, dataset: Optional[str] = None,
                  data_dir: Optional[str] = None, device: str = "auto",
                  out: Optional[str | Path] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune the run's encoder (``inits`` "pretrained") and/or the same backbone from a random
@@ -484,21 +352,21 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
     merged file.
     """
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    settings = settings or FinetuneSettings()
+    run = RunDir(run_dir)
+    config = run.load_config()
+    settings = settings or config.finetune
     settings.check()
     fractions = list(config.eval.label_fractions if fractions is None else fractions)
     check_choices(fractions, modes, inits)
     dev = resolve_device(device)
     encoder, spec = load_encoder(run_dir, dev)
-    token_encoder = bool(spec.get("tokenizer"))  # and so sequence data: labelled_splits checks it
-    if token_encoder:  # before any data loads
-        check_sequence_settings(dataset or config.data.dataset, settings)
+    modality = modality_for_spec(spec)
+    modality.check_finetune_settings(dataset or config.data.dataset, settings)  # before any data
     name, train, test = labelled_splits(config, spec, run_dir, dataset, data_dir)
-    inputs = sequence_inputs(spec, settings) if token_encoder else ImageInputs.from_settings(settings)
+    inputs = modality.finetune_inputs(settings)
     study = _Study(encoder, spec, train, test, max(train.num_classes, test.num_classes), settings, dev,
                    config.eval.batch_size, log, inputs)
-    out = Path(out) if out is not None else run_dir / RESULTS_FILE
+    out = Path(out) if out is not None else run.finetune_file
     merged = read_results(out)  # a damaged file fails now, not after the first hour
     for mode, init, fraction in itertools.product(modes, inits, fractions):
         entry = study.entry(mode, init, fraction)
@@ -512,14 +380,14 @@ class _Study:
 
     encoder: nn.Module
     spec: dict[str, Any]
-    train: ImageSource | SequenceSource
-    test: ImageSource | SequenceSource
+    train: Any
+    test: Any
     num_classes: int
-    settings: FinetuneSettings
+    settings: FinetuneConfig
     device: torch.device
     eval_batch_size: int
     log: Callable[[str], None]
-    inputs: Inputs
+    inputs: FinetuneInputs
 
     def entry(self, mode: str, init: str, fraction: float) -> dict[str, Any]:
         """Fine-tune once per seed at one (mode, init, fraction); the finetune.json entry."""
@@ -530,7 +398,7 @@ class _Study:
             used = effective_settings(self.settings, init, backbone)
             scales = backbone_lr_scales(backbone, used["backbone_lr_scale"], used["layer_decay"])
             model = Classifier(backbone, self.num_classes, freeze_backbone=mode == "frozen")
-            outcome = finetune_model(model, _subset(self.train, indices), self.test, self.settings,
+            outcome = finetune_model(model, self.train.subset(indices), self.test, self.settings,
                                      seed, self.device, scales, self.eval_batch_size, self.inputs)
             self.log(f"fine-tune {mode}, {init}, {100 * fraction:g}% labels "
                      f"({len(indices)} {self.inputs.noun}), "
@@ -567,7 +435,8 @@ def read_results(path: str | Path) -> dict[str, Any]:
     """The contents of a finetune.json (``{"datasets": {}}`` when there is none yet)."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{path} is a folder; name the results file (e.g. {path / RESULTS_FILE})")
+        raise DataError(f"{path} is a folder; name the results file "
+                        f"(e.g. {RunDir(path).finetune_file})")
     if not path.is_file():
         return {"datasets": {}}
     try:
@@ -593,5 +462,5 @@ def merge_results(path: str | Path, new: dict[str, Any]) -> dict[str, Any]:
             for init, entries in inits.items():
                 target = merged["datasets"].setdefault(dataset, {}).setdefault(mode, {})
                 target.setdefault(init, {}).update(copy.deepcopy(entries))
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=2)))
+    write_json(path, merged)
     return merged

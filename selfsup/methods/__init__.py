@@ -8,37 +8,28 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
 from selfsup.config import build_options
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import (
+    NO_CONTEXT, BuildContext, Collectives, Generates, Method, Reconstructs, StepOutput,
+)
 from selfsup.registry import METHODS
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Method", "StepOutput", "build_method"]
+__all__ = ["BuildContext", "Collectives", "Generates", "Method", "NO_CONTEXT", "Reconstructs",
+           "StepOutput", "build_method"]
 
 
 def build_method(section: dict[str, Any], encoder: nn.Module,
-                 in_shape: Optional[tuple[int, int, int]] = None,
-                 num_train: Optional[int] = None) -> Method:
-    """Build the method a config section names (``{"name": "simclr", ...options}``).
-
-    Methods that generate images (``accepts_in_shape = True``, e.g. the autoencoders) are also
-    told the data's (C, H, W) so their decoders fit it without extra options. Methods whose
-    defaults depend on the size of the training set (``accepts_num_train = True``: MoCo v2's
-    queue) are told its number of samples, ``num_train``; None where the caller does not know it
-    (the method then falls back to a fixed default).
-    """
+                 context: BuildContext = NO_CONTEXT) -> Method:
+    """Build the method a config section names (``{"name": "simclr", ...options}``) on
+    ``encoder``, telling it what ``context`` knows: the data's image shape or tokeniser, the
+    training set's size and the processes it trains in (each method reads what it needs)."""
     cls = METHODS.get(section.get("name", "simclr"))
-    options = build_options(cls.Options, section, "method")
-    extra: dict[str, Any] = {}
-    if getattr(cls, "accepts_in_shape", False):
-        extra["in_shape"] = in_shape
-    if getattr(cls, "accepts_num_train", False):
-        extra["num_train"] = num_train
-    return cls(encoder, options, **extra)
+    return cls(encoder, build_options(cls.Options, section, "method"), context)

@@ -37,7 +37,7 @@ from torch import nn
 from selfsup.decoders import ConvDecoder
 from selfsup.errors import ConfigError
 from selfsup.losses import gaussian_kl, kl_sparsity, l1_sparsity, reconstruction_error
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.registry import METHODS
 from selfsup.views.image import MEAN, STD
 
@@ -139,15 +139,15 @@ class Autoencoder(Method):
 
     Options = AutoencoderOptions
     view_recipe = "none"
+    corrupts = False  # whether ``corrupt`` changes the input (the DAE)
     # Adam at 1e-3 is the usual autoencoder optimiser (Kingma & Welling used Adagrad; Adam is
     # today's default for both AEs and VAEs).
     config_defaults = {"optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}}
 
-    accepts_in_shape = True  # build_method passes the data's (C, H, W) as in_shape
-
     def __init__(self, encoder: nn.Module, options: DecoderOptions | None = None,
-                 in_shape: tuple[int, int, int] | None = None) -> None:
-        super().__init__(encoder)
+                 context: BuildContext = NO_CONTEXT) -> None:
+        """The decoder's image shape is the data's (``context.in_shape``) unless options set it."""
+        super().__init__(encoder, context)
         self.options = o = options or self.Options()
         self._check_options()
         if o.decoder_width < 1 or o.decoder_size < 0 or o.image_channels < 0:
@@ -155,6 +155,7 @@ class Autoencoder(Method):
                               f"method.image_channels ≥ 0, got {o.decoder_width}, {o.decoder_size}, "
                               f"{o.image_channels}")
         code_dim = self._build_code(encoder.out_dim)
+        in_shape = context.in_shape
         side = o.decoder_size or (in_shape[1] if in_shape else 28)
         channels = o.image_channels or (in_shape[0] if in_shape else _input_channels(encoder))
         self.decoder = ConvDecoder(code_dim, (channels, side, side), o.decoder_width)
@@ -197,6 +198,19 @@ class Autoencoder(Method):
         return self.decoder(self.encode(x).mean_code, x.shape[-2:])
 
     @torch.no_grad()
+    def reconstruction_panels(self, x: torch.Tensor, generator: torch.Generator | None = None
+                              ) -> dict[str, torch.Tensor]:
+        """The :class:`~selfsup.methods.base.Reconstructs` columns: the input, what the encoder
+        sees of it where that differs (``corrupts``: the DAE's noise, drawn with ``generator``)
+        and the reconstruction of that."""
+        columns = {"original": x}
+        seen = x
+        if self.corrupts:
+            seen = columns["corrupted input"] = self.corrupt(x, generator)
+        columns["reconstruction"] = self.reconstruct(seen)
+        return columns
+
+    @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
         """Decode ``steps`` evenly spaced points on the line between the codes of ``x1`` and ``x2``.
 
@@ -218,6 +232,7 @@ class Autoencoder(Method):
                          "options noise (gaussian|masking|salt_pepper), noise_level")
 class DenoisingAutoencoder(Autoencoder):
     Options = DenoisingOptions
+    corrupts = True
 
     def _check_options(self) -> None:
         super()._check_options()

@@ -17,7 +17,7 @@ from torch import nn
 
 from selfsup.heads import MLPHead
 from selfsup.losses import barlow_twins_loss
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.registry import METHODS
 
 
@@ -52,12 +52,14 @@ class BarlowTwins(Method):
     # tuned on Fashion-MNIST.
     config_defaults = {"optim": {"name": "lars", "lr": 0.3, "weight_decay": 1e-4}}
 
-    def __init__(self, encoder: nn.Module, options: BarlowTwinsOptions | None = None) -> None:
-        super().__init__(encoder)
+    compares_samples = True
+
+    def __init__(self, encoder: nn.Module, options: BarlowTwinsOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or BarlowTwinsOptions()
         # No final BatchNorm: the loss standardises every dimension itself.
         self.projector = MLPHead(encoder.out_dim, o.proj_hidden_dim, o.proj_dim, o.proj_layers)
-        self.gather = None  # set by the distributed trainer; see selfsup.losses.redundancy
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         # Both views in one pass: one large batch is faster, and BatchNorm sees both views. The

@@ -56,7 +56,7 @@ from selfsup.codebook import PatchCodebook, code_perplexity
 from selfsup.errors import ConfigError, DataError
 from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
 from selfsup.masking import normalize_patches, num_kept, patchify, random_masking
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.registry import METHODS
 from selfsup.tokenize.base import IGNORE_LABEL
 
@@ -143,14 +143,19 @@ class BEiT(Method):
                   "clip_grad": 3.0},
     }
 
-    def __init__(self, encoder: nn.Module, options: BEiTOptions | None = None) -> None:
+    # the codebook's update step learns from the global batch (gathered), so the method is
+    # one of those that need every process's samples (its ViT has no BatchNorm to sync)
+    compares_samples = True
+
+    def __init__(self, encoder: nn.Module, options: BEiTOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
         if not isinstance(encoder, VisionTransformer):
             raise ConfigError(
                 f"method.name=beit needs a Vision Transformer encoder that can take a [MASK] "
                 f"embedding per patch; set backbone.name to vit-tiny, vit-small or vit-base "
                 f"(got {type(encoder).__name__})"
             )
-        super().__init__(encoder)
+        super().__init__(encoder, context)
         self.options = o = options or BEiTOptions()
         patch_dim = encoder.patch_size ** 2 * encoder.patch_embed.in_channels
         _check_options(o, encoder.num_patches, patch_dim)
@@ -158,8 +163,6 @@ class BEiT(Method):
         self.head = nn.Sequential(nn.LayerNorm(encoder.out_dim), nn.Linear(encoder.out_dim, o.num_codes))
         self.codebook = PatchCodebook(o.num_codes, patch_dim, o.codebook_decay, o.dead_code_threshold)
         self.codebook.frozen = o.codebook_warmup_steps == 0  # seeded from the first batch only
-        self.gather = None  # set by the distributed trainer: the codebook learns from every process
-        self.rank = 0
         nn.init.trunc_normal_(self.mask_token, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
         nn.init.trunc_normal_(self.head[1].weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
         nn.init.zeros_(self.head[1].bias)

@@ -21,7 +21,7 @@ from torch import nn
 
 from selfsup.heads import MLPHead
 from selfsup.losses import normalized_mse
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.momentum import MomentumTarget
 from selfsup.registry import METHODS
 
@@ -54,8 +54,9 @@ class BYOL(Method):
     # tuned on Fashion-MNIST.
     config_defaults = {"optim": {"name": "lars", "lr": 1.0, "weight_decay": 1e-5}}
 
-    def __init__(self, encoder: nn.Module, options: BYOLOptions | None = None) -> None:
-        super().__init__(encoder)
+    def __init__(self, encoder: nn.Module, options: BYOLOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or BYOLOptions()
         hidden = o.proj_hidden_dim or 2 * encoder.out_dim
         self.projector = MLPHead(encoder.out_dim, hidden, o.proj_dim, o.proj_layers)

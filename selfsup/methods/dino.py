@@ -36,7 +36,7 @@ from selfsup.errors import ConfigError, DataError
 from selfsup import heads
 from selfsup.heads import MLPHead
 from selfsup.losses import dino_loss, update_center
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.momentum import MomentumTarget
 from selfsup.registry import METHODS
 
@@ -168,8 +168,11 @@ class DINO(Method):
     config_defaults = {"optim": {"name": "lars", "lr": 0.3, "weight_decay": 1e-6}}
     num_global_views = 2
 
-    def __init__(self, encoder: nn.Module, options: DINOOptions | None = None) -> None:
-        super().__init__(encoder)
+    compares_samples = True
+
+    def __init__(self, encoder: nn.Module, options: DINOOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or DINOOptions()
         _check_options(o)
         head_batch_norm = has_batchnorm(encoder) if o.head_batch_norm is None else o.head_batch_norm
@@ -184,8 +187,6 @@ class DINO(Method):
         self.register_buffer("teacher_temperature", torch.tensor(first_temperature))
         self.steps_done = 0
         self.head.freeze_prototypes = o.freeze_last_layer_steps > 0
-        self.gather = None  # set by the distributed trainer
-        self.rank = 0
 
     def _student(self) -> nn.Sequential:
         """encoder → head, the network the teacher follows (built on demand so the state dict holds

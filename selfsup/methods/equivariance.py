@@ -40,7 +40,7 @@ from torch import nn
 from selfsup.errors import ConfigError, DataError
 from selfsup.heads import MLPHead
 from selfsup.losses import Gather, nt_xent
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.pretext import Elements, hflip, rotate90
 from selfsup.registry import METHODS
 from selfsup.views.image import to_input
@@ -167,8 +167,11 @@ class Equivariance(Method):
     Options = EquivarianceOptions
     view_recipe = "simclr-no-flip"
 
-    def __init__(self, encoder: nn.Module, options: EquivarianceOptions | None = None) -> None:
-        super().__init__(encoder)
+    compares_samples = True
+
+    def __init__(self, encoder: nn.Module, options: EquivarianceOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or EquivarianceOptions()
         if o.mode not in MODES:
             raise ConfigError(f"method.mode must be one of {', '.join(MODES)}, got {o.mode!r}")
@@ -180,8 +183,6 @@ class Equivariance(Method):
         self.group = GROUPS[o.group]
         width = encoder.out_dim
         self.projector = MLPHead(width, o.proj_hidden_dim or width, o.proj_dim, o.proj_layers)
-        self.gather: Optional[Gather] = None  # set by the distributed trainer
-        self.rank = 0
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         x1, x2 = views[:2]

@@ -32,7 +32,7 @@ from selfsup.masking import (
     random_masking,
     unpatchify,
 )
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.registry import METHODS
 
 
@@ -90,13 +90,14 @@ class MAE(Method):
     config_defaults = {"optim": {"name": "adamw", "lr": 1.5e-4, "weight_decay": 0.05,
                                  "betas": [0.9, 0.95]}}
 
-    def __init__(self, encoder: nn.Module, options: MAEOptions | None = None) -> None:
+    def __init__(self, encoder: nn.Module, options: MAEOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
         if not isinstance(encoder, VisionTransformer):
             raise ConfigError(
                 f"method.name=mae needs a Vision Transformer encoder that can skip masked patches; "
                 f"set backbone.name to vit-tiny, vit-small or vit-base (got {type(encoder).__name__})"
             )
-        super().__init__(encoder)
+        super().__init__(encoder, context)
         self.options = o = options or MAEOptions()
         _check_options(o)
         channels = encoder.patch_embed.in_channels
@@ -197,6 +198,15 @@ class MAE(Method):
         p = self.encoder.patch_size
         mask_images = unpatchify(mask.to(pred.dtype).expand(-1, -1, p * p), p, grid)
         return unpatchify(filled, p, grid), mask_images
+
+    @torch.no_grad()
+    def reconstruction_panels(self, x: torch.Tensor, generator: torch.Generator | None = None
+                              ) -> dict[str, torch.Tensor]:
+        """The :class:`~selfsup.methods.base.Reconstructs` columns: the input cut to the pixels
+        the patch grid covers, the reconstruction (:meth:`reconstruct`) and its mask."""
+        filled, mask = self.reconstruct(x, generator)
+        covered = x[..., : filled.shape[-2], : filled.shape[-1]]
+        return {"original": covered, "reconstruction": filled, "mask": mask}
 
 
 def _check_options(o: MAEOptions) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from selfsup.backbones.token_encoder import as_token_encoder
 from selfsup.backbones.transformer import LanguageModelHead
 from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.registry import METHODS
 from selfsup.tokenize.base import IGNORE_LABEL
 from selfsup.views import sequence_recipes  # noqa: F401  (registers the "mlm" recipe)
@@ -58,11 +58,11 @@ class MaskedLanguageModel(Method):
     config_defaults = {"optim": SEQUENCE_OPTIM, "backbone": {"name": "transformer-small"},
                        "data": {"dataset": "swissprot-loc"}}
 
-    def __init__(self, encoder: nn.Module, options: MLMOptions | None = None) -> None:
-        super().__init__(encoder)
+    def __init__(self, encoder: nn.Module, options: MLMOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = options or MLMOptions()
         self.head = LanguageModelHead(as_token_encoder(encoder, "mlm", contextual=True), self.options.tie_embeddings)
-        self.sum_across_processes = None  # set by the distributed trainer (a global token mean)
 
     @property
     def scores_chosen_only(self) -> bool:

@@ -42,7 +42,7 @@ from torch import nn
 from selfsup.errors import ConfigError
 from selfsup.heads import MLPHead
 from selfsup.losses import info_nce, queue_info_nce
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.momentum import MomentumTarget
 from selfsup.registry import METHODS
 
@@ -233,9 +233,11 @@ def split_batchnorm(module: nn.Module) -> nn.Module:
 class MomentumContrast(Method):
     """What MoCo v2 and v3 share: the projector, the momentum key encoder and its update."""
 
+    compares_samples = True
+
     def __init__(self, encoder: nn.Module, options: Union[MoCoV2Options, MoCoV3Options],
-                 proj_layers: int, proj_last_bn: bool) -> None:
-        super().__init__(encoder)
+                 context: BuildContext, proj_layers: int, proj_last_bn: bool) -> None:
+        super().__init__(encoder, context)
         _check_options(options)
         self.options = options
         width = encoder.out_dim
@@ -244,8 +246,6 @@ class MomentumContrast(Method):
         # A constant schedule is a cosine schedule whose end equals its start.
         final = 1.0 if options.momentum_schedule == "cosine" else options.momentum
         self.key_encoder = MomentumTarget(self._online_key_path(), options.momentum, final)
-        self.gather = None  # set by the distributed trainer
-        self.rank = 0
 
     def _online_key_path(self) -> nn.Module:
         """The online network the key encoder follows (a view of shared modules, not a copy)."""
@@ -270,20 +270,19 @@ class MoCoV2(MomentumContrast):
     the queue and, with ``batch_negatives``, the other images' keys of the (global) batch:
     ``info_nce`` over [batch keys; queue], else ``queue_info_nce`` over the queue alone.
 
-    ``num_train``, the number of training samples (``build_method`` passes it), sets the default
+    ``context.num_train``, the number of training samples, sets the default
     queue length (``default_queue_size``). Evaluation uses the query encoder (``encoder``), as the
     paper does; the key encoder is its EMA.
     """
 
     Options = MoCoV2Options
-    accepts_num_train = True  # build_method passes the training set's size as num_train
     view_recipe = "simclr"
     # Starting point: solo-learn's CIFAR-10 ResNet-18 recipe (lr per 256 images); not yet
     # tuned on Fashion-MNIST.
     config_defaults = {"optim": {"name": "sgd", "lr": 0.3, "weight_decay": 1e-4}}
 
     def __init__(self, encoder: nn.Module, options: MoCoV2Options | None = None,
-                 num_train: int | None = None) -> None:
+                 context: BuildContext = NO_CONTEXT) -> None:
         options = options or MoCoV2Options()
         if options.bn_splits < 1:
             raise ConfigError(f"method.bn_splits must be at least 1 (8: shuffling BN over 8 "
@@ -292,8 +291,8 @@ class MoCoV2(MomentumContrast):
             raise ConfigError(f"method.queue_size must be positive, or 0 to size the queue from the "
                               f"training set (4096, 65536 from a million samples), got "
                               f"{options.queue_size}")
-        super().__init__(encoder, options, proj_layers=2, proj_last_bn=False)
-        self.queue = KeyQueue(options.queue_size or default_queue_size(num_train), options.proj_dim,
+        super().__init__(encoder, options, context, proj_layers=2, proj_last_bn=False)
+        self.queue = KeyQueue(options.queue_size or default_queue_size(context.num_train), options.proj_dim,
                               size_from_checkpoint=options.queue_size == 0)
         if options.bn_splits > 1:
             split_batchnorm(self.key_encoder.net)
@@ -401,9 +400,10 @@ class MoCoV3(MomentumContrast):
     # tuned on Fashion-MNIST.
     config_defaults = {"optim": {"name": "lars", "lr": 0.3, "weight_decay": 1e-6}}
 
-    def __init__(self, encoder: nn.Module, options: MoCoV3Options | None = None) -> None:
+    def __init__(self, encoder: nn.Module, options: MoCoV3Options | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
         options = options or MoCoV3Options()
-        super().__init__(encoder, options, proj_layers=3, proj_last_bn=True)
+        super().__init__(encoder, options, context, proj_layers=3, proj_last_bn=True)
         self.predictor = MLPHead(options.proj_dim, options.pred_hidden_dim or encoder.out_dim,
                                  options.proj_dim, num_layers=2)
 

@@ -25,7 +25,7 @@ from selfsup.backbones.token_encoder import as_token_encoder
 from selfsup.backbones.transformer import LanguageModelHead
 from selfsup.errors import ConfigError
 from selfsup.losses import masked_token_accuracy, masked_token_cross_entropy
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.methods.mlm import SEQUENCE_OPTIM
 from selfsup.registry import METHODS
 from selfsup.tokenize.base import IGNORE_LABEL
@@ -50,8 +50,9 @@ class NextToken(Method):
                        "backbone": {"name": "transformer-small", "causal": True},
                        "data": {"dataset": "swissprot-loc"}}
 
-    def __init__(self, encoder: nn.Module, options: NextTokenOptions | None = None) -> None:
-        super().__init__(encoder)
+    def __init__(self, encoder: nn.Module, options: NextTokenOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = options or NextTokenOptions()
         encoder = as_token_encoder(encoder, "next-token", contextual=True)
         if not hasattr(encoder, "causal"):
@@ -62,7 +63,6 @@ class NextToken(Method):
             raise ConfigError("next-token needs a causal encoder, so that evaluation reads it the "
                               "way it was trained: set backbone.causal=true")
         self.head = LanguageModelHead(encoder, self.options.tie_embeddings)
-        self.sum_across_processes = None  # set by the distributed trainer (a global token mean)
 
     def loss_weight(self, views: list[torch.Tensor]) -> torch.Tensor:
         """The micro-batch's number of predicted tokens (its loss is their mean)."""

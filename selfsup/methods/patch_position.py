@@ -24,7 +24,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 from selfsup.heads import MLPHead
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.pretext import NEIGHBOUR_OFFSETS, PatchGrid, crop_patches
 from selfsup.registry import METHODS
 
@@ -50,8 +50,9 @@ class PatchPosition(Method):
     # Doersch et al. use no augmentation besides the patch jitter.
     view_recipe = "none"
 
-    def __init__(self, encoder: nn.Module, options: PatchPositionOptions | None = None) -> None:
-        super().__init__(encoder)
+    def __init__(self, encoder: nn.Module, options: PatchPositionOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or PatchPositionOptions()
         if o.head_layers < 1 or o.head_hidden_dim < 0 or o.patch_input_size < 0:
             raise ConfigError(

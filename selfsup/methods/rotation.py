@@ -23,7 +23,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 from selfsup.heads import MLPHead
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.pretext import all_rotations, rotate90
 from selfsup.registry import METHODS
 
@@ -46,8 +46,9 @@ class RotationPrediction(Method):
     # Crops and flips only: the rotation is the task, and colour carries no orientation.
     view_recipe = "crop-flip"
 
-    def __init__(self, encoder: nn.Module, options: RotationOptions | None = None) -> None:
-        super().__init__(encoder)
+    def __init__(self, encoder: nn.Module, options: RotationOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or RotationOptions()
         if o.head_layers < 1 or o.head_hidden_dim < 0:
             raise ConfigError(f"method.head_layers must be ≥ 1 and method.head_hidden_dim ≥ 0, got "

@@ -39,7 +39,7 @@ from torch import nn
 
 from selfsup.backbones.token_encoder import as_token_encoder
 from selfsup.losses import nt_xent
-from selfsup.methods.base import StepOutput
+from selfsup.methods.base import NO_CONTEXT, BuildContext, StepOutput
 from selfsup.methods.mlm import SEQUENCE_OPTIM
 from selfsup.methods.simclr import SimCLR, SimCLROptions
 from selfsup.registry import METHODS
@@ -66,13 +66,14 @@ class SequenceContrastive(SimCLR):
                        "data": {"dataset": "swissprot-loc"}}
 
     def __init__(self, encoder: nn.Module, options: SequenceContrastiveOptions | None = None,
-                 tokenizer: Optional[Tokenizer] = None) -> None:
-        """``tokenizer``: the data's DNA tokeniser, whose reverse complement an ``rc_invariant``
-        encoder uses (default: the one the encoder's options name, else single nucleotides)."""
+                 context: BuildContext = NO_CONTEXT) -> None:
+        """``context.tokenizer``: the data's DNA tokeniser, whose reverse complement an
+        ``rc_invariant`` encoder uses (default: the one the encoder's options name, else single
+        nucleotides)."""
         as_token_encoder(encoder, self.name)
-        super().__init__(encoder, options or SequenceContrastiveOptions())
+        super().__init__(encoder, options or SequenceContrastiveOptions(), context)
         if self.options.rc_invariant and not encoder.rc_invariant:
-            encoder.make_rc_invariant(tokenizer or _data_tokenizer(encoder))
+            encoder.make_rc_invariant(context.tokenizer or _data_tokenizer(encoder))
 
     @classmethod
     def view_recipe_for(cls, tokenizer: Optional[Tokenizer]) -> str:

@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.heads import MLPHead
 from selfsup.losses import nt_xent
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.registry import METHODS
 
 
@@ -29,13 +29,14 @@ class SimCLR(Method):
     # tuned on Fashion-MNIST.
     config_defaults = {"optim": {"name": "lars", "lr": 0.4, "weight_decay": 1e-4}}
 
-    def __init__(self, encoder: nn.Module, options: SimCLROptions | None = None) -> None:
-        super().__init__(encoder)
+    compares_samples = True
+
+    def __init__(self, encoder: nn.Module, options: SimCLROptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or SimCLROptions()
         width = encoder.out_dim
         self.projector = MLPHead(width, o.proj_hidden_dim or width, o.proj_dim, o.proj_layers)
-        self.gather = None  # set by the distributed trainer
-        self.rank = 0
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         # Both views in one forward pass: one large batch is faster and BatchNorm sees both views.

@@ -20,7 +20,7 @@ from torch import nn
 
 from selfsup.heads import MLPHead
 from selfsup.losses import negative_cosine
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import BuildContext, Method, NO_CONTEXT, StepOutput
 from selfsup.registry import METHODS
 
 
@@ -56,8 +56,9 @@ class SimSiam(Method):
     # tuned on Fashion-MNIST.
     config_defaults = {"optim": {"name": "sgd", "lr": 0.5, "weight_decay": 1e-5}}
 
-    def __init__(self, encoder: nn.Module, options: SimSiamOptions | None = None) -> None:
-        super().__init__(encoder)
+    def __init__(self, encoder: nn.Module, options: SimSiamOptions | None = None,
+                 context: BuildContext = NO_CONTEXT) -> None:
+        super().__init__(encoder, context)
         self.options = o = options or SimSiamOptions()
         self.projector = MLPHead(encoder.out_dim, o.proj_hidden_dim or o.proj_dim, o.proj_dim,
                                  o.proj_layers, last_bn=True)

@@ -17,9 +17,8 @@ from matplotlib.figure import Figure
 
 from selfsup.errors import DataError
 from selfsup.report import plots
-
-RESULTS_FILE = "finetune.json"
-PLOT_FILE = "finetune_label_efficiency.png"
+from selfsup.report.tables import MISSING, accuracy_cell, markdown_table
+from selfsup.run_dir import FINETUNE_FILE, RunDir
 
 # (mode, init) → row name, in table order
 ROWS = {
@@ -40,13 +39,13 @@ def _entries(results: dict[str, Any]) -> dict[str, dict[tuple[str, str], dict[fl
     """dataset → (mode, init) → label fraction → entry, checked to hold accuracies in [0, 1]."""
     datasets = results.get("datasets")
     if not isinstance(datasets, dict):
-        raise DataError(f"{RESULTS_FILE} holds no \"datasets\" mapping; re-run `selfsup finetune`")
+        raise DataError(f"{FINETUNE_FILE} holds no \"datasets\" mapping; re-run `selfsup finetune`")
     table: dict[str, dict[tuple[str, str], dict[float, dict]]] = {}
     for dataset, modes in datasets.items():
         for mode, inits in modes.items():
             for init, by_fraction in inits.items():
                 for key, entry in by_fraction.items():
-                    where = f"{RESULTS_FILE}: {dataset}.{mode}.{init}[{key}]"
+                    where = f"{FINETUNE_FILE}: {dataset}.{mode}.{init}[{key}]"
                     for name in ("mean", "std"):
                         value = entry.get(name) if isinstance(entry, dict) else None
                         if not _is_fraction(value):
@@ -75,8 +74,6 @@ def format_finetune_table(results: dict[str, Any]) -> str:
     """The label-efficiency tables of a finetune.json, one per data set: rows (mode, init), columns
     label fractions, cells test top-1 ``mean% ± std`` (percentage points, over seeds), and per mode
     with both inits a row with the gain of the pretrained encoder over scratch."""
-    from selfsup.report.report import _accuracy_cell, _markdown_table  # report imports this module
-
     blocks = []
     for dataset, rows in _entries(results).items():
         fractions = sorted({f for by_fraction in rows.values() for f in by_fraction})
@@ -85,15 +82,15 @@ def format_finetune_table(results: dict[str, Any]) -> str:
         for mode, init in _ordered(rows):
             by_fraction = rows[(mode, init)]
             lines.append([_row_name(mode, init)] + [
-                _accuracy_cell(by_fraction[f]["mean"], _spread(by_fraction[f])) if f in by_fraction
-                else "—" for f in fractions])
+                accuracy_cell(by_fraction[f]["mean"], _spread(by_fraction[f])) if f in by_fraction
+                else MISSING for f in fractions])
         for mode in dict.fromkeys(mode for mode, _ in rows):
             pretrained, scratch = rows.get((mode, "pretrained")), rows.get((mode, "scratch"))
             if pretrained and scratch:
                 lines.append([f"gain over scratch ({mode})"] + [
                     f"{100 * (pretrained[f]['mean'] - scratch[f]['mean']):+.1f} pt"
-                    if f in pretrained and f in scratch else "—" for f in fractions])
-        blocks.append(_markdown_table(header, lines))
+                    if f in pretrained and f in scratch else MISSING for f in fractions])
+        blocks.append(markdown_table(header, lines))
     return "\n\n".join(blocks)
 
 
@@ -120,7 +117,7 @@ def plot_finetune_label_efficiency(results: dict[str, Any], path: str | Path) ->
         ax.set_title(f"Fine-tuning label efficiency: {dataset}")
         ax.grid(alpha=0.3)
         ax.legend()
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 # Not a deviation from the protocol line: what differs between the pretrained and the scratch
@@ -195,15 +192,15 @@ def finetune_section(run_dir: str | Path) -> list[str]:
     """
     from selfsup.evaluate.finetune import read_results
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     lines = ["## Fine-tuning", ""]
-    if not (run_dir / RESULTS_FILE).is_file():
-        return lines + [f"No fine-tuning results ({RESULTS_FILE} is missing); run `selfsup finetune "
-                        f"{run_dir} --compare-scratch` and then `selfsup report {run_dir}`."]
-    results = read_results(run_dir / RESULTS_FILE)
+    if not run.finetune_file.is_file():
+        return lines + [f"No fine-tuning results ({FINETUNE_FILE} is missing); run `selfsup finetune "
+                        f"{run} --compare-scratch` and then `selfsup report {run}`."]
+    results = read_results(run.finetune_file)
     entries = _entries(results)
     if not entries:
-        return lines + [f"{RESULTS_FILE} holds no results yet."]
+        return lines + [f"{FINETUNE_FILE} holds no results yet."]
     lines += ["Test top-1 after a fixed schedule (nothing chosen on the test split), mean ± std in "
               "percentage points over seeds; each seed has its own stratified label subset, head "
               "init and data order.", ""]
@@ -214,5 +211,5 @@ def finetune_section(run_dir: str | Path) -> list[str]:
     if deviations:
         lines += [deviations, ""]
     lines.append(format_finetune_table(results))
-    plot_finetune_label_efficiency(results, run_dir / PLOT_FILE)
-    return lines + ["", f"![Fine-tuning label efficiency]({PLOT_FILE})"]
+    plot_finetune_label_efficiency(results, run.finetune_plot)
+    return lines + ["", f"![Fine-tuning label efficiency]({run.finetune_plot.name})"]

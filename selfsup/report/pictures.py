@@ -13,7 +13,6 @@ writes them into the run dir under the fixed names of ``PICTURES``.
 from __future__ import annotations
 
 import contextlib
-import json
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,25 +29,20 @@ from selfsup.config import Config
 from selfsup.data import load_split
 from selfsup.data.base import ImageSource
 from selfsup.errors import DataError
-from selfsup.evaluate.run import load_run_config
-from selfsup.methods import Method, build_method
-from selfsup.methods.autoencoder import (
-    Autoencoder,
-    DenoisingAutoencoder,
-    VariationalAutoencoder,
-)
-from selfsup.methods.mae import MAE
+from selfsup.methods import BuildContext, Generates, Method, Reconstructs, build_method
 from selfsup.registry import BACKBONES, METHODS
 from selfsup.report.plots import DPI
+from selfsup.run_dir import (
+    ATTENTION_MAPS,
+    CHECKPOINT_FILE,
+    MAE_RECONSTRUCTIONS,
+    RECONSTRUCTIONS,
+    VAE_INTERPOLATIONS,
+    VAE_SAMPLES,
+    RunDir,
+)
 from selfsup.train.checkpoint import load_checkpoint
-from selfsup.train.trainer import CHECKPOINT
 from selfsup.views.image import MEAN, STD, to_input
-
-MAE_RECONSTRUCTIONS = "mae_reconstructions.png"
-RECONSTRUCTIONS = "reconstructions.png"
-VAE_SAMPLES = "vae_samples.png"
-VAE_INTERPOLATIONS = "vae_interpolations.png"
-ATTENTION_MAPS = "attention_maps.png"
 
 # File name → a one-line caption for the report.
 PICTURES = {
@@ -84,26 +78,25 @@ def load_trained_method(run_dir: str | Path, device: str | torch.device = "cpu"
     Returns ``(method, config, in_shape)`` with the method on ``device`` in ``eval()`` mode and
     ``in_shape`` the (C, H, W) of the data it was built for.
     """
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    checkpoint = run_dir / CHECKPOINT
+    run = RunDir(run_dir)
+    config = run.load_config()
+    checkpoint = run.checkpoint_file
     if not checkpoint.is_file():
-        raise DataError(f"{run_dir} holds no checkpoint ({CHECKPOINT}): the run has not finished an "
+        raise DataError(f"{run} holds no checkpoint ({CHECKPOINT_FILE}): the run has not finished an "
                         "epoch yet; train it with `selfsup pretrain` (or --resume) first")
-    in_shape = _data_shape(run_dir, config)
+    in_shape = _data_shape(run, config)
     encoder = build_backbone(config.backbone, in_shape[0], in_shape[1])
-    method = build_method(config.method, encoder, in_shape)
+    method = build_method(config.method, encoder, BuildContext(in_shape=in_shape))
     state = load_checkpoint(checkpoint, map_location=device)
     method.load_state_dict(state["method"])
     return method.to(device).eval(), config, in_shape
 
 
-def _data_shape(run_dir: Path, config: Config) -> tuple[int, int, int]:
+def _data_shape(run: RunDir, config: Config) -> tuple[int, int, int]:
     """The (C, H, W) the run was built for: from encoder.json when training finished (no data
     needed), else from the training split, as the trainer does."""
-    spec_path = run_dir / "encoder.json"
-    if spec_path.is_file():
-        spec = json.loads(spec_path.read_text())
+    if run.encoder_spec.is_file():
+        spec = run.read_encoder_spec()
         return int(spec["in_channels"]), int(spec["image_size"]), int(spec["image_size"])
     return tuple(load_split(config.data.dataset, "train", config.data.data_dir).shape)
 
@@ -149,7 +142,16 @@ class MAEPanels(NamedTuple):
     mask: torch.Tensor  # (B, 1, h·p, w·p): 1 on hidden pixels, 0 on visible ones
 
 
-def mae_panels(method: MAE, images: torch.Tensor, generator: torch.Generator | None = None) -> MAEPanels:
+def reconstruction_columns(method: Reconstructs, images: torch.Tensor,
+                           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The method's :class:`~selfsup.methods.base.Reconstructs` columns of ``images``, in eval
+    mode without gradients (normalised images; a ``"mask"`` where it hid parts of the input)."""
+    with _evaluating(method):
+        return method.reconstruction_panels(_as_input(images, _device(method)), generator)
+
+
+def mae_panels(method: Reconstructs, images: torch.Tensor,
+               generator: torch.Generator | None = None) -> MAEPanels:
     """Mask ``images`` at the method's ratio, reconstruct them, and paste the visible patches back,
     as the MAE paper's figures show.
 
@@ -158,16 +160,16 @@ def mae_panels(method: MAE, images: torch.Tensor, generator: torch.Generator | N
     original image (as the paper does for its figures), since the prediction carries no absolute
     intensity. ``generator`` (on the method's device) fixes the masking.
     """
-    with _evaluating(method):
-        x = _as_input(images, _device(method))
-        filled, mask = method.reconstruct(x, generator)
-    covered = x[..., : filled.shape[-2], : filled.shape[-1]]
-    original, mask = to_display(covered), mask.cpu()
+    return _masked_panels(reconstruction_columns(method, images, generator))
+
+
+def _masked_panels(columns: dict[str, torch.Tensor]) -> MAEPanels:
+    original, mask = to_display(columns["original"]), columns["mask"].cpu()
     masked = torch.where(mask.bool(), torch.tensor(0.5), original)
-    return MAEPanels(original, masked, to_display(filled), mask)
+    return MAEPanels(original, masked, to_display(columns["reconstruction"]), mask)
 
 
-def autoencoder_panels(method: Autoencoder, images: torch.Tensor,
+def autoencoder_panels(method: Reconstructs, images: torch.Tensor,
                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Columns of an autoencoder's reconstruction figure, name → (B, C, H, W) on the [0, 1] scale.
 
@@ -175,24 +177,18 @@ def autoencoder_panels(method: Autoencoder, images: torch.Tensor,
     the deterministic code, μ for the VAE). A denoising autoencoder: original, the corrupted copy
     its encoder sees (noise drawn with ``generator``) and the reconstruction of that copy.
     """
-    with _evaluating(method):
-        x = _as_input(images, _device(method))
-        columns = {"original": x}
-        seen = x
-        if isinstance(method, DenoisingAutoencoder):
-            seen = columns["corrupted input"] = method.corrupt(x, generator)
-        columns["reconstruction"] = method.reconstruct(seen)
-    return {name: to_display(images) for name, images in columns.items()}
+    columns = reconstruction_columns(method, images, generator)
+    return {name: to_display(batch) for name, batch in columns.items()}
 
 
-def vae_sample_images(method: VariationalAutoencoder, n: int,
+def vae_sample_images(method: Generates, n: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` decoded draws z ~ N(0, I), (n, C, H, W) on the [0, 1] scale."""
     with _evaluating(method):
         return to_display(method.sample(n, generator=generator))
 
 
-def vae_interpolation_images(method: VariationalAutoencoder, images_a: torch.Tensor,
+def vae_interpolation_images(method: Generates, images_a: torch.Tensor,
                              images_b: torch.Tensor, steps: int = INTERPOLATION_STEPS) -> torch.Tensor:
     """(B, steps, C, H, W) on the [0, 1] scale: decoded points evenly spaced on the straight line
     from the posterior mean μ(a) to μ(b), pairs matched by index; step 0 decodes μ(a), the last μ(b)."""
@@ -295,11 +291,13 @@ def _columns_figure(columns: dict[str, torch.Tensor], path: str | Path, title: s
     return _grid_figure(rows, path, title, list(columns))
 
 
-def mae_reconstruction_grid(method: MAE, images: torch.Tensor, path: str | Path,
-                            generator: torch.Generator | None = None) -> Path:
+def mae_reconstruction_grid(method: Reconstructs, images: torch.Tensor, path: str | Path,
+                            generator: torch.Generator | None = None,
+                            columns: dict[str, torch.Tensor] | None = None) -> Path:
     """Rows of samples; columns: original, masked input (hidden patches grey), reconstruction with
-    the visible patches pasted back (see ``mae_panels``)."""
-    panels = mae_panels(method, images, generator)
+    the visible patches pasted back (see ``mae_panels``); ``columns``: the method's
+    reconstruction columns when already made."""
+    panels = _masked_panels(columns or reconstruction_columns(method, images, generator))
     hidden = panels.mask.mean().item()
     title = f"MAE reconstructions, {hidden:.0%} of the patches hidden"
     if method.options.norm_pix_loss:
@@ -309,14 +307,18 @@ def mae_reconstruction_grid(method: MAE, images: torch.Tensor, path: str | Path,
     return _columns_figure(columns, path, title)
 
 
-def autoencoder_reconstruction_grid(method: Autoencoder, images: torch.Tensor, path: str | Path,
-                                    generator: torch.Generator | None = None) -> Path:
-    """Rows of samples; columns as ``autoencoder_panels`` makes them."""
+def autoencoder_reconstruction_grid(method: Reconstructs, images: torch.Tensor, path: str | Path,
+                                    generator: torch.Generator | None = None,
+                                    columns: dict[str, torch.Tensor] | None = None) -> Path:
+    """Rows of samples; columns as ``autoencoder_panels`` makes them (``columns``: the method's
+    reconstruction columns when already made)."""
+    columns = columns or reconstruction_columns(method, images, generator)
     kind = type(method).__name__.replace("Autoencoder", " autoencoder").strip().lower()  # "sparse autoencoder"
-    return _columns_figure(autoencoder_panels(method, images, generator), path, f"Reconstructions ({kind})")
+    shown = {name: to_display(batch) for name, batch in columns.items()}
+    return _columns_figure(shown, path, f"Reconstructions ({kind})")
 
 
-def vae_samples(method: VariationalAutoencoder, n: int, path: str | Path,
+def vae_samples(method: Generates, n: int, path: str | Path,
                 generator: torch.Generator | None = None) -> Path:
     """A grid of ``n`` decoded prior samples, ``SAMPLE_COLUMNS`` to a row."""
     samples = vae_sample_images(method, n, generator)
@@ -325,7 +327,7 @@ def vae_samples(method: VariationalAutoencoder, n: int, path: str | Path,
     return _grid_figure(rows, path, f"VAE samples: decoded z ~ N(0, I), {method.options.latent_dim}-d latent")
 
 
-def vae_interpolations(method: VariationalAutoencoder, images_a: torch.Tensor, images_b: torch.Tensor,
+def vae_interpolations(method: Generates, images_a: torch.Tensor, images_b: torch.Tensor,
                        steps: int, path: str | Path) -> Path:
     """One row per pair: image a, ``steps`` decoded points from μ(a) to μ(b), image b."""
     device = _device(method)
@@ -368,17 +370,18 @@ def write_pictures(run_dir: str | Path, dataset: str | None = None, num_images: 
     training split) of ``dataset`` (default: the run's), chosen at random with ``seed``; the
     interpolations pair them with ``num_images`` others.
     """
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
+    run = RunDir(run_dir)
+    config = run.load_config()
     method_cls = METHODS.get(config.method.get("name", "simclr"))
-    if not issubclass(method_cls, (MAE, Autoencoder)) and not _names_a_vit(config.backbone):
+    draws = issubclass(method_cls, Reconstructs) or issubclass(method_cls, Generates)
+    if not draws and not _names_a_vit(config.backbone):
         return []  # decided before loading anything: most runs have no pictures
     method, config, in_shape = load_trained_method(run_dir, device)
     dataset = dataset or config.data.dataset
     source = _held_out(dataset, data_dir or config.data.data_dir)
     if tuple(source.shape[:2]) != tuple(in_shape[:2]):
         raise DataError(f"data set {dataset!r} has images of shape {tuple(source.shape)}, but the run "
-                        f"in {run_dir} was trained on {tuple(in_shape)}; pass a data set like its own")
+                        f"in {run} was trained on {tuple(in_shape)}; pass a data set like its own")
     if num_images < 1 or len(source) < 2:
         raise DataError(f"pictures need num_images ≥ 1 and a data set of at least 2 images, got "
                         f"num_images={num_images} and {len(source)} images")
@@ -388,16 +391,20 @@ def write_pictures(run_dir: str | Path, dataset: str | None = None, num_images: 
     generator = torch.Generator(device=device).manual_seed(seed)
 
     written = []
-    if isinstance(method, MAE):
-        written.append(mae_reconstruction_grid(method, images, run_dir / MAE_RECONSTRUCTIONS, generator))
-    if isinstance(method, Autoencoder):
-        written.append(autoencoder_reconstruction_grid(method, images, run_dir / RECONSTRUCTIONS, generator))
-    if isinstance(method, VariationalAutoencoder):
-        written.append(vae_samples(method, SAMPLES_PER_IMAGE * count, run_dir / VAE_SAMPLES, generator))
+    if isinstance(method, Reconstructs):
+        columns = reconstruction_columns(method, images, generator)
+        if "mask" in columns:  # a masked model's figure: what the encoder saw, greyed
+            written.append(mae_reconstruction_grid(method, images, run.mae_reconstructions,
+                                                   columns=columns))
+        else:
+            written.append(autoencoder_reconstruction_grid(method, images, run.reconstructions,
+                                                           columns=columns))
+    if isinstance(method, Generates):
+        written.append(vae_samples(method, SAMPLES_PER_IMAGE * count, run.vae_samples, generator))
         written.append(vae_interpolations(method, images, partners, INTERPOLATION_STEPS,
-                                          run_dir / VAE_INTERPOLATIONS))
+                                          run.vae_interpolations))
     if isinstance(method.export_encoder, VisionTransformer):  # DINO: the teacher's, as in the paper
-        written.append(attention_maps_figure(method.export_encoder, images, run_dir / ATTENTION_MAPS))
+        written.append(attention_maps_figure(method.export_encoder, images, run.attention_maps))
     return written
 
 

@@ -47,7 +47,8 @@ def ema(values: Sequence[float], span: float) -> np.ndarray:
     return smoothed
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Lay ``fig`` out, save it at ``path`` at the report's DPI and free its artists."""
     path = Path(path)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -87,7 +88,7 @@ def plot_loss_lr(steps: Sequence[Record], path: str | Path) -> Path:
         more_handles, more_labels = lr_ax.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _epoch_axis(ax: Axes) -> None:
@@ -139,7 +140,7 @@ def plot_effective_rank(health: Sequence[Record], path: str | Path) -> Path:
     std_ax.set_title("Embedding spread")
     std_ax.grid(alpha=0.3)
     std_ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rank_curves(runs: dict[str, list[dict]], path: str | Path) -> Path:
@@ -170,7 +171,7 @@ def plot_spectrum(health: Sequence[Record], path: str | Path) -> Path:
     ax.set_title("Final singular spectrum of the embeddings")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tsne(coords: np.ndarray, labels: Optional[np.ndarray], path: str | Path,
@@ -195,7 +196,7 @@ def plot_tsne(coords: np.ndarray, labels: Optional[np.ndarray], path: str | Path
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.set_title(f"t-SNE of the encoder's embeddings ({len(coords)} samples)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _class_name(label: object, class_names: Optional[Sequence[str]]) -> str:
@@ -240,7 +241,7 @@ def plot_label_efficiency(eval_json: dict, path: str | Path) -> Path:
     ax.set_title("Label efficiency")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_probe(probes: Sequence[Record], epochs: Sequence[Record], path: str | Path) -> Path:
@@ -251,7 +252,7 @@ def plot_probe(probes: Sequence[Record], epochs: Sequence[Record], path: str | P
     """
     fig = Figure(figsize=WIDE)
     _draw_probe(fig.add_subplot(), probes, epochs, "Online k-NN probe vs training loss")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_probe_curves(runs: dict[str, tuple[Sequence[Record], Sequence[Record]]],
@@ -277,7 +278,7 @@ def _side_by_side(runs: dict[str, Any], draw: Callable[[Axes, Any, str], None], 
     for ax in axes[1:]:
         ax.set_ylabel("")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _draw_probe(ax: Axes, probes: Sequence[Record], epochs: Sequence[Record], title: str) -> None:
@@ -317,4 +318,4 @@ def plot_held_out_perplexity(held_out: Sequence[Record], path: str | Path) -> Pa
     ax.set_title("Held-out perplexity per epoch")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import yaml
-
 from selfsup.errors import DataError, SelfsupError
 from selfsup.report import pictures, plots
 from selfsup.report.finetune_report import finetune_section
+from selfsup.report.tables import MISSING, accuracy_cell, markdown_table
+from selfsup.run_dir import CONFIG_FILE, EVAL_FILE, RunDir, read_tsne
 from selfsup.train.metrics_log import last_held_out_perplexity
 
 # Keys a record of each kind cannot do without; other keys are optional and read with .get().
@@ -36,9 +35,6 @@ VERDICT_LINES = {
     "collapsed": "⚠️ collapsed",
     "stalled": "⚠️ stalled",
 }
-
-MISSING = "—"
-
 
 @dataclass
 class RunMetrics:
@@ -96,42 +92,13 @@ def read_metrics(path: str | Path) -> RunMetrics:
 # Formatting helpers
 
 
-def _percent(fraction: float) -> str:
-    return f"{100 * fraction:.1f}%"
-
-
-def _accuracy_cell(accuracy: Optional[float], std: Optional[float]) -> str:
-    """``85.3%``, or ``85.3% ± 0.4`` (the std in percentage points) when a std is known."""
-    if accuracy is None:
-        return MISSING
-    cell = _percent(accuracy)
-    if std is not None:
-        cell += f" ± {100 * std:.1f}"
-    return cell
-
-
 def _check_fraction(value: Any, where: str) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise DataError(f"eval.json: {where} = {value!r} is not an accuracy in [0, 1]; "
-                        "re-run the evaluation to rewrite eval.json")
+        raise DataError(f"{EVAL_FILE}: {where} = {value!r} is not an accuracy in [0, 1]; "
+                        f"re-run the evaluation to rewrite {EVAL_FILE}")
     return float(value)
-
-
-def _markdown_table(header: list[str], rows: list[list[str]], right_aligned_from: int = 1) -> str:
-    """A pipe table padded to equal column widths, so it reads well raw in a terminal and as markdown."""
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        padded = [cell.ljust(width) if i < right_aligned_from else cell.rjust(width)
-                  for i, (cell, width) in enumerate(zip(cells, widths))]
-        return "| " + " | ".join(padded) + " |"
-
-    # The rule spans each cell's padding too; a trailing colon marks a right-aligned column.
-    rule = ["-" * (w + 2) if i < right_aligned_from else "-" * (w + 1) + ":"
-            for i, w in enumerate(widths)]
-    return "\n".join([line(header), "|" + "|".join(rule) + "|"] + [line(row) for row in rows])
 
 
 def format_eval_table(eval_json: dict) -> str:
@@ -150,7 +117,7 @@ def format_eval_table(eval_json: dict) -> str:
     rows = []
     for name, result in results:
         where = "" if result is eval_json else f"baselines.{name}."
-        row = [name, _accuracy_cell(_check_fraction(result.get("knn_top1"), f"{where}knn_top1"), None)]
+        row = [name, accuracy_cell(_check_fraction(result.get("knn_top1"), f"{where}knn_top1"), None)]
         if with_k:
             row.append(str(result.get("knn_k", MISSING)))
         accuracies = _by_fraction(result.get("linear_top1"))
@@ -158,9 +125,9 @@ def format_eval_table(eval_json: dict) -> str:
         for fraction in fractions:
             accuracy = _check_fraction(accuracies.get(fraction), f"{where}linear_top1[{fraction:g}]")
             std = _check_fraction(stds.get(fraction), f"{where}linear_top1_std[{fraction:g}]")
-            row.append(_accuracy_cell(accuracy, std if fraction < 1 else None))
+            row.append(accuracy_cell(accuracy, std if fraction < 1 else None))
         rows.append(row)
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def format_verdict(eval_json: dict) -> str:
@@ -214,61 +181,6 @@ def _number(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading the other inputs
-
-
-def _load_json(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as error:
-        raise DataError(f"{path} is not valid JSON ({error}); delete it and re-run the step "
-                        "that writes it") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path} must hold a JSON object; delete it and re-run the step that writes it")
-    return data
-
-
-def _load_config(path: Path) -> tuple[Optional[str], dict]:
-    """The config's text (shown verbatim) and its parsed mapping (for the title)."""
-    if not path.is_file():
-        return None, {}
-    text = path.read_text()
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise DataError(f"{path} is not valid YAML ({error})") from None
-    return text, parsed if isinstance(parsed, dict) else {}
-
-
-@dataclass
-class TSNE:
-    coords: np.ndarray
-    labels: Optional[np.ndarray]
-    class_names: Optional[list[str]]
-
-
-def _load_tsne(path: Path) -> Optional[TSNE]:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as error:
-        raise DataError(f"{path} cannot be read as an .npz of plain arrays ({error}); "
-                        "re-run the t-SNE step") from None
-    coords = arrays.get("coords")
-    if coords is None or coords.ndim != 2 or coords.shape[1] != 2:
-        raise DataError(f"{path} needs an array 'coords' of shape (n, 2); re-run the t-SNE step")
-    labels = arrays.get("labels")
-    if labels is not None and len(labels) != len(coords):
-        raise DataError(f"{path}: {len(labels)} labels for {len(coords)} points; re-run the t-SNE step")
-    names = arrays.get("class_names")
-    return TSNE(coords, labels, None if names is None else [str(n) for n in names])
-
-
-# --------------------------------------------------------------------------------------------------
 # Sections of report.md
 
 
@@ -314,7 +226,7 @@ def _summary(metrics: RunMetrics, config: dict) -> list[str]:
     resumes = sum(r["event"] == "resume" for r in metrics.runs)
     if resumes:
         rows.append(["resumed", f"{resumes}×"])
-    lines = ["## Run summary", "", _markdown_table(["", "value"], rows, right_aligned_from=2)]
+    lines = ["## Run summary", "", markdown_table(["", "value"], rows, right_aligned_from=2)]
     for note in metrics.notes:
         lines += ["", f"> Note: {note}"]
     return lines
@@ -358,10 +270,10 @@ def _final_loss(metrics: RunMetrics) -> str:
     return MISSING if last is None else _number(float(last["loss"]))
 
 
-def _health(metrics: RunMetrics, verdict: Optional[dict], run_dir: Path) -> list[str]:
+def _health(metrics: RunMetrics, verdict: Optional[dict], run: RunDir) -> list[str]:
     lines = ["## Representation health", ""]
     if verdict is None:
-        lines.append("No health verdict (health_verdict.json is missing).")
+        lines.append(f"No health verdict ({run.health_verdict_file.name} is missing).")
     else:
         status = str(verdict.get("status", "unknown"))
         lines.append(f"**Verdict: {VERDICT_LINES.get(status, '❓ ' + status)}**")
@@ -373,15 +285,16 @@ def _health(metrics: RunMetrics, verdict: Optional[dict], run_dir: Path) -> list
         lines += ["", "Warnings during the run:", ""] + [f"- {m}" for m in messages]
     lines.append("")
     if not metrics.health:
-        lines.append("No health records in metrics.jsonl (health checks off, or the run stopped "
-                     "before the first one).")
+        lines.append(f"No health records in {run.metrics_file.name} (health checks off, or the "
+                     "run stopped before the first one).")
         return lines
     lines += [_last_health_table(metrics.health), ""]
-    plots.plot_effective_rank(metrics.health, run_dir / "effective_rank.png")
-    lines += ["![Effective rank and embedding spread per epoch](effective_rank.png)", ""]
+    plots.plot_effective_rank(metrics.health, run.effective_rank_plot)
+    lines += [f"![Effective rank and embedding spread per epoch]({run.effective_rank_plot.name})",
+              ""]
     if any(record.get("spectrum") for record in metrics.health):
-        plots.plot_spectrum(metrics.health, run_dir / "spectrum.png")
-        lines.append("![Final singular spectrum](spectrum.png)")
+        plots.plot_spectrum(metrics.health, run.spectrum_plot)
+        lines.append(f"![Final singular spectrum]({run.spectrum_plot.name})")
     else:
         lines.append("The health records carry no singular spectrum.")
     return lines
@@ -419,64 +332,58 @@ def _last_health_table(health: list[dict]) -> str:
         rows.append([name, str(last["epoch"])] + [_number(last[key]) if key in last else MISSING
                                                    for key, _ in columns])
     header = ["embedding (last check)", "epoch"] + [label for _, label in columns]
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
-def _training(metrics: RunMetrics, run_dir: Path) -> list[str]:
+def _training(metrics: RunMetrics, run: RunDir) -> list[str]:
     lines = ["## Training", ""]
     if metrics.steps:
-        plots.plot_loss_lr(metrics.steps, run_dir / "loss_lr.png")
-        lines.append("![Training loss and learning rate](loss_lr.png)")
+        plots.plot_loss_lr(metrics.steps, run.loss_lr_plot)
+        lines.append(f"![Training loss and learning rate]({run.loss_lr_plot.name})")
     else:
-        lines.append("No step records in metrics.jsonl, so no loss curve.")
+        lines.append(f"No step records in {run.metrics_file.name}, so no loss curve.")
     lines.append("")
     if metrics.probes:
-        plots.plot_probe(metrics.probes, metrics.epochs, run_dir / "probe.png")
-        lines.append("![Online k-NN probe vs training loss](probe.png)")
+        plots.plot_probe(metrics.probes, metrics.epochs, run.probe_plot)
+        lines.append(f"![Online k-NN probe vs training loss]({run.probe_plot.name})")
     else:
         lines.append("No online probe records (unlabelled data, or the probe is off).")
     last_perplexity = last_held_out_perplexity(metrics.held_out)
     if last_perplexity is not None:
-        plots.plot_held_out_perplexity(metrics.held_out, run_dir / "held_out_perplexity.png")
+        plots.plot_held_out_perplexity(metrics.held_out, run.held_out_perplexity_plot)
         epoch, perplexity = last_perplexity
         lines += ["", f"Held-out perplexity after epoch {epoch}: {_number(perplexity)}.", "",
-                  "![Held-out perplexity per epoch](held_out_perplexity.png)"]
+                  f"![Held-out perplexity per epoch]({run.held_out_perplexity_plot.name})"]
     return lines
 
 
-def _evaluations(run_dir: Path, config: dict) -> list[str]:
+def _evaluations(run: RunDir, config: dict) -> list[str]:
     """The evaluation section: one part per data set the run was evaluated on, ``eval.json`` (the
     pretraining data) first, then each ``eval-<name>.json`` by name."""
-    paths = [run_dir / "eval.json"] + sorted(run_dir.glob("eval-*.json"))
-    found = [(path, _load_json(path)) for path in paths if path.is_file()]
+    found = [(path, run.read_json(path)) for path in run.eval_files()]
     if len(found) <= 1:
-        path, eval_json = found[0] if found else (run_dir / "eval.json", None)
-        return _evaluation(eval_json, run_dir, _plot_suffix(path))
+        path, eval_json = found[0] if found else (run.eval_file(), None)
+        return _evaluation(eval_json, run, path)
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     names = [str(eval_json.get("dataset", path.stem)) for path, eval_json in found]
     lines = ["## Evaluation", "",
              f"Pretrained on {data.get('dataset', '?')}; evaluated on {', '.join(names)}."]
     for (path, eval_json), name in zip(found, names):
-        part = _evaluation(eval_json, run_dir, _plot_suffix(path))
+        part = _evaluation(eval_json, run, path)
         lines += ["", f"### On {name}"] + part[1:]
     return lines
 
 
-def _plot_suffix(eval_path: Path) -> str:
-    """"" for eval.json's plots, "-<name>" for eval-<name>.json's."""
-    return eval_path.stem[len("eval"):]
-
-
-def _evaluation(eval_json: Optional[dict], run_dir: Path, suffix: str) -> list[str]:
-    """One data set's evaluation; its plots are named with ``suffix`` ("" in-domain,
-    "-<name>" for eval-<name>.json), its t-SNE read from the file the evaluation names."""
+def _evaluation(eval_json: Optional[dict], run: RunDir, eval_file: Path) -> list[str]:
+    """One data set's evaluation, read from ``eval_file``; its plots are named after that file
+    (``RunDir.label_efficiency_plot``), its t-SNE read from the file the evaluation names."""
     lines = ["## Evaluation", ""]
     # eval files from before cross-data evaluation name no t-SNE file: theirs is tsne.npz
-    tsne_file = (eval_json or {}).get("tsne_file", "tsne.npz")
-    tsne = _load_tsne(run_dir / Path(str(tsne_file)).name)  # never outside the run dir
+    tsne_file = (eval_json or {}).get("tsne_file", run.tsne_file().name)
+    tsne = read_tsne(run.file(tsne_file))  # never outside the run dir
     if eval_json is None:
-        lines.append("Evaluation is missing: there is no eval.json in this run dir yet; run "
-                     f"`selfsup evaluate {run_dir}` and then `selfsup report {run_dir}`.")
+        lines.append(f"Evaluation is missing: there is no {run.eval_file().name} in this run dir "
+                     f"yet; run `selfsup evaluate {run}` and then `selfsup report {run}`.")
     else:
         facts = [f"{label} {_count(eval_json[key])}" for key, label in
                  (("dataset", "dataset"), ("pretraining_dataset", "pretrained on"),
@@ -491,16 +398,16 @@ def _evaluation(eval_json: Optional[dict], run_dir: Path, suffix: str) -> list[s
             lines += [f"- {line}" for line in verdict.splitlines()]
         lines += _data_warnings(eval_json.get("data_checks"))
         if eval_json.get("linear_top1"):
-            name = f"label_efficiency{suffix}.png"
-            plots.plot_label_efficiency(eval_json, run_dir / name)
-            lines += ["", f"![Label efficiency]({name})"]
+            plot = run.label_efficiency_plot(eval_file)
+            plots.plot_label_efficiency(eval_json, plot)
+            lines += ["", f"![Label efficiency]({plot.name})"]
     lines.append("")
     if tsne is None:
         lines.append(f"No t-SNE ({tsne_file} is missing).")
     else:
-        name = f"tsne{suffix}.png"
-        plots.plot_tsne(tsne.coords, tsne.labels, run_dir / name, tsne.class_names)
-        lines.append(f"![t-SNE of the embeddings]({name})")
+        plot = run.tsne_plot(eval_file)
+        plots.plot_tsne(tsne.coords, tsne.labels, plot, tsne.class_names)
+        lines.append(f"![t-SNE of the embeddings]({plot.name})")
     return lines
 
 
@@ -541,7 +448,7 @@ def _pictures(run_dir: Path) -> list[str]:
 
 def _config_section(config_text: Optional[str]) -> list[str]:
     if config_text is None:
-        return ["## Config", "", "No config.yaml in this run dir."]
+        return ["## Config", "", f"No {CONFIG_FILE} in this run dir."]
     return ["## Config", "", "```yaml", config_text.rstrip("\n"), "```"]
 
 
@@ -550,23 +457,23 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run dir {run_dir} does not exist; pass the folder a training run wrote")
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = read_metrics(metrics_path) if metrics_path.is_file() else RunMetrics(
-        notes=["There is no metrics.jsonl in this run dir."])
-    config_text, config = _load_config(run_dir / "config.yaml")
-    eval_json = _load_json(run_dir / "eval.json")
-    verdict = _load_json(run_dir / "health_verdict.json")
+    run = RunDir(run_dir)
+    metrics = read_metrics(run.metrics_file) if run.metrics_file.is_file() else RunMetrics(
+        notes=[f"There is no {run.metrics_file.name} in this run dir."])
+    config_text, config = run.read_config_text()
+    eval_json = run.read_json(run.eval_file())
+    verdict = run.read_json(run.health_verdict_file)
 
     sections = [
         [_title(config, eval_json, run_dir), "", f"Run dir: `{run_dir}`"],
         _summary(metrics, config),
-        _health(metrics, verdict, run_dir),
-        _evaluations(run_dir, config),
+        _health(metrics, verdict, run),
+        _evaluations(run, config),
         finetune_section(run_dir),
         _pictures(run_dir),
-        _training(metrics, run_dir),
+        _training(metrics, run),
         _config_section(config_text),
     ]
-    report = run_dir / "report.md"
+    report = run.report_file
     report.write_text("\n\n".join("\n".join(section) for section in sections if section) + "\n")
     return report

@@ -41,9 +41,9 @@ import tokenizers
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.files import atomic_write
+from selfsup.run_dir import TOKENIZER_FILE  # its name in a run dir
 from selfsup.tokenize.base import LEADING_SPECIALS, MASK, Tokenizer
 
-TOKENIZER_FILE = "tokenizer.json"  # its name in a run dir
 DEFAULT_VOCAB_SIZE = 8192
 MIN_PAIR_COUNT = 2  # a merge must occur at least twice in the training texts
 BYTE_SYMBOLS = 256

@@ -8,8 +8,6 @@ arbitrary objects from a file.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from torch import nn
 
 from selfsup.errors import DataError
 from selfsup.files import atomic_write
+from selfsup.run_dir import ENCODER_SPEC_FILE, ENCODER_WEIGHTS_FILE, RunDir
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -38,47 +37,31 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
                         "it may be from another program or damaged") from None
 
 
-def image_encoder_spec(backbone: dict[str, Any], in_shape: tuple[int, int, int],
-                       dataset: str) -> dict[str, Any]:
-    """``encoder.json`` of an image encoder: its backbone section and input shape (C, H, W)."""
-    return {"backbone": dict(backbone), "in_channels": in_shape[0], "image_size": in_shape[1],
-            "dataset": dataset}
-
-
-def token_encoder_spec(encoder_config: dict[str, Any], tokenizer_config: dict[str, Any],
-                       dataset: str, max_length: int) -> dict[str, Any]:
-    """``encoder.json`` of a token encoder: its full options (vocabulary, reverse-complement
-    invariance set by the method: the backbone's own ``config()``) and its tokeniser's."""
-    return {"backbone": encoder_config, "in_channels": 0, "image_size": 0, "dataset": dataset,
-            "tokenizer": tokenizer_config, "max_length": max_length}
-
-
 def save_encoder(run_dir: str | Path, encoder: nn.Module, spec: dict[str, Any]) -> None:
     """Write ``encoder.safetensors`` and ``encoder.json`` (how to rebuild the module)."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    atomic_write(run_dir / "encoder.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write(run_dir / "encoder.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
+    atomic_write(run.encoder_weights, lambda tmp: save_file(tensors, str(tmp)))
+    run.write_json(run.encoder_spec, spec)
 
 
 def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the encoder from ``encoder.json`` and load ``encoder.safetensors`` into it."""
     from selfsup.backbones import build_backbone
 
-    run_dir = Path(run_dir)
-    spec_path, weights_path = run_dir / "encoder.json", run_dir / "encoder.safetensors"
-    if not spec_path.is_file() or not weights_path.is_file():
-        raise DataError(f"{run_dir} holds no trained encoder (encoder.json + encoder.safetensors); "
-                        "run `selfsup pretrain` first, or pass the run dir it wrote")
-    spec = json.loads(spec_path.read_text())
+    run = RunDir(run_dir)
+    if not run.has_encoder():
+        raise DataError(f"{run} holds no trained encoder ({ENCODER_SPEC_FILE} + "
+                        f"{ENCODER_WEIGHTS_FILE}); run `selfsup pretrain` first, or pass the run "
+                        "dir it wrote")
+    spec = run.read_encoder_spec()
     tokenizer = spec.get("tokenizer") or {}
     if tokenizer.get("file"):  # a learnt (text) tokeniser, saved in the run dir
-        spec["tokenizer"] = {**tokenizer, "file": str(run_dir / tokenizer["file"])}
+        spec["tokenizer"] = {**tokenizer, "file": str(run.path / tokenizer["file"])}
     encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"])
     try:
-        state = load_file(str(weights_path))
+        state = load_file(str(run.encoder_weights))
     except Exception as e:
-        raise DataError(f"{weights_path} cannot be read: {e}") from None
+        raise DataError(f"{run.encoder_weights} cannot be read: {e}") from None
     encoder.load_state_dict(state)
     return encoder.to(device), spec

@@ -7,8 +7,9 @@ its local rank (or the CPU), and joins the process group (NCCL on GPUs, gloo on 
 
 What makes N processes train exactly like one process on the N-times larger batch:
 
-* **Losses that need the whole batch** (SimCLR, MoCo, DINO's centre, Barlow Twins, VICReg) get a
-  ``gather`` hook, ``all_gather_with_grad``: every process sees the embeddings of all processes,
+* **Losses that need the whole batch** (SimCLR, MoCo, DINO's centre, Barlow Twins, VICReg) read
+  the global batch through the ``gather`` of the ``Collectives`` they are built with
+  (``process_collectives``), ``all_gather_with_grad``: every process sees the embeddings of all processes,
   and the backward pass returns to each process the gradient of *every* process's loss with respect
   to its own embeddings. A process's loss is then a function of the global batch, and DDP's
   gradient average (1/N Σ over processes) is the gradient of the mean of the N losses, which is the
@@ -17,8 +18,8 @@ What makes N processes train exactly like one process on the N-times larger batc
   them.) ``tests/test_distributed.py`` checks each method against a single process.
 * **BatchNorm** normalises over the batch it sees. With per-process statistics the loss of a
   method that compares samples (negatives, cross-correlations) could tell samples of its own
-  process from the others' by their statistics, so those methods convert BatchNorm to
-  SyncBatchNorm by default (``sync_batchnorm_default``): statistics over the global batch, the
+  process from the others' by their statistics, so those methods (``compares_samples``)
+  convert BatchNorm to SyncBatchNorm by default (``sync_batchnorm_default``): statistics over the global batch, the
   same as one process. torch's ``nn.SyncBatchNorm`` has CUDA kernels only (and DDP refuses it in CPU
   modules); on CPUs ``CPUSyncBatchNorm`` computes the same statistics with differentiable
   all-reduces, so CPU/gloo runs are exact too.
@@ -43,6 +44,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.errors import ConfigError
+from selfsup.methods.base import Collectives, Method
 from selfsup.train.device import resolve_device
 from selfsup.train.process import ProcessInfo
 
@@ -235,28 +237,37 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 # methods
 
 
-def sync_batchnorm_default(method: nn.Module) -> bool:
+def process_collectives(info: ProcessInfo) -> Collectives:
+    """The collectives a method of this process is built with: the differentiable all-gather,
+    the in-place all-reduce sum and the rank under torchrun; one process's identities alone."""
+    if not info.distributed:
+        return Collectives()
+    return Collectives(gather=all_gather_with_grad, sum=all_reduce_sum_, rank=info.rank,
+                       world_size=info.world_size)
+
+
+def sync_batchnorm_default(method: Method) -> bool:
     """SyncBatchNorm by default for methods whose loss couples the samples of a batch.
 
-    Read off the ``gather`` hook, which such methods have (SimCLR, MoCo v2/v3, DINO, Barlow Twins,
-    VICReg, equivariance, dna-contrastive): their loss compares each sample with the others
-    (negatives) or with statistics of the batch, so BatchNorm statistics that differ between
-    processes would leak into it. Per-sample losses (BYOL, SimSiam, MAE, autoencoders, pretext
-    tasks) do not need it. BEiT has the hook for its codebook only; its ViT has no BatchNorm, so
-    the default changes nothing there.
+    Read off the method's ``compares_samples`` (SimCLR, MoCo v2/v3, DINO, Barlow Twins, VICReg,
+    equivariance, dna-contrastive): their loss compares each sample with the others (negatives)
+    or with statistics of the batch, so BatchNorm statistics that differ between processes would
+    leak into it. Per-sample losses (BYOL, SimSiam, MAE, autoencoders, pretext tasks) do not need
+    it. BEiT declares it for its codebook, which learns from the global batch; its ViT has no
+    BatchNorm, so the default changes nothing there.
     """
-    return hasattr(method, "gather")
+    return method.compares_samples
 
 
-def prepare_method(method: nn.Module, info: ProcessInfo, device: torch.device,
+def prepare_method(method: Method, info: ProcessInfo, device: torch.device,
                    sync_bn: Optional[bool] = None) -> nn.Module:
     """Make a method ready for data-parallel training and return the module to call for a step.
 
-    For one process: ``method`` itself, unchanged. Otherwise, in this order: BatchNorm → SyncBatchNorm
-    (``sync_bn``; None: ``sync_batchnorm_default``), the ``gather``/``rank``/``sum_across_processes``
-    hooks of its loss, and
-    a DDP wrapper around it. The method keeps its parameter objects, so an optimiser may be built on
-    ``method.parameters()`` before or after; checkpoints should hold ``method.state_dict()``.
+    For one process: ``method`` itself, unchanged. Otherwise BatchNorm → SyncBatchNorm
+    (``sync_bn``; None: ``sync_batchnorm_default``), then a DDP wrapper around it (the method was
+    built with this process's collectives, ``process_collectives``). The method keeps its
+    parameter objects, so an optimiser may be built on ``method.parameters()`` before or after;
+    checkpoints should hold ``method.state_dict()``.
 
     DDP averages the gradients of the parameters that need them; target networks (requires_grad
     False) are left to the methods' ``after_step``, which computes the same update on every process.
@@ -267,19 +278,13 @@ def prepare_method(method: nn.Module, info: ProcessInfo, device: torch.device,
         return method
     if sync_batchnorm_default(method) if sync_bn is None else sync_bn:
         convert_sync_batchnorm(method, device)
-    if hasattr(method, "gather"):
-        method.gather = all_gather_with_grad
-    if hasattr(method, "sum_across_processes"):  # token losses: a global mean over chosen tokens
-        method.sum_across_processes = all_reduce_sum_
-    if hasattr(method, "rank"):
-        method.rank = info.rank
     # DDP must search the graph for parameters without a gradient only where a method may leave
     # some out of a step (DINO's frozen prototypes); the search costs a graph traversal per step.
     return DistributedDataParallel(
         method,
         device_ids=[device.index] if device.type == "cuda" else None,
         **_NO_FORWARD_BUFFER_SYNC,
-        find_unused_parameters=bool(getattr(method, "may_skip_parameters", False)),
+        find_unused_parameters=method.may_skip_parameters,
     )
 
 

@@ -19,7 +19,7 @@ of one optimiser step over all processes and accumulation steps.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -141,21 +141,35 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return param.ndim >= 2 and name.split(".")[-1] not in NO_DECAY_NAMES
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float,
+                 lr_scales: Optional[dict[str, float]] = None) -> list[dict]:
     """Weights (decayed, LARS-adapted) and biases/norms (neither), each split by ``fixed_lr``.
 
     Parameters of the modules a method names in ``fixed_lr_modules()`` (SimSiam's predictor) go to
     groups flagged ``fixed_lr=True``, which ``set_learning_rates`` keeps at their base rate; those
     groups come last (and only when not empty), so group 0 is always a scheduled one.
+
+    ``lr_scales`` (parameter name → multiple of the base rate; 1 for names it lacks) splits the
+    groups further by that multiple, recorded as each group's ``lr_scale`` (fine-tuning: a
+    backbone below its new head, layer-wise decay).
     """
     fixed_modules = getattr(model, "fixed_lr_modules", list)()
     fixed_ids = {id(p) for module in fixed_modules for p in module.parameters()}
+    settings = {"decayed": {"weight_decay": weight_decay, "lars": True},
+                "plain": {"weight_decay": 0.0, "lars": False}}
+    if lr_scales is not None:  # groups in the order their first parameter comes
+        scaled: dict[tuple[float, str, bool], list[torch.Tensor]] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                key = (lr_scales.get(name, 1.0), "decayed" if decays(name, p) else "plain",
+                       id(p) in fixed_ids)
+                scaled.setdefault(key, []).append(p)
+        return [{"params": params, **settings[kind], "fixed_lr": fixed, "lr_scale": scale}
+                for (scale, kind, fixed), params in scaled.items()]
     groups = {(kind, fixed): [] for fixed in (False, True) for kind in ("decayed", "plain")}
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups["decayed" if decays(name, p) else "plain", id(p) in fixed_ids].append(p)
-    settings = {"decayed": {"weight_decay": weight_decay, "lars": True},
-                "plain": {"weight_decay": 0.0, "lars": False}}
     return [{"params": params, **settings[kind], "fixed_lr": fixed}
             for (kind, fixed), params in groups.items() if params or not fixed]
 
@@ -174,10 +188,15 @@ def scaled_lr(config: OptimConfig, global_batch_size: int) -> float:
     return config.lr * {"linear": ratio, "sqrt": ratio ** 0.5, "none": 1.0}[config.lr_scaling]
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, global_batch_size: int) -> torch.optim.Optimizer:
-    """Build the optimiser a config names, at the batch-scaled learning rate."""
+def build_optimizer(model: nn.Module, config: OptimConfig, global_batch_size: int,
+                    lr_scales: Optional[dict[str, float]] = None) -> torch.optim.Optimizer:
+    """Build the optimiser a config names, at the batch-scaled learning rate; ``lr_scales``
+    (parameter name → multiple) sets some parameters' rates apart (``param_groups``)."""
     lr = scaled_lr(config, global_batch_size)
-    groups = param_groups(model, config.weight_decay)
+    groups = param_groups(model, config.weight_decay, lr_scales)
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = lr * group["lr_scale"]
     cuda = any(p.is_cuda for p in model.parameters())
     if config.name == "lars":
         return LARS(groups, lr=lr, momentum=config.momentum, eta=config.lars_eta)

@@ -105,14 +105,14 @@ def _check_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> N
         )
     if not x.is_floating_point():
         raise DataError(f"expected float images in [0, 1], got dtype {x.dtype}; use to_float()")
-    if generator is not None and not _same_device(generator.device, x.device):
+    if generator is not None and not same_device(generator.device, x.device):
         raise DataError(
             f"the generator lives on {generator.device} but the images on {x.device}; "
             f"create it with torch.Generator(device=images.device)"
         )
 
 
-def _same_device(a: torch.device, b: torch.device) -> bool:
+def same_device(a: torch.device, b: torch.device) -> bool:
     """Whether two devices are the same, reading a missing CUDA index as the current device."""
     if a.type != b.type:
         return False
@@ -468,8 +468,14 @@ def random_gaussian_blur(
 
 
 def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Invert pixels at or above ``threshold``: x ≥ t → 1 − x."""
-    return torch.where(x >= threshold, 1 - x, x)
+    """Invert pixels at or above ``threshold``: x ≥ t → 1 − x (never below 0: a blur before it
+    can leave a pixel an ulp above 1)."""
+    return torch.where(x >= threshold, inverted(x), x)
+
+
+def inverted(x: torch.Tensor) -> torch.Tensor:
+    """1 − x, kept at or above 0 for pixels a rounding error above 1."""
+    return (1 - x).clamp_(min=0)
 
 
 def random_solarize(
@@ -480,4 +486,4 @@ def random_solarize(
     if _never(p, "solarize probability"):
         return x
     applied = _per_sample(_coin(generator, x.shape[0], p))
-    return torch.where(applied & (x >= threshold), 1 - x, x)
+    return torch.where(applied & (x >= threshold), inverted(x), x)

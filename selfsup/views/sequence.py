@@ -28,7 +28,7 @@ import torch
 from selfsup.errors import ConfigError, DataError
 from selfsup.tokenize.base import IGNORE_LABEL, Tokenizer
 from selfsup.tokenize.dna import expand_kmer_mask
-from selfsup.views.image import _same_device
+from selfsup.views.image import same_device
 
 __all__ = [
     "MaskedTokens", "attention_mask", "bert_mask", "content_mask", "maskable_mask",
@@ -245,7 +245,7 @@ def _check_ids(ids: torch.Tensor, generator: torch.Generator | None = None) -> N
             f"expected a (B, L) int64 batch of token ids, got {ids.dtype} {tuple(ids.shape)}; "
             "make one with tokenizer.encode_batch"
         )
-    if generator is not None and not _same_device(generator.device, ids.device):
+    if generator is not None and not same_device(generator.device, ids.device):
         raise DataError(
             f"the generator lives on {generator.device} but the token ids on {ids.device}; "
             "create it with torch.Generator(device=ids.device)"

@@ -8,7 +8,7 @@ Baselines (what a probe on a learned encoder must beat):
   features of subcellular-location predictors, concatenated (``protein_composition``).
 * DNA: the 4-mer frequency profile (256) and its canonical, strand-merged version (136 classes
   {w, rc(w)}), which gives a read and its reverse complement the same profile.
-* text: TF-IDF word features, learnt from the training split (``selfsup.evaluate.text_baselines``).
+* text: TF-IDF word features, learnt from the training split (``selfsup.modalities.text_baselines``).
 
 Frequencies count only windows of unambiguous letters (the 20 standard amino acids; A C G T) and
 divide by the number of such windows, so a sequence's features do not depend on its length.
@@ -17,7 +17,7 @@ divide by the number of such windows, so a sequence's features do not depend on 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from selfsup.config import DataConfig
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
-from selfsup.evaluate.text_baselines import TEXT_BASELINES, FittedBaseline
+from selfsup.modalities.text_baselines import TEXT_BASELINES, FittedBaseline
 from selfsup.tokenize import make_tokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS, STANDARD_NUCLEOTIDES
 from selfsup.tokenize.base import TokenBatch, Tokenizer
@@ -257,17 +257,17 @@ FeatureSets = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: SequenceSource,
                           test: SequenceSource, device: torch.device | str, batch_size: int = 256,
-                          precision: str = "fp32", baselines: bool = True,
-                          seed: int = 0) -> tuple[FeatureSets, dict[str, Any]]:
-    """The (train, test) features ``selfsup evaluate`` probes, and extra results for eval.json.
+                          precision: str = "fp32",
+                          baselines: Optional[dict[str, Callable[[Sequence[str]], torch.Tensor]]] = None,
+                          fitted: Optional[dict[str, FittedBaseline]] = None,
+                          seed: int = 0) -> tuple[FeatureSets, dict[str, FeatureMaker]]:
+    """The (train, test) features ``selfsup evaluate`` probes, and the feature maker of each.
 
-    ``spec`` is the ``encoder.json`` of a token encoder of ``train``'s alphabet (what
-    ``selfsup.evaluate.run.check_encoder_fits`` checks): its ``backbone`` section, ``tokenizer``
-    config and ``max_length``. Sets: "ssl" (the trained encoder) and, with ``baselines``, the
-    composition or k-mer baselines of the alphabet and "random_init" (the same backbone, freshly
-    initialised with ``seed``); text baselines (TF-IDF) are learnt from ``train``. For DNA, the extras hold each
-    set's reverse-complement consistency on up to ``RC_CONSISTENCY_READS`` test reads:
-    {"rc_consistency": {name: {"rc_cosine", "random_pair_cosine"}}}.
+    ``spec`` is the ``encoder.json`` of a token encoder of ``train``'s alphabet: its ``backbone``
+    section, ``tokenizer`` config and ``max_length``. Sets: "ssl" (the trained encoder) and, when
+    ``baselines`` is given (the modality's: name → sequences → features), those baselines, the
+    ``fitted`` ones (learnt from ``train``, e.g. TF-IDF) and "random_init" (the same backbone,
+    freshly initialised with ``seed``).
     """
     from selfsup.backbones import build_backbone  # evaluation layer above backbones; no cycle
 
@@ -278,21 +278,13 @@ def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: Seque
                                                max_length, precision)
 
     makers: dict[str, FeatureMaker] = {"ssl": encoded_by(encoder)}
-    if baselines:
-        for name, features in baselines_of(train.alphabet).items():
+    if baselines is not None:
+        for name, features in baselines.items():
             makers[name] = lambda source, features=features: features(source.sequences).to(device)
-        for name, fit in FITTED_BASELINES.get(train.alphabet, {}).items():
+        for name, fit in (fitted or {}).items():
             learnt = fit(train.sequences)  # from the training split only
             makers[name] = lambda source, learnt=learnt: learnt(source.sequences).to(device)
         torch.manual_seed(seed)
         makers["random_init"] = encoded_by(build_backbone(spec["backbone"], 0, 0).to(device))
     sets = {name: (make(train), make(test)) for name, make in makers.items()}
-    extras: dict[str, Any] = {}
-    if train.alphabet == "dna":
-        reads = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
-                            [:RC_CONSISTENCY_READS].sort().values)
-        extras["rc_consistency"] = {
-            name: reverse_complement_consistency(make, reads, seed)._asdict()
-            for name, make in makers.items()
-        }
-    return sets, extras
+    return sets, makers

@@ -1,6 +1,6 @@
 """The text baseline a probe on a learned text encoder must beat: TF-IDF word features.
 
-Unlike the composition and k-mer profiles of ``selfsup.evaluate.sequence_baselines``, TF-IDF is
+Unlike the composition and k-mer profiles of ``selfsup.modalities.sequence_baselines``, TF-IDF is
 learnt: its vocabulary and inverse document frequencies come from a corpus. They come from the
 training split only (``TfidfFeatures(train_texts)``), so a word that occurs only in test posts gets
 no column and test documents never shape the features, as no test text shapes the text tokeniser.

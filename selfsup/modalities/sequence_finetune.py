@@ -30,13 +30,14 @@ from torch import nn
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError
-from selfsup.evaluate.sequence_baselines import (
-    evaluation_stream, stream_features, token_encoder_inputs,
+from selfsup.modalities.sequence_baselines import (
+    evaluation_stream, stream_features,
 )
 from selfsup.tokenize.base import Tokenizer
 
 if TYPE_CHECKING:
-    from selfsup.evaluate.finetune import Batch, FinetuneSettings
+    from selfsup.config import FinetuneConfig
+    from selfsup.modalities.base import Batch
 
 # settings of the image path that sequences have no use for; the first two are not recorded (the
 # layer decay is, as None, like a CNN's)
@@ -90,12 +91,7 @@ class SequenceInputs:
         return {**used, "max_length": self.max_length}
 
 
-def sequence_inputs(spec: dict[str, Any], settings: FinetuneSettings) -> SequenceInputs:
-    """The inputs that fine-tune the run's token encoder (``spec``, its ``encoder.json``)."""
-    return SequenceInputs(*token_encoder_inputs(spec), settings.augment)
-
-
-def check_sequence_settings(dataset: str, settings: FinetuneSettings) -> None:
+def check_sequence_settings(dataset: str, settings: FinetuneConfig) -> None:
     """A ConfigError if an image-only setting is changed for the sequences of ``dataset``."""
     changed = settings.changed_from_default(IMAGE_ONLY_SETTINGS)
     if changed:
