@@ -2,7 +2,7 @@
 recipes and modalities, then those that other installed packages add as plugins.
 
 The registries themselves live in ``selfsup.registry``, which imports nothing of the package.
-This module sits at the top: importing it imports the four packages whose modules register the
+This module sits at the top: importing it imports the five packages whose modules register the
 built-ins, and ``load()`` then loads the plugins, once. Code that looks a name up for the user
 (the command line's ``list``, the config's per-method defaults) calls ``load()`` first.
 

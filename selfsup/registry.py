@@ -1,12 +1,12 @@
-"""Name → factory registries for methods, backbones, datasets and view recipes.
+"""Name → factory registries for methods, backbones, datasets, view recipes and modalities.
 
 Adding a method, backbone, dataset or view recipe is one new file plus one ``@REGISTRY.register``
 line; the CLI lists the registries and configs refer to entries by name.
 
 This module is a leaf: it imports nothing of selfsup but its errors, so any module can register
 itself here. A registry holds what has been imported so far: each package (``selfsup.methods``,
-``.backbones``, ``.data``, ``.views``) imports all its own modules, and ``selfsup.catalog`` imports
-the four and loads the plugins of other installed packages. Whatever looks names up for the user
+``.backbones``, ``.data``, ``.views``, ``.modalities``) imports all its own modules, and
+``selfsup.catalog`` imports the five and loads the plugins of other installed packages. Whatever looks names up for the user
 without going through one of those packages calls ``selfsup.catalog.load()`` first.
 """
 

@@ -18,6 +18,7 @@ from selfsup.data import load_split
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
 from selfsup.config import FinetuneConfig
+from selfsup.modalities.image import image_inputs
 from selfsup.evaluate import run as run_module
 from selfsup.evaluate.finetune import (
     Classifier,
@@ -65,9 +66,10 @@ def state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def train_small(model, digits, count=128, **settings):
     train, test = digits
-    return finetune_model(model, train.subset(torch.arange(count)), test,
-                          FinetuneConfig(**{**QUICK, **settings}), seed=0, device=CPU,
-                          backbone_scales=backbone_lr_scales(model.backbone))
+    config = FinetuneConfig(**{**QUICK, **settings})
+    return finetune_model(model, train.subset(torch.arange(count)), test, config, seed=0,
+                          device=CPU, backbone_scales=backbone_lr_scales(model.backbone),
+                          inputs=image_inputs(config))
 
 
 # --- modes -------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ TokenInput = Union[torch.Tensor, TokenBatch]
 @dataclass
 class TokenEncoderOptions:
     """Options every token backbone has; vocab_size, pad_id and tokenizer come from the data's
-    tokeniser (the trainer sets them; vocab_size 0 is an error until it is set)."""
+    tokeniser (``build_backbone`` sets them from the modality's tokeniser; vocab_size 0 is an
+    error until it is set)."""
 
     vocab_size: int = 0  # the tokeniser's vocabulary size (tokenizer.vocab_size)
     pad_id: int = 1  # the tokeniser's <pad> id (1 in every selfsup tokeniser, ESM's layout)
@@ -166,7 +167,7 @@ def check_token_options(o: TokenEncoderOptions) -> None:
     if o.vocab_size < 1:
         raise ConfigError(
             "backbone.vocab_size is not set: token backbones need the tokeniser's vocabulary size "
-            "(tokenizer.vocab_size; the trainer sets it from the data's tokeniser)"
+            "(tokenizer.vocab_size; build_backbone sets it from the data's tokeniser)"
         )
     if not 0 <= o.pad_id < o.vocab_size:
         raise ConfigError(f"backbone.pad_id={o.pad_id} is not an id of a {o.vocab_size}-token vocabulary")

@@ -67,7 +67,6 @@ from selfsup.evaluate.protocol import stratified_subset, fraction_key
 from selfsup.evaluate.run import labelled_splits
 from selfsup.methods.base import StepOutput
 from selfsup.modalities import FinetuneInputs, modality_for_spec
-from selfsup.modalities.image import image_inputs
 from selfsup.run_dir import RunDir, write_json
 from selfsup.train.checkpoint import load_encoder
 from selfsup.train.device import resolve_device, resolve_precision, seed_everything
@@ -78,9 +77,6 @@ from selfsup.train.step import train_step
 MODES = ("full", "frozen")
 INITS = ("pretrained", "scratch")
 
-# ViT parameters that belong to the input embedding (layer 0 of layer-wise LR decay); which get no
-# weight decay is ``selfsup.train.optim.decays``'s rule, shared with pretraining.
-VIT_EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
 
 DEEP_VIT_DEPTH = 12  # ViTs with at least this many blocks get MAE's ViT-B layer decay
 DEEP_VIT_LAYER_DECAY = 0.65
@@ -239,17 +235,15 @@ def schedule(num_examples: int, settings: FinetuneConfig) -> tuple[int, int, int
 
 def finetune_model(model: Classifier, train: Any, test: Any, settings: FinetuneConfig,
                    seed: int, device: torch.device, backbone_scales: dict[str, float],
-                   eval_batch_size: int = 1024, inputs: Optional[FinetuneInputs] = None
-                   ) -> FinetuneOutcome:
+                   inputs: FinetuneInputs, eval_batch_size: int = 1024) -> FinetuneOutcome:
     """Train ``model`` on the labelled ``train`` examples in place; return its accuracy on ``test``.
 
     ``backbone_scales`` (from :func:`backbone_lr_scales`) sets each backbone parameter's learning
-    rate relative to the head's ``settings.lr``. ``inputs`` turns the data into the model's inputs
-    (default: images, the image modality's inputs under ``settings``). Data order and
+    rate relative to the head's ``settings.lr``. ``inputs`` (the run's modality's
+    ``finetune_inputs``) turns the data into the model's inputs. Data order and
     augmentations follow ``seed``. Each step is pretraining's :func:`train_step`, at the rates of
     a :class:`Schedule` (warm-up, then a cosine to zero).
     """
-    inputs = inputs or image_inputs(settings)
     if train.labels is None or test.labels is None:
         raise DataError(f"{train.name}: fine-tuning needs labelled train and test {inputs.noun}")
     if len(train) < 2:
@@ -399,7 +393,7 @@ class _Study:
             scales = backbone_lr_scales(backbone, used["backbone_lr_scale"], used["layer_decay"])
             model = Classifier(backbone, self.num_classes, freeze_backbone=mode == "frozen")
             outcome = finetune_model(model, self.train.subset(indices), self.test, self.settings,
-                                     seed, self.device, scales, self.eval_batch_size, self.inputs)
+                                     seed, self.device, scales, self.inputs, self.eval_batch_size)
             self.log(f"fine-tune {mode}, {init}, {100 * fraction:g}% labels "
                      f"({len(indices)} {self.inputs.noun}), "
                      f"seed {seed}: test top-1 {100 * outcome.test_accuracy:.1f}% after "

@@ -20,8 +20,8 @@ def masked_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     (BERT's and ESM's convention), computed in float32 whatever the logits' dtype. A batch with
     no chosen position gives 0, still attached to the graph, rather than 0/0.
 
-    Data-parallel: ``sum_across_processes`` (an in-place all-reduce sum, no gradient; the
-    distributed trainer sets it on the methods whose shards hold different numbers of chosen
+    Data-parallel: ``sum_across_processes`` (an in-place all-reduce sum, no gradient: the ``sum``
+    of the collectives a method is built with, for shards that hold different numbers of chosen
     tokens) makes the whole batch the global one. The mean of the processes' own means would
     weight tokens differently (Hugging Face's and BERT's loops do that); instead one all-reduce
     gives the global sum S, count C and number of processes N, and each process returns a loss

@@ -61,7 +61,8 @@ class Hook:
     all_ranks: bool = False
 
     def on_start(self, trainer: Trainer) -> None:
-        """Before the first epoch (after a resume's restore)."""
+        """Once the parts are built, before a budget's calibration, a resume's restore and the
+        first epoch."""
 
     def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """A record of the run: steps, epochs, health figures, run events."""
