@@ -104,7 +104,8 @@ def floor_rate(compile: bool, batch: int, steps: int, device: str) -> dict:
     method = SimCLR(build_backbone({"name": "resnet18"}, 3, 32)).to(dev)
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     method = method.to(memory_format=fmt)
-    opt = build_optimizer(method, OptimConfig(name="lars"), batch)
+    opt = build_optimizer(method, OptimConfig(name="lars"), batch,
+                          fixed_modules=method.fixed_lr_modules())
     fn = torch.compile(method) if compile else method
     views = [torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt) for _ in range(2)]
 

@@ -172,7 +172,7 @@ def forward_seed(step: int, rank: int) -> int:
 
 def optimizer_for(method: nn.Module) -> torch.optim.Optimizer:
     return build_optimizer(method, OptimConfig(name="sgd", lr=2.0, weight_decay=0.0),
-                           WORLD * LOCAL_BATCH)
+                           WORLD * LOCAL_BATCH, fixed_modules=method.fixed_lr_modules())
 
 
 @contextlib.contextmanager

@@ -120,7 +120,8 @@ def test_loss_falls_over_a_few_steps_on_digits():
 @pytest.mark.parametrize("fixed", [True, False])
 def test_the_optimiser_puts_exactly_the_predictor_in_the_fixed_rate_groups(fixed):
     method = tiny_simsiam(fix_predictor_lr=fixed)
-    groups = build_optimizer(method, OptimConfig(name="sgd"), 256).param_groups
+    groups = build_optimizer(method, OptimConfig(name="sgd"), 256,
+                             fixed_modules=method.fixed_lr_modules()).param_groups
     in_fixed = {id(p) for g in groups if g["fixed_lr"] for p in g["params"]}
     assert in_fixed == ({id(p) for p in method.predictor.parameters()} if fixed else set())
 

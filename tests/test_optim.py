@@ -131,21 +131,22 @@ def ids(params) -> set[int]:
 
 def test_fixed_rate_modules_get_their_own_groups_last_and_keep_decay_and_lars_flags():
     net = WithFixedHead()
-    groups = param_groups(net, weight_decay=0.5)
+    groups = param_groups(net, weight_decay=0.5, fixed_modules=net.fixed_lr_modules())
     assert [(g["lars"], g["weight_decay"], g["fixed_lr"]) for g in groups] == [
         (True, 0.5, False), (False, 0.0, False), (True, 0.5, True), (False, 0.0, True)]
     assert ids(groups[0]["params"]) == {id(net.body[0].weight)}
     assert ids(groups[1]["params"]) == ids([net.body[0].bias, *net.body[1].parameters()])
     assert ids(groups[2]["params"]) == {id(net.head.weight)}
     assert ids(groups[3]["params"]) == {id(net.head.bias)}
-    # a module without the hook: the two scheduled groups only, as before
+    # no fixed modules: the two scheduled groups only
     assert [g["fixed_lr"] for g in param_groups(net.body, 0.5)] == [False, False]
 
 
 @pytest.mark.parametrize("name", ["sgd", "lars", "lamb", "adamw"])
 def test_after_n_scheduled_steps_fixed_groups_sit_at_their_base_rate_and_the_rest_decays(name):
     net = WithFixedHead()
-    optimizer = build_optimizer(net, OptimConfig(name=name, lr=0.2), global_batch_size=512)
+    optimizer = build_optimizer(net, OptimConfig(name=name, lr=0.2), global_batch_size=512,
+                                fixed_modules=net.fixed_lr_modules())
     base = [g["lr"] for g in optimizer.param_groups]
     assert base == [pytest.approx(0.2 * 512 / 256)] * 4
     total, warmup, steps_done = 100, 10, 50
@@ -162,7 +163,8 @@ def test_after_n_scheduled_steps_fixed_groups_sit_at_their_base_rate_and_the_res
 
 
 def test_set_learning_rates_rejects_a_base_list_of_another_length():
-    optimizer = build_optimizer(WithFixedHead(), OptimConfig(name="sgd"), 256)
+    net = WithFixedHead()
+    optimizer = build_optimizer(net, OptimConfig(name="sgd"), 256, fixed_modules=net.fixed_lr_modules())
     with pytest.raises(ValueError):
         set_learning_rates(optimizer, [0.1, 0.1], 0.5)
 

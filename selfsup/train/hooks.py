@@ -64,6 +64,9 @@ class Hook:
         """Once the parts are built, before a budget's calibration, a resume's restore and the
         first epoch."""
 
+    def on_resume(self, trainer: Trainer, step: int) -> None:
+        """A resumed run restored its checkpoint of ``step`` (before any record of this run)."""
+
     def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """A record of the run: steps, epochs, health figures, run events."""
 
@@ -81,8 +84,8 @@ class MetricsLogger(Hook):
     def __init__(self, run: RunDir) -> None:
         self.log = run.metrics_log()
 
-    def truncate_after(self, step: int) -> None:
-        self.log.truncate_after(step)
+    def on_resume(self, trainer: Trainer, step: int) -> None:
+        self.log.truncate_after(step)  # the records past the checkpoint are redone
 
     def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
         self.log.write(record)

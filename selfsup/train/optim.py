@@ -19,7 +19,7 @@ of one optimiser step over all processes and accumulation steps.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -142,10 +142,11 @@ def decays(name: str, param: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float,
-                 lr_scales: Optional[dict[str, float]] = None) -> list[dict]:
+                 lr_scales: Optional[dict[str, float]] = None,
+                 fixed_modules: Sequence[nn.Module] = ()) -> list[dict]:
     """Weights (decayed, LARS-adapted) and biases/norms (neither), each split by ``fixed_lr``.
 
-    Parameters of the modules a method names in ``fixed_lr_modules()`` (SimSiam's predictor) go to
+    Parameters of ``fixed_modules`` (a method's ``fixed_lr_modules()``: SimSiam's predictor) go to
     groups flagged ``fixed_lr=True``, which ``set_learning_rates`` keeps at their base rate; those
     groups come last (and only when not empty), so group 0 is always a scheduled one.
 
@@ -153,7 +154,6 @@ def param_groups(model: nn.Module, weight_decay: float,
     groups further by that multiple, recorded as each group's ``lr_scale`` (fine-tuning: a
     backbone below its new head, layer-wise decay).
     """
-    fixed_modules = getattr(model, "fixed_lr_modules", list)()
     fixed_ids = {id(p) for module in fixed_modules for p in module.parameters()}
     settings = {"decayed": {"weight_decay": weight_decay, "lars": True},
                 "plain": {"weight_decay": 0.0, "lars": False}}
@@ -189,11 +189,13 @@ def scaled_lr(config: OptimConfig, global_batch_size: int) -> float:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, global_batch_size: int,
-                    lr_scales: Optional[dict[str, float]] = None) -> torch.optim.Optimizer:
+                    lr_scales: Optional[dict[str, float]] = None,
+                    fixed_modules: Sequence[nn.Module] = ()) -> torch.optim.Optimizer:
     """Build the optimiser a config names, at the batch-scaled learning rate; ``lr_scales``
-    (parameter name → multiple) sets some parameters' rates apart (``param_groups``)."""
+    (parameter name → multiple) sets some parameters' rates apart, and ``fixed_modules`` keep
+    their base rate through the schedule (``param_groups``)."""
     lr = scaled_lr(config, global_batch_size)
-    groups = param_groups(model, config.weight_decay, lr_scales)
+    groups = param_groups(model, config.weight_decay, lr_scales, fixed_modules)
     for group in groups:
         if "lr_scale" in group:
             group["lr"] = lr * group["lr_scale"]

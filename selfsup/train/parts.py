@@ -152,7 +152,8 @@ def build_parts(config: Config, resume: bool = False,
     if config.train.steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
     schedule = Schedule.from_config(config, steps_per_epoch)
-    optimizer = build_optimizer(method, config.optim, config.train.batch_size)
+    optimizer = build_optimizer(method, config.optim, config.train.batch_size,
+                                fixed_modules=method.fixed_lr_modules())
     # fp16 needs its loss scaled: small gradients would otherwise flush to zero (bf16 has
     # float32's exponent range and needs no scaler).
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None

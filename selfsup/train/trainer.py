@@ -36,7 +36,7 @@ from selfsup.run_dir import CONFIG_FILE, RunDir
 from selfsup.train.budget import FORWARD_STREAM, VIEW_STREAM, measure_total_steps
 from selfsup.train.checkpoint import load_checkpoint
 from selfsup.train.distributed import all_reduce_sum_, process_group
-from selfsup.train.hooks import Hook, MetricsLogger, default_hooks, scalars
+from selfsup.train.hooks import Hook, default_hooks, scalars
 from selfsup.train.parts import TrainingParts, build_parts
 from selfsup.train.process import process_info
 
@@ -122,10 +122,8 @@ class Trainer:
             parts.scaler.load_state_dict(state["scaler"])
         self.monitor.load_state_dict(state["monitor"])
         self.wall_seconds = state.get("wall_seconds", 0.0)
-        if self.process.is_main:
-            for hook in self.hooks:
-                if isinstance(hook, MetricsLogger):
-                    hook.truncate_after(state["step"])
+        for hook in self._hooks_here():
+            hook.on_resume(self, state["step"])
         return state["epoch"], state["step"]
 
     # ---------------------------------------------------------------- the loop
