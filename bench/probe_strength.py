@@ -88,7 +88,7 @@ def encoder(run: Optional[str], random_init: bool) -> FeatureSet:
     init (``selfsup evaluate``'s random-init baseline)."""
     from selfsup.evaluate.run import load_run_config
     from selfsup.modalities.image import encoder_fn, extract_features
-    from selfsup.modalities.image import random_encoder as random_image_encoder
+    from selfsup.train.checkpoint import random_init_encoder
     from selfsup.train.checkpoint import load_encoder
 
     if run is None:
@@ -98,7 +98,7 @@ def encoder(run: Optional[str], random_init: bool) -> FeatureSet:
     cpu = torch.device("cpu")
     model, spec = load_encoder(run, cpu)
     if random_init:
-        model = random_image_encoder(spec, config.train.seed, cpu)
+        model = random_init_encoder(spec, config.train.seed, cpu)
     train, test = _image_splits(config.data.dataset)
     fn = encoder_fn(model)
     return FeatureSet(extract_features(fn, train, cpu), train.labels,

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfsup.evaluate.knn import knn_predict  # noqa: E402
 from selfsup.evaluate.run import labelled_splits, load_encoder, load_run_config  # noqa: E402
 from selfsup.modalities.image import extract_features  # noqa: E402
-from selfsup.modalities.image import random_encoder as random_image_encoder  # noqa: E402
+from selfsup.modalities import modality_for_spec  # noqa: E402
+from selfsup.train.checkpoint import random_init_encoder  # noqa: E402
 
 READOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "global average": lambda m: m.mean(dim=(2, 3)),
@@ -47,9 +48,9 @@ def main() -> int:
     encoder, spec = load_encoder(args.run, device)
     if not hasattr(encoder, "features"):
         parser.error(f"{args.run}: the encoder is not a small-cnn (no .features map to read)")
-    _, train, test = labelled_splits(config, spec, args.run)
+    _, train, test = labelled_splits(config, modality_for_spec(spec), args.run)
     networks = {"trained": encoder,
-                "random init": random_image_encoder(spec, config.train.seed, device)}
+                "random init": random_init_encoder(spec, config.train.seed, device)}
     rows = []
     for network_name, network in networks.items():
         network.eval()

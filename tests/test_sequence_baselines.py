@@ -165,7 +165,8 @@ def test_sequence_feature_sets_for_dna_hold_every_set_and_rc_consistency():
     encoder = build_backbone({"name": "transformer-tiny", "vocab_size": tokenizer.vocab_size, "dim": 16,
                               "depth": 1, "ffn_dim": 32, "rc_invariant": True,
                               "tokenizer": tokenizer.config()}, 0, 0)
-    spec = {"backbone": encoder.config(), "tokenizer": tokenizer.config(), "max_length": 64}
+    spec = {"backbone": encoder.config(), "in_channels": 0, "image_size": 0,
+            "tokenizer": tokenizer.config(), "max_length": 64}
     sets, extras = modality_for_spec(spec).feature_sets(encoder, spec, train, test, "cpu", 8,
                                                          "fp32", baselines=True, seed=0)
     assert {name: (a.shape, b.shape) for name, (a, b) in sets.items()} == {
@@ -194,7 +195,7 @@ def test_sequence_feature_sets_for_text_learn_tfidf_from_the_training_split(tmp_
     torch.manual_seed(0)
     encoder = build_backbone({"name": "transformer-tiny", "vocab_size": tokenizer.vocab_size,
                               "dim": 16, "depth": 1, "ffn_dim": 32}, 0, 0)
-    spec = {"backbone": encoder.config(), "max_length": 64,
+    spec = {"backbone": encoder.config(), "in_channels": 0, "image_size": 0, "max_length": 64,
             "tokenizer": {**tokenizer.config(), "file": str(tmp_path / "tokenizer.json")}}
     sets, extras = modality_for_spec(spec).feature_sets(encoder, spec, train, test, "cpu", 2,
                                                          "fp32", baselines=True, seed=0)

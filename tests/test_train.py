@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from selfsup.errors import TrainingDiverged
 from selfsup.train import Trainer
 from selfsup.train import trainer as trainer_module
-from selfsup.train.hooks import health_data
+from selfsup.run_dir import RunDir
+from selfsup.train.hooks import MetricsLogger, health_data
 from selfsup.train.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.optim import LARS, lr_factor
@@ -289,3 +290,19 @@ def interrupt_then_resume_from_disk(config, monkeypatch) -> Path:
     run = Trainer(load_run_config(config.out), resume=True).fit()
     assert not measured  # the count came from config.yaml
     return run
+
+
+def test_a_trainer_with_the_log_alone_trains_and_closes_its_record(tiny_config):
+    """Hooks can be left out: with the metrics log only, the loop trains, writes its start and end
+    records and nothing the other hooks own (no health records, checkpoint or encoder)."""
+    config = tiny_config()
+    run = RunDir(config.out)
+    trainer = Trainer(config, hooks=[MetricsLogger(run)])
+    trainer.fit()
+    records = read_metrics(run.metrics_file)
+    events = [r["event"] for r in records if r["kind"] == "run"]
+    assert events == ["start", "end"]
+    assert [r for r in records if r["kind"] == "epoch"]
+    assert not [r for r in records if r["kind"] in ("health", "probe")]
+    assert not run.checkpoint_file.exists() and not run.has_encoder()
+    assert records[-1]["health"] == "unknown"  # no health check was recorded

@@ -26,12 +26,6 @@ MIN_PROBE_ITEMS = 2  # labelled items a class needs in a probe's subset: one to 
 EXAMPLES = 5  # groups or classes named in a warning
 
 
-def item_keys(source: Any) -> list[str]:
-    """One key per item, equal exactly when two items are identical (the source's own
-    ``item_keys``: the sequence itself, or a hash of the image's bytes)."""
-    return source.item_keys()
-
-
 def conflicting_labels(keys: Sequence[str], labels: Sequence[int]) -> list[dict[str, Any]]:
     """The groups of identical items (same key) that carry more than one label: each as
     ``{"items": count, "labels": sorted distinct labels, "first": index of its first item}``."""
@@ -53,7 +47,8 @@ def check_labelled_data(train: Any, test: Any,
     "test_in_train": …}`` for eval.json, the warning sentences; empty when all is well)."""
     names = train.classes or [str(i) for i in range(num_classes)]
     name = lambda label: names[label] if label < len(names) else str(label)  # noqa: E731
-    train_keys, test_keys = item_keys(train), item_keys(test)
+    # one key per item, equal exactly when two items are identical (the sources' own item_keys)
+    train_keys, test_keys = train.item_keys(), test.item_keys()
     all_keys = train_keys + test_keys
     all_labels = train.labels.tolist() + test.labels.tolist()
     conflicts = conflicting_labels(all_keys, all_labels)

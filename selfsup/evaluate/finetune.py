@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.backbones import Layered, build_backbone
+from selfsup.backbones import Layered
 from selfsup.config import FinetuneConfig, OptimConfig, from_dict, set_key
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.protocol import stratified_subset, fraction_key
@@ -68,7 +68,7 @@ from selfsup.evaluate.run import labelled_splits
 from selfsup.methods.base import StepOutput
 from selfsup.modalities import FinetuneInputs, modality_for_spec
 from selfsup.run_dir import RunDir, write_json
-from selfsup.train.checkpoint import load_encoder
+from selfsup.train.checkpoint import load_encoder, random_init_encoder
 from selfsup.train.device import resolve_device, resolve_precision, seed_everything
 from selfsup.train.optim import build_optimizer, set_learning_rates
 from selfsup.train.parts import Schedule
@@ -297,9 +297,7 @@ def initial_backbone(pretrained: nn.Module, spec: dict[str, Any], init: str, see
     if init == "pretrained":
         return copy.deepcopy(pretrained)
     if init == "scratch":
-        device = next(pretrained.parameters()).device
-        torch.manual_seed(seed)
-        return build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(device)
+        return random_init_encoder(spec, seed, next(pretrained.parameters()).device)
     raise ConfigError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}")
 
 
@@ -356,7 +354,7 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
     encoder, spec = load_encoder(run_dir, dev)
     modality = modality_for_spec(spec)
     modality.check_finetune_settings(dataset or config.data.dataset, settings)  # before any data
-    name, train, test = labelled_splits(config, spec, run_dir, dataset, data_dir)
+    name, train, test = labelled_splits(config, modality, run_dir, dataset, data_dir)
     inputs = modality.finetune_inputs(settings)
     study = _Study(encoder, spec, train, test, max(train.num_classes, test.num_classes), settings, dev,
                    config.eval.batch_size, log, inputs)

@@ -28,7 +28,7 @@ from selfsup.evaluate.protocol import evaluate_feature_sets
 from selfsup.evaluate.tsne import tsne_embedding
 from selfsup.health.metrics import health_metrics
 from selfsup.files import save_npy
-from selfsup.modalities import modality_for_spec
+from selfsup.modalities import Modality, modality_for_spec
 from selfsup.run_dir import RunDir, write_tsne
 from selfsup.train.checkpoint import load_encoder
 from selfsup.train.device import resolve_device, resolve_precision
@@ -55,24 +55,24 @@ def run_split(config: Config, split: str, dataset: Optional[str] = None,
     return name, load_split(name, split, data_dir or config.data.data_dir, options)
 
 
-def check_encoder_fits(spec: dict[str, Any], source: Any, dataset: str, run_dir: str | Path,
+def check_encoder_fits(modality: Modality, source: Any, dataset: str, run_dir: str | Path,
                        labelled: bool = True) -> None:
-    """Raise DataError unless the run's encoder (``spec``, its ``encoder.json``) reads ``source``,
-    the data of ``dataset`` (its modality decides: an image encoder of the images' channels, a
-    token encoder of the sequences' alphabet); with ``labelled``, ``source`` must have labels too."""
-    modality = modality_for_spec(spec)
+    """Raise DataError unless the run's encoder, which reads ``modality``
+    (:func:`~selfsup.modalities.modality_for_spec` of its ``encoder.json``), reads ``source``, the
+    data of ``dataset`` (an image encoder of the images' channels, a token encoder of the
+    sequences' alphabet); with ``labelled``, ``source`` must have labels too."""
     modality.check_reads(source, dataset, run_dir)
     if labelled:
         modality.check_labelled(source, dataset)
 
 
-def labelled_splits(config: Config, spec: dict[str, Any], run_dir: str | Path,
+def labelled_splits(config: Config, modality: Modality, run_dir: str | Path,
                     dataset: Optional[str] = None, data_dir: Optional[str] = None,
                     options: Optional[dict[str, Any]] = None) -> tuple[str, Any, Any]:
     """(name, train, test) of a data set the run's encoder reads (:func:`run_split`'s defaults),
     both splits labelled; checked before the test split is loaded."""
     name, train = run_split(config, "train", dataset, data_dir, options)
-    check_encoder_fits(spec, train, name, run_dir)
+    check_encoder_fits(modality, train, name, run_dir)
     _, test = run_split(config, "test", dataset, data_dir, options)
     if test.labels is None:
         raise DataError(f"data set {name!r} has a labelled train split but an unlabelled test "
@@ -98,14 +98,15 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     dev = resolve_device(device)
     precision = resolve_precision("auto", dev)
     encoder, spec = load_encoder(run_dir, dev)
-    name, train, test = labelled_splits(config, spec, run_dir, dataset, data_dir, data_options)
+    modality = modality_for_spec(spec)
+    name, train, test = labelled_splits(config, modality, run_dir, dataset, data_dir, data_options)
     num_classes = max(train.num_classes, test.num_classes)
     started = time.perf_counter()
 
     log(f"extracting features of {len(train)} train and {len(test)} test samples on {dev}")
     # the encoder, and the baselines of its modality (raw pixels, composition / k-mer profiles,
     # TF-IDF) and the random init, with extras such as DNA's reverse-complement consistency
-    sets, extras = modality_for_spec(spec).feature_sets(
+    sets, extras = modality.feature_sets(
         encoder, spec, train, test, dev, cfg.batch_size, precision, use_baselines,
         config.train.seed)
     checks, warnings = check_labelled_data(train, test, num_classes, cfg.label_fractions)
@@ -186,9 +187,10 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
     dev = resolve_device(device)
     encoder, spec = load_encoder(run_dir, dev)
     name, source = run_split(config, split, dataset, data_dir)
-    check_encoder_fits(spec, source, name, run_dir, labelled=False)
+    modality = modality_for_spec(spec)
+    check_encoder_fits(modality, source, name, run_dir, labelled=False)
     precision = resolve_precision("auto", dev)
-    feats = modality_for_spec(spec).features(encoder, source, dev, config.eval.batch_size,
-                                             precision).cpu().numpy()
+    feats = modality.features(encoder, source, dev, config.eval.batch_size,
+                              precision).cpu().numpy()
     save_npy(out, feats)
     return feats

@@ -36,11 +36,6 @@ Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 FeatureSets = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name → (train, test) features
 
 
-def identity(value: Any) -> Any:
-    """One process's ``share``: its own value."""
-    return value
-
-
 class FinetuneInputs(Protocol):
     """How one kind of labelled data reaches a classifier in fine-tuning."""
 
@@ -61,7 +56,7 @@ class FinetuneInputs(Protocol):
         """The settings as this kind of data uses them, for the results file."""
 
 
-class BatchStream(Protocol):
+class TrainingStream(Protocol):
     """Shuffled training batches of a source, the same for a given (seed, epoch)."""
 
     def __len__(self) -> int:
@@ -86,7 +81,7 @@ class Modality:
     # ------------------------------------------------------------------ construction
     @classmethod
     def for_training(cls, source: Any, config: Config, run_dir: Path, resume: bool,
-                     rank: int = 0, share: Callable[[Any], Any] = identity) -> "Modality":
+                     rank: int, share: Callable[[Any], Any]) -> "Modality":
         """The modality of a run's training split ``source``, on the process of ``rank``.
         ``share`` hands rank 0's value to every process (``broadcast_from_main``; every process
         calls it): what rank 0 alone makes (a learnt tokeniser, saved in ``run_dir``) the others
@@ -117,7 +112,7 @@ class Modality:
         raise NotImplementedError
 
     def batch_stream(self, source: Any, config: Config, device: torch.device, rank: int = 0,
-                     world_size: int = 1) -> BatchStream:
+                     world_size: int = 1) -> TrainingStream:
         """The training batches of ``source``: this process's share of every global batch."""
         raise NotImplementedError
 

@@ -16,7 +16,8 @@ from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream, iterate_in_order
 from selfsup.errors import DataError
 from selfsup.methods.base import BuildContext, Collectives, Method, SINGLE_PROCESS
-from selfsup.modalities.base import MODALITIES, Batch, FeatureSets, Modality, identity
+from selfsup.modalities.base import MODALITIES, Batch, FeatureSets, Modality
+from selfsup.train.checkpoint import random_init_encoder
 from selfsup.train.device import autocast
 from selfsup.views import make_views
 from selfsup.views.image import to_input
@@ -37,7 +38,7 @@ class ImageModality(Modality):
 
     @classmethod
     def for_training(cls, source: ImageSource, config: Config, run_dir: Path, resume: bool,
-                     rank: int = 0, share: Callable[[Any], Any] = identity) -> "ImageModality":
+                     rank: int, share: Callable[[Any], Any]) -> "ImageModality":
         return cls(source.shape)
 
     @classmethod
@@ -108,7 +109,7 @@ class ImageModality(Modality):
         sets = {"ssl": of(encoder_fn(encoder))}
         if baselines:
             sets["raw"] = of(raw_pixels)
-            sets["random_init"] = of(encoder_fn(random_encoder(spec, seed, device)))
+            sets["random_init"] = of(encoder_fn(random_init_encoder(spec, seed, device)))
         return sets, {}
 
     # ------------------------------------------------------------------ fine-tuning
@@ -118,8 +119,8 @@ class ImageModality(Modality):
 
 @torch.no_grad()
 def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], source: ImageSource,
-                     device: torch.device, batch_size: int = 1024, precision: str = "fp32",
-                     num_workers: int = 0) -> torch.Tensor:
+                     device: torch.device, batch_size: int = 1024,
+                     precision: str = "fp32") -> torch.Tensor:
     """Apply ``fn`` to every image of ``source`` in order; float32 (N, D) features on ``device``."""
     parts = []
     for images, _ in iterate_in_order(source, batch_size, device):
@@ -127,13 +128,6 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], source: ImageSo
         with autocast(device, precision):
             parts.append(fn(x).float())
     return torch.cat(parts)
-
-
-def random_encoder(spec: dict[str, Any], seed: int, device: torch.device) -> nn.Module:
-    """The random-init baseline: the backbone of ``spec`` (a run's encoder.json) built afresh
-    under ``seed``, the run's training seed."""
-    torch.manual_seed(seed)
-    return build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"]).to(device)
 
 
 def raw_pixels(x: torch.Tensor) -> torch.Tensor:

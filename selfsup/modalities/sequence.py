@@ -28,7 +28,7 @@ from selfsup.modalities.sequence_finetune import SequenceInputs, check_sequence_
 from selfsup.modalities.text_baselines import FittedBaseline
 from selfsup.methods.base import BuildContext, Collectives, Method, SINGLE_PROCESS
 from selfsup.run_dir import RunDir
-from selfsup.modalities.base import MODALITIES, FeatureSets, Modality, identity
+from selfsup.modalities.base import MODALITIES, FeatureSets, Modality
 from selfsup.tokenize import make_tokenizer
 from selfsup.tokenize.base import Tokenizer
 from selfsup.views import make_sequence_views
@@ -56,7 +56,7 @@ class SequenceModality(Modality):
 
     @classmethod
     def for_training(cls, source: SequenceSource, config: Config, run_dir: Path, resume: bool,
-                     rank: int = 0, share: Callable[[Any], Any] = identity) -> "SequenceModality":
+                     rank: int, share: Callable[[Any], Any]) -> "SequenceModality":
         return cls(cls.training_tokenizer(source, config, run_dir, resume, rank, share),
                    config.data.max_length)
 
@@ -180,7 +180,7 @@ class TextModality(SequenceModality):
         """A tokeniser learnt from the training texts by rank 0 alone and saved in the run dir
         (a resumed run loads it); the other processes of a distributed run wait for it and load
         that very file (its SHA-256 checked), so every process holds rank 0's vocabulary.
-        ``share`` is the broadcast from rank 0 (identity for one process)."""
+        ``share`` is the broadcast from rank 0 (its own value for one process)."""
         from selfsup.tokenize.text import TextTokenizer  # needs the `tokenizers` package
 
         path = RunDir(run_dir).tokenizer_file

@@ -32,6 +32,7 @@ from selfsup.modalities.text_baselines import TEXT_BASELINES, FittedBaseline
 from selfsup.tokenize import make_tokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS, STANDARD_NUCLEOTIDES
 from selfsup.tokenize.base import TokenBatch, Tokenizer
+from selfsup.train.checkpoint import random_init_encoder
 from selfsup.train.device import autocast
 
 DNA_K = 4
@@ -269,8 +270,6 @@ def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: Seque
     ``fitted`` ones (learnt from ``train``, e.g. TF-IDF) and "random_init" (the same backbone,
     freshly initialised with ``seed``).
     """
-    from selfsup.backbones import build_backbone  # evaluation layer above backbones; no cycle
-
     tokenizer, max_length = token_encoder_inputs(spec)
 
     def encoded_by(model: nn.Module) -> FeatureMaker:
@@ -284,7 +283,6 @@ def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: Seque
         for name, fit in (fitted or {}).items():
             learnt = fit(train.sequences)  # from the training split only
             makers[name] = lambda source, learnt=learnt: learnt(source.sequences).to(device)
-        torch.manual_seed(seed)
-        makers["random_init"] = encoded_by(build_backbone(spec["backbone"], 0, 0).to(device))
+        makers["random_init"] = encoded_by(random_init_encoder(spec, seed, device))
     sets = {name: (make(train), make(test)) for name, make in makers.items()}
     return sets, makers

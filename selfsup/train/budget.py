@@ -20,9 +20,8 @@ import torch
 
 from selfsup.data.loader import epoch_seed
 from selfsup.train.distributed import all_reduce_sum_
-from selfsup.train.parts import Schedule, TrainingParts
+from selfsup.train.parts import VIEW_STREAM, Schedule, TrainingParts
 
-VIEW_STREAM, FORWARD_STREAM = 1, 2  # the random streams of an epoch besides the data order
 # A budget's step rate: timed steps after CALIBRATION_WARMUP untimed ones (the first steps pay for
 # allocations and kernel selection), at least CALIBRATION_STEPS of them over at least
 # CALIBRATION_SECONDS, and never more than CALIBRATION_SHARE of the budget. (20 steps alone, a few

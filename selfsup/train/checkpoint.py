@@ -45,10 +45,23 @@ def save_encoder(run_dir: str | Path, encoder: nn.Module, spec: dict[str, Any]) 
     run.write_json(run.encoder_spec, spec)
 
 
-def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the encoder from ``encoder.json`` and load ``encoder.safetensors`` into it."""
+def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """The backbone an ``encoder.json`` (``spec``) describes, freshly initialised: its backbone
+    section and input shape (0 × 0 for token encoders, whose section holds the vocabulary)."""
     from selfsup.backbones import build_backbone
 
+    return build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"])
+
+
+def random_init_encoder(spec: dict[str, Any], seed: int, device: str | torch.device) -> nn.Module:
+    """The random-init baseline and the fine-tuning scratch start: :func:`encoder_from_spec`
+    built under ``seed`` (the run's training seed, or a fine-tuning seed), on ``device``."""
+    torch.manual_seed(seed)
+    return encoder_from_spec(spec).to(device)
+
+
+def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the encoder from ``encoder.json`` and load ``encoder.safetensors`` into it."""
     run = RunDir(run_dir)
     if not run.has_encoder():
         raise DataError(f"{run} holds no trained encoder ({ENCODER_SPEC_FILE} + "
@@ -58,7 +71,7 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     tokenizer = spec.get("tokenizer") or {}
     if tokenizer.get("file"):  # a learnt (text) tokeniser, saved in the run dir
         spec["tokenizer"] = {**tokenizer, "file": str(run.path / tokenizer["file"])}
-    encoder = build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"])
+    encoder = encoder_from_spec(spec)
     try:
         state = load_file(str(run.encoder_weights))
     except Exception as e:

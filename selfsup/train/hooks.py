@@ -16,7 +16,6 @@ where they look at it; nothing in them communicates, so the other processes need
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
@@ -36,7 +35,7 @@ HELD_OUT_SAMPLES = 256  # health-batch samples the held-out loss (perplexity) is
 MIN_HEALTH_SAMPLES = 512  # fewer give an unstable effective rank
 
 
-class Trainer(Protocol):
+class Loop(Protocol):
     """What hooks see of the loop that calls them (:class:`selfsup.train.trainer.Trainer`)."""
 
     config: Config
@@ -60,20 +59,20 @@ class Hook:
 
     all_ranks: bool = False
 
-    def on_start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Loop) -> None:
         """Once the parts are built, before a budget's calibration, a resume's restore and the
         first epoch."""
 
-    def on_resume(self, trainer: Trainer, step: int) -> None:
+    def on_resume(self, trainer: Loop, step: int) -> None:
         """A resumed run restored its checkpoint of ``step`` (before any record of this run)."""
 
-    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_record(self, trainer: Loop, record: dict[str, Any]) -> None:
         """A record of the run: steps, epochs, health figures, run events."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, step: int) -> None:
         """After epoch ``epoch`` (counted from 0) ended at ``step``."""
 
-    def on_end(self, trainer: Trainer, step: int) -> None:
+    def on_end(self, trainer: Loop, step: int) -> None:
         """After the last epoch."""
 
 
@@ -84,10 +83,10 @@ class MetricsLogger(Hook):
     def __init__(self, run: RunDir) -> None:
         self.log = run.metrics_log()
 
-    def on_resume(self, trainer: Trainer, step: int) -> None:
+    def on_resume(self, trainer: Loop, step: int) -> None:
         self.log.truncate_after(step)  # the records past the checkpoint are redone
 
-    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_record(self, trainer: Loop, record: dict[str, Any]) -> None:
         self.log.write(record)
 
 
@@ -103,7 +102,7 @@ class HealthData:
     num_classes: int
 
 
-def health_data(trainer: Trainer) -> HealthData:
+def health_data(trainer: Loop) -> HealthData:
     """A fixed batch from the test split (else from train) and a labelled probe bank."""
     cfg, parts = trainer.config, trainer.parts
     samples = cfg.train.health_samples
@@ -152,15 +151,15 @@ class HealthCheck(Hook):
     def __init__(self) -> None:
         self.data: Optional[HealthData] = None
 
-    def on_start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Loop) -> None:
         self.data = health_data(trainer)
 
-    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_record(self, trainer: Loop, record: dict[str, Any]) -> None:
         if record.get("kind") == "epoch":
             trainer.monitor.loss(record["epoch"], record["loss"])
 
     @torch.no_grad()
-    def _embed(self, trainer: Trainer, inputs: torch.Tensor, fn, chunk: int = 1024
+    def _embed(self, trainer: Loop, inputs: torch.Tensor, fn, chunk: int = 1024
                ) -> dict[str, torch.Tensor]:
         parts = trainer.parts
         outs: dict[str, list[torch.Tensor]] = {}
@@ -172,7 +171,7 @@ class HealthCheck(Hook):
         return {name: torch.cat(values) for name, values in outs.items()}
 
     @torch.no_grad()
-    def _held_out(self, trainer: Trainer, inputs: torch.Tensor) -> dict[str, float]:
+    def _held_out(self, trainer: Loop, inputs: torch.Tensor) -> dict[str, float]:
         """The method's loss and logs on fixed views of held-out inputs (eval mode, no update)."""
         parts = trainer.parts
         views = parts.views(inputs, torch.Generator(device=parts.device).manual_seed(778))
@@ -180,7 +179,7 @@ class HealthCheck(Hook):
             out = parts.method(views)
         return {"loss": float(out.loss), **scalars(out.logs)}
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, step: int) -> None:
         cfg, parts, data = trainer.config.train, trainer.parts, self.data
         assert data is not None, "on_start builds the health data"
         method, monitor = parts.method, trainer.monitor
@@ -222,7 +221,7 @@ class HealthCheck(Hook):
 class Checkpointer(Hook):
     """The training state (:meth:`Trainer.state`) at every epoch boundary, written atomically."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, step: int) -> None:
         save_checkpoint(trainer.run.checkpoint_file, trainer.state(epoch + 1, step))
 
 
@@ -230,14 +229,11 @@ class EncoderExport(Hook):
     """At the end: the encoder evaluation uses (``encoder.safetensors`` with ``encoder.json``, its
     modality's description) and the health monitor's verdict."""
 
-    def on_end(self, trainer: Trainer, step: int) -> None:
+    def on_end(self, trainer: Loop, step: int) -> None:
         parts = trainer.parts
         encoder = parts.method.export_encoder
         save_encoder(trainer.run, encoder, parts.modality.encoder_spec(encoder, trainer.config))
-        verdict = trainer.monitor.verdict()
-        trainer.run.write_json(trainer.run.health_verdict_file, verdict)
-        trainer.emit({"kind": "run", "event": "end", "time": time.time(), "step": step,
-                      "wall_seconds": trainer.wall_seconds, "health": verdict.get("status")})
+        trainer.run.write_json(trainer.run.health_verdict_file, trainer.monitor.verdict())
 
 
 def default_hooks(run: RunDir) -> list[Hook]:

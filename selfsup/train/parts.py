@@ -32,6 +32,7 @@ from selfsup.train.optim import build_optimizer, lr_factor, set_learning_rates
 from selfsup.train.process import ProcessInfo, process_info
 from selfsup.train.step import split_views, train_step
 
+VIEW_STREAM, FORWARD_STREAM = 1, 2  # the random streams of an epoch besides the data order
 # With a fixed step count (a budget) the warm-up is at most this share of the steps: an epoch of
 # warm-up on a large corpus can be most of a short run.
 BUDGET_WARMUP_SHARE = 0.1

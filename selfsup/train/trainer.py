@@ -33,11 +33,11 @@ from selfsup.data.loader import epoch_seed
 from selfsup.errors import ConfigError, DataError, TrainingDiverged
 from selfsup.health import HealthMonitor
 from selfsup.run_dir import CONFIG_FILE, RunDir
-from selfsup.train.budget import FORWARD_STREAM, VIEW_STREAM, measure_total_steps
+from selfsup.train.budget import measure_total_steps
 from selfsup.train.checkpoint import load_checkpoint
-from selfsup.train.distributed import all_reduce_sum_, process_group
+from selfsup.train.distributed import all_reduce_sum_, process_group, training_device
 from selfsup.train.hooks import Hook, default_hooks, scalars
-from selfsup.train.parts import TrainingParts, build_parts
+from selfsup.train.parts import FORWARD_STREAM, VIEW_STREAM, TrainingParts, build_parts
 from selfsup.train.process import process_info
 
 
@@ -129,7 +129,8 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self) -> Path:
         """Train to the configured number of epochs (from the last checkpoint with resume)."""
-        with process_group(self.process, self._device()):
+        device = training_device(self.process, self.config.train.device)  # the group's backend
+        with process_group(self.process, device):
             self._prepare_run_dir()
             self.parts = parts = build_parts(self.config, self.resume, self.process)
             main = self.process.is_main
@@ -157,12 +158,11 @@ class Trainer:
                     hook.on_epoch_end(self, epoch, step)
             for hook in self._hooks_here():
                 hook.on_end(self, step)
+            # the run's last record, whichever hooks ran (after the export, as before hooks)
+            self.emit({"kind": "run", "event": "end", "time": time.time(), "step": step,
+                       "wall_seconds": self.wall_seconds,
+                       "health": self.monitor.verdict().get("status")})
         return self.run_dir
-
-    def _device(self) -> torch.device:
-        from selfsup.train.distributed import training_device
-
-        return training_device(self.process, self.config.train.device)
 
     def _device_name(self) -> str:
         device = self.parts.device
