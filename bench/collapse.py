@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from selfsup.config import Config, load_config
+from selfsup.config import Config
+from selfsup.run_config import load_config
 from selfsup.report import plot_probe_curves, plot_rank_curves
 from selfsup.train import Trainer
 from selfsup.train.device import resolve_device

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from selfsup.backbones import build_backbone
-from selfsup.config import Config, EvalConfig, load_config
+from selfsup.config import Config, EvalConfig
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.evaluate.run import evaluate_run
 from selfsup.methods import Method, build_method

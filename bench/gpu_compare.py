@@ -193,7 +193,7 @@ def lightly_batches(images: np.ndarray, transform: Callable, batch: int, batches
 def built_parts(overrides: list[str], batch: int, device: str, compile: bool, out: Path):
     """The parts a Trainer runs (model, views, optimiser, (compiled) step function), built, not
     run: ``selfsup.train.parts.build_parts``."""
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.train.parts import build_parts
 
     config = load_config(None, overrides + [

@@ -64,7 +64,7 @@ def timed(step: Callable[[int], Any], warmup: int, steps: int, batch: int,
 def trainer_rate(overrides: list[str], batch: int, steps: int, out: Path, device: str,
                  compile: bool) -> dict:
     """Images/s of the real Trainer over whole epochs after a warm-up epoch (health excluded)."""
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.train import Trainer
     from selfsup.train.metrics_log import read_metrics
 

@@ -114,7 +114,7 @@ def step_parts(overrides: list[str], repeats: int) -> dict[str, float]:
     the run (its weights move)."""
     from profile_step import part_milliseconds
 
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.train.parts import build_parts
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +125,7 @@ def step_parts(overrides: list[str], repeats: int) -> dict[str, float]:
 
 def run_one(name: str, args: argparse.Namespace, baselines: bool) -> dict[str, Any]:
     """Time the step's parts, pretrain for the budget and evaluate, in this process; the row."""
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.evaluate.run import evaluate_run
     from selfsup.train import pretrain
     from selfsup.train.metrics_log import read_metrics

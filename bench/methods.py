@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.backbones import build_backbone
-from selfsup.config import Config, load_config
+from selfsup.config import Config
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.errors import ConfigError
 from selfsup.evaluate.run import evaluate_run

@@ -156,7 +156,7 @@ def recipe_overrides(modality: Modality, recipe: Recipe, args: argparse.Namespac
 
 def run_one(modality_name: str, recipe_name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Pretrain and evaluate one candidate in this process; its row."""
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.evaluate.run import evaluate_run
     from selfsup.train import pretrain
     from selfsup.train.metrics_log import read_metrics

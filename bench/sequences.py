@@ -52,7 +52,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from selfsup.config import build_options, load_config
+from selfsup.config import build_options
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.data.dna_datasets import READS_NAME
 from selfsup.evaluate.run import evaluate_run

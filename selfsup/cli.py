@@ -160,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=f"Write PNG plots and {REPORT_FILE} into the run directory.")
     _add_run_dir(p)
 
-    sub.add_parser("list", help="list methods, backbones, datasets and view recipes",
-                   description="List the registered methods, backbones, datasets and view recipes.")
+    sub.add_parser("list", help="list methods, backbones, datasets, view recipes, modalities and "
+                                "tokenisers",
+                   description="List the registered methods, backbones, datasets, view recipes, "
+                               "modalities and tokenisers.")
 
     p = sub.add_parser("demo", help="SimCLR on Fashion-MNIST, then evaluation and report",
                        description="The main job: pretrain SimCLR on Fashion-MNIST with a preset "
@@ -175,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pretrain_config(args):
-    from selfsup.config import Config, from_dict, load_config, set_key
+    from selfsup.config import Config, from_dict, set_key
+    from selfsup.run_config import load_config
 
     flags = []
     for key, value in (("method.name", args.method), ("data.dataset", args.dataset),
@@ -304,11 +307,14 @@ def cmd_report(args) -> int:
 
 def cmd_list(args) -> int:
     from selfsup import catalog
-    from selfsup.registry import BACKBONES, DATASETS, METHODS, VIEW_RECIPES
+    from selfsup.registry import (
+        BACKBONES, DATASETS, METHODS, MODALITIES, TOKENIZERS, VIEW_RECIPES,
+    )
 
     catalog.load()  # the built-ins and the plugins of installed packages
     for title, registry in (("methods", METHODS), ("backbones", BACKBONES), ("datasets", DATASETS),
-                            ("view recipes", VIEW_RECIPES)):
+                            ("view recipes", VIEW_RECIPES), ("modalities", MODALITIES),
+                            ("tokenisers", TOKENIZERS)):
         print(f"{title}:")
         width = max(map(len, registry.names()), default=0) + 2
         for name in registry.names():
@@ -349,7 +355,7 @@ def demo_overrides(cuda: bool) -> list[str]:
 
 
 def cmd_demo(args) -> int:
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.train import pretrain
     from selfsup.train.device import resolve_device
 

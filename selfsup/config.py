@@ -7,7 +7,6 @@ whose keys depend on a choice (the method, the backbone, the view recipe) are pl
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any, Optional, Sequence, TypeVar, Union
 
 import yaml
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 
 T = TypeVar("T")
 
@@ -195,15 +194,12 @@ class FinetuneConfig:
     def check(self) -> None:
         """Raise ConfigError naming the first field with an impossible value."""
         for name, low in (("epochs", 1), ("batch_size", 1), ("seeds", 1), ("min_steps", 0)):
-            check_number(getattr(self, name), f"finetune {name}", low, whole=True)
-        ranges = {"lr": (0, math.inf), "weight_decay": (0, math.inf), "warmup_fraction": (0, 1),
-                  "label_smoothing": (0, 1), "flip_prob": (0, 1),
-                  "backbone_lr_scale": (0, 1), "layer_decay": (0, 1)}
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if value is None and name == "layer_decay":
-                continue  # the backbone's default
-            check_number(value, f"finetune {name}", low, high)
+            check_number(getattr(self, name), f"finetune.{name}", low, whole=True)
+        check_ranges(self, "finetune", {"lr": ANY, "weight_decay": ANY, "warmup_fraction": FRACTION,
+                                        "label_smoothing": FRACTION, "flip_prob": FRACTION,
+                                        "backbone_lr_scale": FRACTION})
+        if self.layer_decay is not None:  # None: the backbone's default
+            check_number(self.layer_decay, "finetune.layer_decay", 0, 1)
         if self.lr == 0 or self.backbone_lr_scale == 0 or self.layer_decay == 0:
             raise ConfigError("finetune lr, backbone_lr_scale and layer_decay must be above 0; "
                               "for a backbone that does not train use --mode frozen")
@@ -311,99 +307,40 @@ def build_options(cls: type[T], section: dict[str, Any], where: str) -> T:
     return from_dict(cls, options, where)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
-                base: Optional[dict[str, Any]] = None) -> Config:
-    """Defaults ← the method's own defaults ← ``base`` ← YAML file ← ``--set key=value`` (later wins).
-
-    The method's defaults (``Method.config_defaults``, e.g. SimSiam's plain SGD) apply to whichever
-    method the file or the overrides name, below everything the user wrote.
-    """
-    loaded: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-    user: dict[str, Any] = {}
-    if base:
-        _merge(user, copy.deepcopy(base))
-    _merge(user, loaded)
-    for item in overrides or []:
-        set_key(user, item)
-
-    data: dict[str, Any] = Config().to_dict()
-    if "name" not in (user.get("method") or {}):
-        user = _with_modality_recipe(user)
-    method = (user.get("method") or {}).get("name", data["method"]["name"])
-    data["method"] = {"name": method}
-    defaults = copy.deepcopy(method_config_defaults(method))
-    chosen_backbone = (user.get("backbone") or {}).get("name")
-    if chosen_backbone and "backbone" in defaults:
-        defaults["backbone"] = _backbone_defaults_for(chosen_backbone, defaults["backbone"])
-    _merge(data, defaults)
-    _merge(data, user)
-    return from_dict(Config, data)
+def read_saved_config(path: str | Path) -> Config:
+    """The config a run saved (``Config.save``), read as written: no method defaults or data
+    recipe under it, since it holds them already. DataError naming the file when it is not a
+    saved config: unreadable, not UTF-8, not YAML, empty, or without a method."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start}): it is not the config "
+                        "selfsup saved; restore it from a copy, or train the run again") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise DataError(f"{path} is not valid YAML ({error}); restore it from a copy, or train "
+                        "the run again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("method"), dict) \
+            or "name" not in data["method"]:
+        what = "empty" if not data else "not a saved run config (no method.name)"
+        raise DataError(f"{path} is {what}: the run's settings are lost, so its encoder cannot "
+                        "be rebuilt or evaluated; restore the file from a copy, or train the run "
+                        "again")
+    try:
+        return from_dict(Config, data)
+    except ConfigError as error:
+        raise DataError(f"{path}: {error}") from None
 
 
-def _with_modality_recipe(user: dict[str, Any]) -> dict[str, Any]:
-    """``user`` over the default recipe of its data's modality (``selfsup.recipes``), when it names
-    a sequence data set and no method; else ``user`` unchanged."""
-    from selfsup.data import data_modality
-    from selfsup.recipes import default_recipe
-
-    data = user.get("data") or {}
-    if "dataset" not in data:  # the default data set: images
-        return user
-    modality = data_modality(data["dataset"], data.get("data_dir"), data.get("options"))
-    recipe = default_recipe(modality, user.get("train") or {})
-    if not recipe:
-        return user
-    chosen_backbone = (user.get("backbone") or {}).get("name")
-    if chosen_backbone:  # the user's backbone replaces the recipe's, options and all
-        recipe.pop("backbone", None)
-    _merge(recipe, user)
-    return recipe
-
-
-def _backbone_defaults_for(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    """A method's default backbone options that the user's chosen backbone ``name`` accepts.
-
-    BEiT defaults to a mean-pooled ViT: with ``backbone.name=vit-small`` the user keeps
-    ``pool=mean``; with ``backbone.name=resnet18`` the ViT-only keys are dropped instead of failing
-    as unknown keys (the method itself then says whether it works with that backbone).
-    """
-    from selfsup import catalog
-    from selfsup.registry import BACKBONES
-
-    catalog.load()  # the built-ins and the plugins' backbones
-    if name not in BACKBONES:
-        return {"name": name}
-    options_cls = getattr(BACKBONES.get(name), "options", None)
-    accepted = {f.name for f in dataclasses.fields(options_cls)} if options_cls else set()
-    return {"name": name, **{k: v for k, v in defaults.items() if k in accepted}}
-
-
-def method_config_defaults(name: str) -> dict[str, Any]:
-    """The config sections a method sets by default (empty for an unknown name: the method's own
-    look-up reports that with the list of known methods)."""
-    from selfsup import catalog
-    from selfsup.registry import METHODS
-
-    catalog.load()  # the built-ins and the plugins' methods
-    if name not in METHODS:
-        return {}
-    return getattr(METHODS.get(name), "config_defaults", {}) or {}
-
-
-def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+def merge_into(into: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge mapping ``new`` into ``into`` in place, section by section (``new`` wins)."""
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            merge_into(into[key], value)
         else:
             into[key] = value
 

@@ -1,4 +1,5 @@
-"""Name → factory registries for methods, backbones, datasets, view recipes and modalities.
+"""Name → factory registries for methods, backbones, datasets, view recipes, modalities and
+tokenisers.
 
 Adding a method, backbone, dataset or view recipe is one new file plus one ``@REGISTRY.register``
 line; the CLI lists the registries and configs refer to entries by name.
@@ -65,3 +66,4 @@ BACKBONES: Registry = Registry("backbone")
 DATASETS: Registry = Registry("dataset")
 VIEW_RECIPES: Registry = Registry("view recipe")
 MODALITIES: Registry = Registry("modality")
+TOKENIZERS: Registry = Registry("tokeniser")

@@ -25,6 +25,7 @@ nothing of training, evaluation, the report or the command line.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from selfsup.config import Config, load_config
+from selfsup.config import Config, read_saved_config
 from selfsup.errors import DataError
 from selfsup.files import atomic_write
 from selfsup.train.metrics_log import MetricsLog, read_metrics
@@ -218,7 +219,7 @@ class RunDir:
         if not self.config_file.is_file():
             raise DataError(f"{self.path} is not a selfsup run dir (no {CONFIG_FILE}); "
                             "pass the --out directory of `selfsup pretrain`")
-        return load_config(self.config_file)
+        return read_saved_config(self.config_file)
 
     def save_config(self, config: Config) -> None:
         config.save(self.config_file)
@@ -271,3 +272,38 @@ class RunDir:
             raise DataError(f"{path} must hold a JSON object; delete it and re-run the step that "
                             "writes it")
         return data
+
+
+def read_finetune_results(path: str | Path) -> dict[str, Any]:
+    """The contents of a finetune.json (``{"datasets": {}}`` when there is none yet)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; name the results file "
+                        f"(e.g. {RunDir(path).finetune_file})")
+    if not path.is_file():
+        return {"datasets": {}}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise DataError(f"{path} is not valid JSON ({error}); move it away or pass --out another "
+                        "file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
+        raise DataError(f"{path} is not a fine-tuning results file (no \"datasets\" mapping); move it "
+                        "away or pass --out another file")
+    return data
+
+
+def merge_finetune_results(path: str | Path, new: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``new`` (``{dataset: {mode: {init: {fraction: entry}}}}``) into the file at ``path``.
+
+    An entry replaces the entry of the same dataset, mode, init and fraction; every other entry is
+    kept. The file is written atomically; returns the merged contents.
+    """
+    merged = read_finetune_results(path)
+    for dataset, modes in new.items():
+        for mode, inits in modes.items():
+            for init, entries in inits.items():
+                target = merged["datasets"].setdefault(dataset, {}).setdefault(mode, {})
+                target.setdefault(init, {}).update(copy.deepcopy(entries))
+    write_json(path, merged)
+    return merged

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 
 # Tests use tiny tensors: one thread avoids oversubscription stalls when cores are shared.
 torch.set_num_threads(1)

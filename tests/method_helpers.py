@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from selfsup.backbones import build_backbone
-from selfsup.config import Config, load_config
+from selfsup.config import Config
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.methods import build_method
 from selfsup.momentum import momentum_at

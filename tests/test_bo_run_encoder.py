@@ -70,7 +70,7 @@ def test_image_and_dna_runs_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"small-cnn\) reads images.*onehot or descriptors"):
         run_residue_encoder(image_run)
     save_token_run(tmp_path / "dna", tokenizer_name="dna")
-    with pytest.raises(ConfigError, match="reads dna tokens.*not protein.*--method mlm"):
+    with pytest.raises(ConfigError, match="reads dna sequences.*not protein.*--method mlm"):
         RunEmbedding(tmp_path / "dna", "mean")
     with pytest.raises(ConfigError, match="holds no trained encoder"):
         run_residue_encoder(tmp_path)

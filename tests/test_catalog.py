@@ -81,7 +81,7 @@ def test_a_plugin_registers_a_method_and_a_backbone_through_entry_points(tmp_pat
                 {"toy_selfsup_plugin": TOY_PLUGIN})
     result = run_python("""
         import contextlib, io
-        from selfsup.config import load_config
+        from selfsup.run_config import load_config
 
         # the config's method defaults are the first look-up a run makes: it loads the plugins
         config = load_config(None, ["method.name=toy", "backbone.name=toy-cnn"])

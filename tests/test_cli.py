@@ -16,7 +16,7 @@ from PIL import Image
 from selfsup.cli import main
 from selfsup.data import load_split
 from selfsup.errors import DataError
-from selfsup.evaluate.finetune import read_results
+from selfsup.run_dir import read_finetune_results
 from selfsup.evaluate.run import load_run_config
 from selfsup.train.metrics_log import read_metrics
 from conftest import TINY
@@ -122,7 +122,7 @@ def test_output_paths_of_the_wrong_kind_are_named_before_any_work(tmp_path, caps
     assert main(["pretrain", "--out", str(a_file), *sets]) == 2
     assert "is a file; the run directory must be a folder" in capsys.readouterr().err
     with pytest.raises(DataError, match="is a folder; name the results file"):
-        read_results(tmp_path)
+        read_finetune_results(tmp_path)
 
 
 def test_list_names_the_registered_components(capsys):
@@ -130,6 +130,10 @@ def test_list_names_the_registered_components(capsys):
     out = capsys.readouterr().out
     for name in ("simclr", "resnet18", "small-cnn", "fashion-mnist", "digits"):
         assert name in out
+    modalities = out.split("modalities:\n")[1].split("tokenisers:\n")
+    assert [line.split()[0] for line in modalities[0].splitlines()] == [
+        "dna", "image", "protein", "text"]
+    assert [line.split()[0] for line in modalities[1].splitlines()[:3]] == ["dna", "protein", "text"]
 
 
 def test_run_dir_comes_from_the_config_file_else_from_method_and_data(tmp_path, monkeypatch):
@@ -225,7 +229,7 @@ def test_demo_preset_step_in_bf16_gives_the_fp32_loss_and_gradients():
 
     from selfsup.backbones import build_backbone
     from selfsup.cli import demo_overrides
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.methods import build_method
     from selfsup.train.device import autocast
 

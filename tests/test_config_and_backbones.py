@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfsup.backbones import build_backbone
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 from selfsup.errors import ConfigError
 
 

@@ -57,7 +57,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from selfsup.backbones import build_backbone
-from selfsup.config import OptimConfig, load_config
+from selfsup.config import OptimConfig
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.data.base import ImageSource, TensorImages
 from selfsup.data.loader import BatchStream
@@ -112,8 +113,9 @@ SMALL_OPTIONS = {
 }
 # Exact equality is not expected: sums run in another order. The rounding error grows with the
 # gradients, so the tolerance is relative to each tensor's change over the steps; a 1/world_size
-# error in the gradient would be off by about half that change.
-RELATIVE_TO_CHANGE, RTOL, ATOL = 1e-5, 1e-4, 1e-6
+# error in the gradient would be off by about half that change. 1e-4 of the change: on an AMD EPYC
+# one weight of seq-contrastive's synchronised BatchNorm run was 1.6e-5 of it off (1e-5 failed).
+RELATIVE_TO_CHANGE, RTOL, ATOL = 1e-4, 1e-4, 1e-6
 
 
 @dataclass(frozen=True)
@@ -492,7 +494,8 @@ def assert_close_to_reference(actual: Any, expected: Any, initial: Any, what: st
         return
     change = (expected - initial).abs().max().item()
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL + RELATIVE_TO_CHANGE * change,
-                               msg=what)
+                               msg=lambda detail: f"{what} (change over the steps {change:.3g}): "
+                                                  f"{detail}")
 
 
 def test_the_comparison_catches_a_gradient_off_by_one_over_world_size(spawned):

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from selfsup.config import Config, load_config
+from selfsup.config import Config
+from selfsup.run_config import load_config
 from selfsup.data.text_datasets import FILES
 from selfsup.tokenize.text import TOKENIZER_FILE, TextTokenizer
 from selfsup.train import Trainer

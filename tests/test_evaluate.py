@@ -523,8 +523,12 @@ def test_sparse_rows_fit_as_the_dense_ones():
     dense = _fit(feats - mean, labels, 4, 1e-2, tolerance=1e-7, max_iterations=500)
     sparse = _fit(_sparse_rows(feats), labels, 4, 1e-2, tolerance=1e-7, max_iterations=500,
                   offset=mean)
-    torch.testing.assert_close(sparse[0], dense[0], atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(sparse[1], dense[1], atol=2e-4, rtol=1e-3)
+    # L-BFGS in fp32 stops within its tolerance at slightly different points on different CPUs
+    # (1.4e-3 apart on a weight of 1.7 on an AMD EPYC). Centring moves the optimum's bias, not its
+    # weights (the bias is not decayed): without the offset the bias is 5e-3 off, so the bias's
+    # tolerance is what tells a centred fit from an uncentred one.
+    torch.testing.assert_close(sparse[0], dense[0], atol=3e-3, rtol=0)
+    torch.testing.assert_close(sparse[1], dense[1], atol=1.5e-3, rtol=0)
 
 
 def test_cross_validation_ranks_decays_by_accuracy_before_cross_entropy(monkeypatch):

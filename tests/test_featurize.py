@@ -150,7 +150,7 @@ def test_run_embedding_loads_the_encoder_only_on_a_cache_miss(tmp_path, encoder_
 
 @pytest.mark.parametrize("spec,message", [
     ({"backbone": {"name": "small-cnn"}}, r"\(small-cnn\) reads images"),
-    ({"backbone": {"name": "transformer-tiny"}, "tokenizer": {"name": "dna"}}, "reads dna tokens"),
+    ({"backbone": {"name": "transformer-tiny"}, "tokenizer": {"name": "dna"}}, "reads dna sequences"),
 ])
 def test_non_protein_runs_are_refused_when_built_from_their_spec_alone(tmp_path, spec, message):
     run = run_dir_with_spec(tmp_path / "run", spec)  # unreadable weights: reading them would fail

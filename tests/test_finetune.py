@@ -13,7 +13,7 @@ from selfsup.backbones import build_backbone
 from selfsup.backbones.small_cnn import SmallCNN
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.cli import main
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import ConfigError, DataError
@@ -29,14 +29,13 @@ from selfsup.evaluate.finetune import (
     finetune_run,
     initial_backbone,
     label_subsets,
-    merge_results,
-    read_results,
     settings_from,
 )
 from selfsup.data import sequence_loader
 from selfsup.modalities.sequence_baselines import encoder_features
 from selfsup.modalities.sequence_finetune import SequenceInputs
 from selfsup.report.finetune_report import finetune_section, format_finetune_table
+from selfsup.run_dir import merge_finetune_results, read_finetune_results
 from selfsup.tokenize import make_tokenizer
 from selfsup.train import Trainer
 from selfsup.train.checkpoint import load_encoder
@@ -225,12 +224,12 @@ def entry(mean: float) -> dict:
 
 def test_merge_keeps_earlier_entries_and_replaces_the_same_one(tmp_path):
     path = tmp_path / "finetune.json"
-    merge_results(path, {"digits": {"full": {"pretrained": {"0.1": entry(0.5)}}}})
-    merge_results(path, {"digits": {"full": {"pretrained": {"1.0": entry(0.9)},
+    merge_finetune_results(path, {"digits": {"full": {"pretrained": {"0.1": entry(0.5)}}}})
+    merge_finetune_results(path, {"digits": {"full": {"pretrained": {"1.0": entry(0.9)},
                                              "scratch": {"0.1": entry(0.4)}},
                                     "frozen": {"pretrained": {"0.1": entry(0.3)}}},
                          "other": {"full": {"pretrained": {"0.1": entry(0.2)}}}})
-    merged = merge_results(path, {"digits": {"full": {"pretrained": {"0.1": entry(0.6)}}}})
+    merged = merge_finetune_results(path, {"digits": {"full": {"pretrained": {"0.1": entry(0.6)}}}})
     assert merged == json.loads(path.read_text())
     digits = merged["datasets"]["digits"]
     assert digits["full"]["pretrained"] == {"0.1": entry(0.6), "1.0": entry(0.9)}
@@ -243,10 +242,10 @@ def test_damaged_results_file_is_a_named_error(tmp_path):
     path = tmp_path / "finetune.json"
     path.write_text("{not json")
     with pytest.raises(DataError, match="finetune.json is not valid JSON"):
-        read_results(path)
+        read_finetune_results(path)
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match="not a fine-tuning results file"):
-        merge_results(path, {})
+        merge_finetune_results(path, {})
 
 
 def test_finetune_run_twice_merges_and_records_seeds_and_settings(run_dir, tmp_path):
@@ -345,6 +344,8 @@ def test_cli_finetune_compare_scratch_then_report_section(tiny_config, capsys):
     section = finetune_section(run)
     assert section[0] == "## Fine-tuning"
     assert not any(line.startswith("Run with other settings") for line in section)  # one protocol
+    # the image modality words the augmentation (the defaults: crop-flip on)
+    assert "crops of 0.8–1.0 of the area, flip probability 0.5" in "\n".join(section)
     assert "![Fine-tuning label efficiency](finetune_label_efficiency.png)" in section
     with Image.open(run / "finetune_label_efficiency.png") as image:
         assert image.width > 200 and image.height > 150

@@ -18,7 +18,7 @@ from method_helpers import (
 
 from selfsup.backbones import build_backbone
 from selfsup.codebook import PatchCodebook, code_perplexity
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.errors import ConfigError, DataError
 from selfsup.masking import random_masking

@@ -67,7 +67,7 @@ def test_a_bidirectional_encoder_is_rejected():
 
 
 def test_defaults_make_a_causal_transformer():
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
 
     config = load_config(None, ["method.name=next-token"])
     assert config.backbone["causal"] is True and config.views == {}

@@ -11,7 +11,7 @@ from selfsup.backbones import build_backbone
 from selfsup.data import load_split
 from selfsup.methods import build_method
 from selfsup.methods.sequence_contrastive import SequenceContrastive
-from selfsup.tokenize import DnaTokenizer, ProteinTokenizer
+from selfsup.tokenize import ProteinTokenizer
 from selfsup.views.sequence import content_mask
 from selfsup.views.sequence_recipes import make_sequence_views
 
@@ -29,9 +29,9 @@ def test_each_modality_gets_its_own_contrastive_recipe():
     from selfsup.tokenize.text import TextTokenizer
 
     text = TextTokenizer.train(["the cat sat on the mat", "a dog ran in the park"] * 20, 300)
-    assert SequenceContrastive.view_recipe_for(PROTEIN) == "protein-contrastive"
-    assert SequenceContrastive.view_recipe_for(DnaTokenizer()) == "dna-contrastive"
-    assert SequenceContrastive.view_recipe_for(text) == "text-contrastive"
+    assert SequenceContrastive.view_recipe_for("protein") == "protein-contrastive"
+    assert SequenceContrastive.view_recipe_for("dna") == "dna-contrastive"
+    assert SequenceContrastive.view_recipe_for("text") == "text-contrastive"
     views = make_sequence_views("text-contrastive", text, {})
     assert views.options.rc_prob == 0 and views.options.crop_min_fraction == pytest.approx(0.3)
 

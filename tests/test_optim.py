@@ -366,7 +366,7 @@ def test_sqrt_scaling_for_adam_and_the_sequence_default_at_small_batches():
     with pytest.raises(ConfigError, match="lr_scaling"):
         OptimConfig(lr_scaling="cubic")
     # the sequence methods' default gives a batch of 32 a rate that trains (it was 1.25e-4)
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
 
     config = load_config(None, ["method.name=mlm", "train.batch_size=32"]).optim
     assert scaled_lr(config, 32) == pytest.approx(2e-3 * (32 / 256) ** 0.5)

@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_MLM
 from PIL import Image
 
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 from selfsup.evaluate.run import evaluate_run
 from selfsup.report import read_metrics, write_report
 from selfsup.report.plots import DPI

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 from selfsup.data import data_modality
 from selfsup.recipes import SEQUENCE_RECIPES
 

@@ -225,6 +225,10 @@ def test_read_metrics_sorts_by_kind_and_names_a_damaged_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="line 3"):
         read_metrics(path)
+    lines[2] = "\udcff"  # bytes that are not UTF-8 (written back as such below)
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + b"\n")
+    with pytest.raises(DataError, match="line 3: not a JSON object.*utf-8"):
+        read_metrics(path)
 
 
 def test_read_metrics_rejects_records_without_required_keys(tmp_path):

@@ -15,6 +15,7 @@ import selfsup
 from selfsup.config import Config
 from selfsup.errors import DataError
 from selfsup.run_dir import RunDir, dataset_tag, read_tsne, write_json, write_tsne
+from selfsup.train.metrics_log import parse_metrics
 
 PACKAGE = Path(selfsup.__file__).parent
 
@@ -98,6 +99,21 @@ def test_a_saved_config_loads_back(tmp_path):
     assert RunDir(tmp_path / "none").read_config_text() == (None, {})
 
 
+@pytest.mark.parametrize("content,reason", [
+    (b"", "is empty: the run's settings are lost"),
+    (b"train:\n  epochs: 3\n", "not a saved run config"),
+    (b"method:\n  name: simclr\n\xff\xfe\n", "is not UTF-8 text"),
+    (b"method: [\n", "is not valid YAML"),
+])
+def test_a_damaged_saved_config_is_a_named_error_not_the_defaults(tmp_path, content, reason):
+    """An emptied config.yaml once read as the defaults: an 8×8 digits run evaluated as a
+    Fashion-MNIST one. A saved config is read as written, or refused by name."""
+    run = RunDir(tmp_path)
+    run.config_file.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(str(run.config_file)) + ".*" + reason):
+        run.load_config()
+
+
 def test_write_json_is_indented_and_leaves_no_temporary_file(tmp_path):
     run = RunDir(tmp_path)
     path = run.write_json(run.health_verdict_file, {"status": "healthy", "messages": []})
@@ -126,6 +142,17 @@ def test_read_metrics_skips_a_torn_last_line(tmp_path):
     with open(run.metrics_file, "a") as f:
         f.write('{"kind": "step", "st')
     assert run.read_metrics() == [{"kind": "step", "step": 1, "loss": 0.5}]
+
+
+def test_one_parser_reads_the_log_line_by_line_bad_bytes_included(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"kind": "step", "step": 1}\n\xff\xfe bad bytes\n[1, 2]\n\n'
+                     b'{"kind": "step", "step": 2}\n{"kind": "st')
+    parsed = parse_metrics(path)
+    assert parsed.records == [(1, {"kind": "step", "step": 1}), (5, {"kind": "step", "step": 2})]
+    assert [number for number, _ in parsed.bad_lines] == [2, 3]
+    assert "utf-8" in parsed.bad_lines[0][1] and parsed.torn_last_line == 6
+    assert RunDir(tmp_path).read_metrics() == [record for _, record in parsed.records]
 
 
 def test_a_tsne_round_trips(tmp_path):

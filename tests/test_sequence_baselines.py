@@ -12,7 +12,7 @@ from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
 from selfsup.modalities import modality_for_spec
 from selfsup.modalities.sequence_baselines import (
-    amino_acid_composition, baseline_features, canonical_kmer_classes, canonical_kmer_profile,
+    amino_acid_composition, canonical_kmer_classes, canonical_kmer_profile,
     dipeptide_frequencies, encoder_features, evaluation_stream, in_order_batches, kmer_profile,
     protein_composition, rc_consistency, reverse_complement_consistency, reverse_complement_source,
 )
@@ -79,12 +79,13 @@ def test_canonical_profile_is_the_same_for_both_strands_and_sums_the_pair():
     assert torch.equal(merged[0], merged[1]) and merged[0].max() == 1.0
 
 
-def test_baseline_features_by_alphabet():
-    assert set(baseline_features(["MKV"], "protein")) == {"composition"}
-    dna = baseline_features(["ACGTACGT"], "dna")
+def test_each_alphabet_s_modality_names_its_baselines():
+    from selfsup.registry import MODALITIES
+
+    assert set(MODALITIES.get("protein").baselines) == {"composition"}
+    dna = {name: make(["ACGTACGT"]) for name, make in MODALITIES.get("dna").baselines.items()}
     assert {k: v.shape[1] for k, v in dna.items()} == {"kmer4": 256, "canonical_kmer4": 136}
-    with pytest.raises(DataError, match="no baseline"):
-        baseline_features(["x"], "rna")
+    assert set(MODALITIES.get("text").fitted_baselines) == {"tfidf"}
 
 
 def test_rc_consistency_worked_example():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 from selfsup.errors import DataError
 from selfsup.evaluate.run import evaluate_run
 from selfsup.train import Trainer

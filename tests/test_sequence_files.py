@@ -9,7 +9,7 @@ import random
 import pytest
 from conftest import TINY_MLM
 
-from selfsup.config import load_config
+from selfsup.run_config import load_config
 from selfsup.data import load_split
 from selfsup.data.sequence_files import is_sequence_file
 from selfsup.errors import ConfigError, DataError

@@ -178,7 +178,7 @@ def test_a_bad_or_one_sided_split_column_is_named(tmp_path):
 def test_a_table_trains_an_mlm_encoder_on_its_train_split(tmp_path):
     import json
 
-    from selfsup.config import load_config
+    from selfsup.run_config import load_config
     from selfsup.train import Trainer
 
     rng = random.Random(1)

@@ -27,6 +27,7 @@ import torch
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.files import save_npy
+from selfsup.modalities.base import spec_modality
 from selfsup.run_dir import ENCODER_SPEC_FILE, ENCODER_WEIGHTS_FILE, RunDir
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
@@ -289,13 +290,11 @@ def _check_protein_run(run_dir: Path) -> None:
         raise ConfigError(f"{run_dir} holds no trained encoder ({ENCODER_SPEC_FILE} and "
                           f"{ENCODER_WEIGHTS_FILE}); {PROTEIN_RUN_HINT}")
     spec = run.read_encoder_spec()
-    tokenizer_config = spec.get("tokenizer")
-    if not tokenizer_config:
-        raise ConfigError(f"{run_dir}: its encoder ({spec['backbone'].get('name')}) reads images, "
-                          f"not protein sequences; {PROTEIN_RUN_HINT}")
-    if tokenizer_config.get("name") != "protein":
-        raise ConfigError(f"{run_dir}: its encoder reads {tokenizer_config.get('name')} tokens "
-                          f"({tokenizer_config}), not protein sequences; {PROTEIN_RUN_HINT}")
+    modality = spec_modality(spec)
+    if modality != "protein":
+        reads = "images" if modality == "image" else f"{modality} sequences"
+        raise ConfigError(f"{run_dir}: its encoder ({spec['backbone'].get('name')}) reads "
+                          f"{reads}, not protein sequences; {PROTEIN_RUN_HINT}")
 
 
 def _residue_slices(sequences: list[str], residues: int) -> list[list[str]]:

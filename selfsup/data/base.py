@@ -50,11 +50,10 @@ class ImageSource:
 
     def item_keys(self) -> list[str]:
         """One key per image, equal exactly when two images are identical: a hash of its bytes.
-        Files are decoded by the loader's workers, as for features."""
-        from selfsup.data.loader import iterate_in_order  # the loader builds on this module
-
+        Read ``KEY_CHUNK`` images at a time, so files are decoded a chunk at a time."""
         keys = []
-        for images, _ in iterate_in_order(self, KEY_CHUNK, torch.device("cpu")):
+        for start in range(0, len(self), KEY_CHUNK):
+            images = self.get(torch.arange(start, min(start + KEY_CHUNK, len(self))))
             flat = images.contiguous().view(len(images), -1).numpy()
             keys += [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat]
         return keys

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import statistics
 import time
@@ -67,7 +66,7 @@ from selfsup.evaluate.protocol import stratified_subset, fraction_key
 from selfsup.evaluate.run import labelled_splits
 from selfsup.methods.base import StepOutput
 from selfsup.modalities import FinetuneInputs, modality_for_spec
-from selfsup.run_dir import RunDir, write_json
+from selfsup.run_dir import RunDir, merge_finetune_results, read_finetune_results
 from selfsup.train.checkpoint import load_encoder, random_init_encoder
 from selfsup.train.device import resolve_device, resolve_precision, seed_everything
 from selfsup.train.optim import build_optimizer, set_learning_rates
@@ -359,10 +358,10 @@ def finetune_run(run_dir: str | Path, fractions: Optional[Sequence[float]] = Non
     study = _Study(encoder, spec, train, test, max(train.num_classes, test.num_classes), settings, dev,
                    config.eval.batch_size, log, inputs)
     out = Path(out) if out is not None else run.finetune_file
-    merged = read_results(out)  # a damaged file fails now, not after the first hour
+    merged = read_finetune_results(out)  # a damaged file fails now, not after the first hour
     for mode, init, fraction in itertools.product(modes, inits, fractions):
         entry = study.entry(mode, init, fraction)
-        merged = merge_results(out, {name: {mode: {init: {fraction_key(fraction): entry}}}})
+        merged = merge_finetune_results(out, {name: {mode: {init: {fraction_key(fraction): entry}}}})
     return merged
 
 
@@ -423,36 +422,3 @@ def results_entry(runs: Sequence[tuple[int, FinetuneOutcome]], settings: dict[st
 # finetune.json
 
 
-def read_results(path: str | Path) -> dict[str, Any]:
-    """The contents of a finetune.json (``{"datasets": {}}`` when there is none yet)."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; name the results file "
-                        f"(e.g. {RunDir(path).finetune_file})")
-    if not path.is_file():
-        return {"datasets": {}}
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as error:
-        raise DataError(f"{path} is not valid JSON ({error}); move it away or pass --out another "
-                        "file") from None
-    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
-        raise DataError(f"{path} is not a fine-tuning results file (no \"datasets\" mapping); move it "
-                        "away or pass --out another file")
-    return data
-
-
-def merge_results(path: str | Path, new: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``new`` (``{dataset: {mode: {init: {fraction: entry}}}}``) into the file at ``path``.
-
-    An entry replaces the entry of the same dataset, mode, init and fraction; every other entry is
-    kept. The file is written atomically; returns the merged contents.
-    """
-    merged = read_results(path)
-    for dataset, modes in new.items():
-        for mode, inits in modes.items():
-            for init, entries in inits.items():
-                target = merged["datasets"].setdefault(dataset, {}).setdefault(mode, {})
-                target.setdefault(init, {}).update(copy.deepcopy(entries))
-    write_json(path, merged)
-    return merged

@@ -22,7 +22,6 @@ cross-validation (``bench/probe_strength.py``) is the yardstick this was measure
 
 from __future__ import annotations
 
-import statistics
 import warnings
 from typing import NamedTuple, Optional, Sequence
 

@@ -29,7 +29,7 @@ same convention so their losses compare. Losses are computed in float32 whatever
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -140,6 +140,7 @@ class Autoencoder(Method):
     Options = AutoencoderOptions
     view_recipe = "none"
     corrupts = False  # whether ``corrupt`` changes the input (the DAE)
+    kind: ClassVar[str] = "autoencoder"  # what the report's figure calls it
     # Adam at 1e-3 is the usual autoencoder optimiser (Kingma & Welling used Adagrad; Adam is
     # today's default for both AEs and VAEs).
     config_defaults = {"optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}}
@@ -210,6 +211,9 @@ class Autoencoder(Method):
         columns["reconstruction"] = self.reconstruct(seen)
         return columns
 
+    def reconstruction_title(self, hidden: Optional[float] = None) -> str:
+        return f"Reconstructions ({self.kind})"
+
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
         """Decode ``steps`` evenly spaced points on the line between the codes of ``x1`` and ``x2``.
@@ -231,6 +235,7 @@ class Autoencoder(Method):
 @METHODS.register("dae", "denoising autoencoder: reconstruct the clean image from a corrupted one; "
                          "options noise (gaussian|masking|salt_pepper), noise_level")
 class DenoisingAutoencoder(Autoencoder):
+    kind = "denoising autoencoder"
     Options = DenoisingOptions
     corrupts = True
 
@@ -250,6 +255,7 @@ class DenoisingAutoencoder(Autoencoder):
 @METHODS.register("vae", "variational autoencoder: Gaussian latent, reconstruction + β·KL to N(0, I); "
                          "options latent_dim, beta")
 class VariationalAutoencoder(Autoencoder):
+    kind = "variational autoencoder"
     Options = VAEOptions
 
     def _check_options(self) -> None:
@@ -277,6 +283,9 @@ class VariationalAutoencoder(Autoencoder):
                         dtype=weight.dtype)
         return self.decoder(z, size)
 
+    def samples_title(self) -> str:
+        return f"VAE samples: decoded z ~ N(0, I), {self.options.latent_dim}-d latent"
+
 
 @METHODS.register("sparse-ae", "sparse autoencoder: reconstruction + L1 on the code or KL to a target "
                                "activation rate; options sparsity (l1|kl), sparsity_weight, target_rate")
@@ -285,6 +294,7 @@ class SparseAutoencoder(Autoencoder):
     (0, 1), and a linear layer first, because sigmoid of non-negative (ReLU-pooled) features could
     never go below ½ and so never reach a small target rate."""
 
+    kind = "sparse autoencoder"
     Options = SparseOptions
 
     def _check_options(self) -> None:

@@ -139,9 +139,9 @@ class Method(nn.Module):
         return self.collectives.sum if self.collectives.distributed else None
 
     @classmethod
-    def view_recipe_for(cls, tokenizer: Optional[Tokenizer]) -> str:
-        """The default recipe for data read by ``tokenizer`` (None: images); methods whose views
-        depend on the modality override it. Default: ``view_recipe``."""
+    def view_recipe_for(cls, modality: str) -> str:
+        """The default recipe for data of ``modality`` (its name: "image", "protein", ...);
+        methods whose views depend on the modality override it. Default: ``view_recipe``."""
         return cls.view_recipe
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:  # pragma: no cover - abstract
@@ -195,6 +195,11 @@ class Reconstructs(Protocol):
         marks what the encoder did not see. ``x`` is a batch of normalised images."""
         ...
 
+    def reconstruction_title(self, hidden: Optional[float] = None) -> str:
+        """The figure's title; ``hidden``: the share of the input the encoder did not see (from
+        the ``"mask"`` column, when there is one)."""
+        ...
+
 
 @runtime_checkable
 class Generates(Protocol):
@@ -208,4 +213,8 @@ class Generates(Protocol):
     def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> torch.Tensor:
         """(B, steps, C, H, W) decoded points on the line between the codes of ``x_a`` and
         ``x_b``, normalised images."""
+        ...
+
+    def samples_title(self) -> str:
+        """The title of the figure of prior samples."""
         ...

@@ -19,6 +19,7 @@ recipe with one view (random resized crop and flip, as in the paper).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -207,6 +208,13 @@ class MAE(Method):
         filled, mask = self.reconstruct(x, generator)
         covered = x[..., : filled.shape[-2], : filled.shape[-1]]
         return {"original": covered, "reconstruction": filled, "mask": mask}
+
+    def reconstruction_title(self, hidden: Optional[float] = None) -> str:
+        title = "MAE reconstructions" + ("" if hidden is None else f", {hidden:.0%} of the patches hidden")
+        if self.options.norm_pix_loss:
+            title += ("\n(patch-normalised predictions mapped back with each original patch's mean "
+                      "and std)")
+        return title
 
 
 def _check_options(o: MAEOptions) -> None:

@@ -12,7 +12,7 @@ together and pushes the other sequences away. What a view is depends on the data
   substitutions and masking;
 * text (``text-contrastive``): two spans of the post, random-token substitutions and masking.
 
-The method picks the recipe from the data's tokeniser (``view_recipe_for``); ``views.recipe``
+The method picks the recipe from the data's modality (``view_recipe_for``); ``views.recipe``
 overrides it. A backbone with dropout (the Transformer's ``dropout``) adds SimCSE's noise on top
 (Gao et al. 2021: dropout alone makes two different views of one sentence).
 
@@ -31,7 +31,6 @@ the other sequence methods (AdamW, see ``selfsup.methods.mlm``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +41,10 @@ from selfsup.losses import nt_xent
 from selfsup.methods.base import NO_CONTEXT, BuildContext, StepOutput
 from selfsup.methods.mlm import SEQUENCE_OPTIM
 from selfsup.methods.simclr import SimCLR, SimCLROptions
-from selfsup.registry import METHODS
+from selfsup.registry import METHODS, VIEW_RECIPES
 from selfsup.tokenize import DnaTokenizer, make_tokenizer
 from selfsup.tokenize.base import Tokenizer
-from selfsup.views.sequence_recipes import CONTRASTIVE_VIEW_DEFAULTS
+from selfsup.views.sequence_recipes import contrastive_recipe_name
 
 
 @dataclass
@@ -76,11 +75,10 @@ class SequenceContrastive(SimCLR):
             encoder.make_rc_invariant(context.tokenizer or _data_tokenizer(encoder))
 
     @classmethod
-    def view_recipe_for(cls, tokenizer: Optional[Tokenizer]) -> str:
-        """The contrastive recipe of the data's modality (its tokeniser's name)."""
-        if tokenizer is not None and tokenizer.name in CONTRASTIVE_VIEW_DEFAULTS:
-            return f"{tokenizer.name}-contrastive"
-        return cls.view_recipe
+    def view_recipe_for(cls, modality: str) -> str:
+        """The contrastive recipe of the data's modality, where it registered one."""
+        recipe = contrastive_recipe_name(modality)
+        return recipe if recipe in VIEW_RECIPES else cls.view_recipe
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         # Both views in one forward pass (one larger batch; BatchNorm in the projector sees both).

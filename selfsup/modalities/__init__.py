@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from selfsup.modalities import image, sequence  # noqa: F401  (registration)
 from selfsup.modalities.base import (
-    MODALITIES, FinetuneInputs, Modality, modality_for_spec, modality_of, spec_modality,
+    MODALITIES, FinetuneInputs, Modality, modality_for_spec, modality_of, register_modality,
+    spec_modality,
 )
 
 __all__ = ["MODALITIES", "FinetuneInputs", "Modality", "modality_for_spec", "modality_of",
-           "spec_modality"]
+           "register_modality", "spec_modality"]

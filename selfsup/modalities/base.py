@@ -20,6 +20,7 @@ of data is one new module with a subclass registered in ``MODALITIES`` (see
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Optional, Protocol
 
@@ -66,8 +67,10 @@ class TrainingStream(Protocol):
         """(inputs on the device, labels or None) of every batch of ``epoch``."""
 
 
-class Modality:
+class Modality(ABC):
     """One kind of data. Subclasses set the class attributes and implement the methods.
+
+    Registering one: ``@register_modality("name", "one line of help")`` on the subclass.
 
     An instance is bound to what its data needs to be read: an image shape, or a tokeniser and a
     row length. Build one with :meth:`for_training` (from the training split) or
@@ -80,6 +83,7 @@ class Modality:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    @abstractmethod
     def for_training(cls, source: Any, config: Config, run_dir: Path, resume: bool,
                      rank: int, share: Callable[[Any], Any]) -> "Modality":
         """The modality of a run's training split ``source``, on the process of ``rank``.
@@ -94,23 +98,28 @@ class Modality:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ training
+    @abstractmethod
     def build_encoder(self, backbone: dict[str, Any]) -> nn.Module:
         """The backbone a config section names, fitted to this data."""
         raise NotImplementedError
 
+    @abstractmethod
     def build_context(self, num_train: Optional[int] = None,
                       collectives: Optional[Collectives] = None) -> BuildContext:
         """What a method built for this data is told (:class:`BuildContext`)."""
         raise NotImplementedError
 
+    @abstractmethod
     def default_view_recipe(self, method: type[Method]) -> str:
         """The view recipe of ``method`` on this data when the config names none."""
         raise NotImplementedError
 
+    @abstractmethod
     def make_views(self, recipe: str, options: dict[str, Any]) -> Callable:
         """The view maker of ``recipe`` with the ``views`` config section."""
         raise NotImplementedError
 
+    @abstractmethod
     def batch_stream(self, source: Any, config: Config, device: torch.device, rank: int = 0,
                      world_size: int = 1) -> TrainingStream:
         """The training batches of ``source``: this process's share of every global batch."""
@@ -120,6 +129,7 @@ class Modality:
         """The memory layout of model inputs (``channels_last``: the config's wish)."""
         return torch.contiguous_format
 
+    @abstractmethod
     def sample_inputs(self, source: Any, indices: torch.Tensor,
                       device: torch.device) -> torch.Tensor:
         """The examples ``indices`` of ``source`` as one tensor on ``device`` (the health batch
@@ -135,6 +145,7 @@ class Modality:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ evaluation
+    @abstractmethod
     def check_reads(self, source: Any, dataset: str, run_dir: str | Path) -> None:
         """Raise DataError unless this modality's encoder can read ``source`` (of ``dataset``)."""
         raise NotImplementedError
@@ -145,6 +156,7 @@ class Modality:
             raise DataError(f"data set {dataset!r} has no labels; evaluation and fine-tuning need "
                             f"labelled train and test splits: {self.labels_hint}")
 
+    @abstractmethod
     def features(self, encoder: nn.Module, source: Any, device: torch.device,
                  batch_size: int, precision: str) -> torch.Tensor:
         """float32 (N, D) features of ``encoder`` in eval mode on every example, in order."""
@@ -160,12 +172,30 @@ class Modality:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ fine-tuning
+    @abstractmethod
     def finetune_inputs(self, settings: Any) -> FinetuneInputs:
         """How labelled examples reach a classifier under the fine-tuning ``settings``."""
         raise NotImplementedError
 
     def check_finetune_settings(self, dataset: str, settings: Any) -> None:
         """Raise ConfigError for a fine-tuning setting this data has no use for."""
+
+    @classmethod
+    def describe_finetune_augmentation(cls, recorded: dict[str, Any]) -> str:
+        """The augmentation of a fine-tuning run in words, from its recorded settings
+        (``FinetuneInputs.recorded``), for the report."""
+        return "augmentation on" if recorded.get("augment") else "no augmentation"
+
+
+def register_modality(name: str, help: str) -> Callable[[type[Modality]], type[Modality]]:
+    """Decorator: register a Modality subclass in ``MODALITIES`` as ``name``, which also
+    becomes its ``name`` (the value of ``source.modality`` for data of this kind)."""
+
+    def add(cls: type[Modality]) -> type[Modality]:
+        cls.name = name
+        return MODALITIES.register(name, help)(cls)
+
+    return add
 
 
 def modality_of(source: Any) -> type[Modality]:

@@ -16,7 +16,7 @@ from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream, iterate_in_order
 from selfsup.errors import DataError
 from selfsup.methods.base import BuildContext, Collectives, Method, SINGLE_PROCESS
-from selfsup.modalities.base import MODALITIES, Batch, FeatureSets, Modality
+from selfsup.modalities.base import Batch, FeatureSets, Modality, register_modality
 from selfsup.train.checkpoint import random_init_encoder
 from selfsup.train.device import autocast
 from selfsup.views import make_views
@@ -25,11 +25,10 @@ from selfsup.views.image import to_input
 RAW_MAX_DIM = 4096  # raw-pixel baselines of larger images are average-pooled down to this
 
 
-@MODALITIES.register("image", "uint8 images of one shape; raw pixels are the baseline")
+@register_modality("image", "uint8 images of one shape; raw pixels are the baseline")
 class ImageModality(Modality):
     """Images of one (C, H, W) shape."""
 
-    name = "image"
     noun = "images"
     labels_hint = "class sub-folders for a folder of images, `labels` in an .npz"
 
@@ -56,7 +55,7 @@ class ImageModality(Modality):
                             collectives=collectives or SINGLE_PROCESS)
 
     def default_view_recipe(self, method: type[Method]) -> str:
-        return method.view_recipe_for(None)
+        return method.view_recipe_for(self.name)
 
     def make_views(self, recipe: str, options: dict[str, Any]) -> Callable:
         return make_views(recipe, self.in_shape, options)
@@ -113,6 +112,13 @@ class ImageModality(Modality):
         return sets, {}
 
     # ------------------------------------------------------------------ fine-tuning
+    @classmethod
+    def describe_finetune_augmentation(cls, recorded: dict[str, Any]) -> str:
+        if not recorded.get("augment"):
+            return "no augmentation"
+        low, high = recorded.get("crop_scale") or ("?", "?")
+        return f"crops of {low}–{high} of the area, flip probability {recorded.get('flip_prob')}"
+
     def finetune_inputs(self, settings: Any) -> "ImageInputs":
         return image_inputs(settings)
 

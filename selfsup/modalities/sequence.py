@@ -21,14 +21,14 @@ from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
 from selfsup.modalities.sequence_baselines import (
-    BASELINES, FITTED_BASELINES, RC_CONSISTENCY_READS, encoder_features,
-    reverse_complement_consistency, sequence_feature_sets, token_encoder_inputs,
+    DNA_K, RC_CONSISTENCY_READS, canonical_kmer_profile, encoder_features, kmer_profile,
+    protein_composition, reverse_complement_consistency, sequence_feature_sets, token_encoder_inputs,
 )
 from selfsup.modalities.sequence_finetune import SequenceInputs, check_sequence_settings
-from selfsup.modalities.text_baselines import FittedBaseline
+from selfsup.modalities.text_baselines import FittedBaseline, TfidfFeatures
 from selfsup.methods.base import BuildContext, Collectives, Method, SINGLE_PROCESS
 from selfsup.run_dir import RunDir
-from selfsup.modalities.base import MODALITIES, FeatureSets, Modality
+from selfsup.modalities.base import FeatureSets, Modality, register_modality
 from selfsup.tokenize import make_tokenizer
 from selfsup.tokenize.base import Tokenizer
 from selfsup.views import make_sequence_views
@@ -64,7 +64,7 @@ class SequenceModality(Modality):
     def training_tokenizer(cls, source: SequenceSource, config: Config, run_dir: Path,
                            resume: bool, rank: int, share: Callable[[Any], Any]) -> Tokenizer:
         """The tokeniser of the data's alphabet (``data.kmer``-mers for DNA)."""
-        return make_tokenizer(cls.name, config.data.kmer)
+        return make_tokenizer(cls.name, k=config.data.kmer)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "SequenceModality":
@@ -80,7 +80,7 @@ class SequenceModality(Modality):
                             collectives=collectives or SINGLE_PROCESS)
 
     def default_view_recipe(self, method: type[Method]) -> str:
-        return method.view_recipe_for(self.tokenizer)
+        return method.view_recipe_for(self.name)
 
     def make_views(self, recipe: str, options: dict[str, Any]) -> Callable:
         return make_sequence_views(recipe, self.tokenizer, options)
@@ -136,6 +136,12 @@ class SequenceModality(Modality):
         return {}
 
     # ------------------------------------------------------------------ fine-tuning
+    @classmethod
+    def describe_finetune_augmentation(cls, recorded: dict[str, Any]) -> str:
+        """The only augmentation is where long sequences are cut."""
+        window = "a random" if recorded.get("augment") else "the first"
+        return f"sequences longer than {recorded.get('max_length')} tokens cut to {window} window"
+
     def finetune_inputs(self, settings: Any) -> SequenceInputs:
         return SequenceInputs(self.tokenizer, self.max_length, settings.augment)
 
@@ -143,18 +149,16 @@ class SequenceModality(Modality):
         check_sequence_settings(dataset, settings)
 
 
-@MODALITIES.register("protein", "protein sequences, one token per amino acid; composition baseline")
+@register_modality("protein", "protein sequences, one token per amino acid; composition baseline")
 class ProteinModality(SequenceModality):
-    name = "protein"
-    baselines = BASELINES["protein"]
+    baselines = {"composition": protein_composition}
     labelled_datasets = "swissprot-loc"
 
 
-@MODALITIES.register("dna", "DNA reads (k-mer tokens optional); a read and its reverse complement "
+@register_modality("dna", "DNA reads (k-mer tokens optional); a read and its reverse complement "
                             "are one locus; k-mer profile baselines")
 class DnaModality(SequenceModality):
-    name = "dna"
-    baselines = BASELINES["dna"]
+    baselines = {f"kmer{DNA_K}": kmer_profile, f"canonical_kmer{DNA_K}": canonical_kmer_profile}
     labelled_datasets = "16s-reads or 16s-gold"
 
     def evaluation_extras(self, makers: dict[str, Callable[[SequenceSource], torch.Tensor]],
@@ -167,11 +171,10 @@ class DnaModality(SequenceModality):
                                    for name, make in makers.items()}}
 
 
-@MODALITIES.register("text", "natural-language text, a word-piece tokeniser learnt from the "
+@register_modality("text", "natural-language text, a word-piece tokeniser learnt from the "
                              "training texts; TF-IDF baseline")
 class TextModality(SequenceModality):
-    name = "text"
-    fitted_baselines = FITTED_BASELINES["text"]
+    fitted_baselines = {"tfidf": TfidfFeatures}
     labelled_datasets = "20newsgroups"
 
     @classmethod

@@ -28,7 +28,8 @@ from selfsup.config import DataConfig
 from selfsup.data.sequence_loader import SequenceBatchStream
 from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
-from selfsup.modalities.text_baselines import TEXT_BASELINES, FittedBaseline
+from selfsup.modalities.base import FeatureSets
+from selfsup.modalities.text_baselines import FittedBaseline
 from selfsup.tokenize import make_tokenizer, reverse_complement
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS, STANDARD_NUCLEOTIDES
 from selfsup.tokenize.base import TokenBatch, Tokenizer
@@ -118,29 +119,6 @@ def canonical_kmer_profile(sequences: Sequence[str], k: int = DNA_K) -> torch.Te
     classes = canonical_kmer_classes(k)
     merged = torch.zeros(len(sequences), int(classes.max()) + 1)
     return merged.index_add_(1, classes, profile)
-
-
-# the baselines of each alphabet: name → (sequences → features)
-BASELINES: dict[str, dict[str, Callable[[Sequence[str]], torch.Tensor]]] = {
-    "protein": {"composition": protein_composition},
-    "dna": {f"kmer{DNA_K}": kmer_profile, f"canonical_kmer{DNA_K}": canonical_kmer_profile},
-    "text": {},
-}
-# baselines learnt from the training split: name → (train sequences → (sequences → features))
-FITTED_BASELINES: dict[str, dict[str, FittedBaseline]] = {"text": TEXT_BASELINES}
-
-
-def baselines_of(alphabet: str) -> dict[str, Callable[[Sequence[str]], torch.Tensor]]:
-    """The named baseline feature functions for sequences of ``alphabet``."""
-    if alphabet not in BASELINES:
-        raise DataError(f"no baseline features for the {alphabet!r} alphabet; known: "
-                        f"{', '.join(BASELINES)}")
-    return BASELINES[alphabet]
-
-
-def baseline_features(sequences: Sequence[str], alphabet: str) -> dict[str, torch.Tensor]:
-    """The named baseline feature sets for sequences of ``alphabet`` ("protein" or "dna")."""
-    return {name: features(sequences) for name, features in baselines_of(alphabet).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +231,6 @@ def reverse_complement_consistency(embed: Callable[[SequenceSource], torch.Tenso
 
 
 FeatureMaker = Callable[[SequenceSource], torch.Tensor]
-FeatureSets = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def sequence_feature_sets(encoder: nn.Module, spec: dict[str, Any], train: SequenceSource,

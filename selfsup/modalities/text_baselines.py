@@ -66,10 +66,6 @@ class TfidfFeatures:
         return torch.from_numpy(self.sparse(texts).toarray())
 
 
-# the text baselines evaluation compares with: name → FittedBaseline
-TEXT_BASELINES: dict[str, FittedBaseline] = {"tfidf": TfidfFeatures}
-
-
 def tfidf_logistic_regression(train_texts: Sequence[str], train_labels: torch.Tensor,
                               test_texts: Sequence[str], test_labels: torch.Tensor,
                               max_features: int | None = MAX_FEATURES) -> float:

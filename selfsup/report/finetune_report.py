@@ -16,9 +16,10 @@ from typing import Any, Optional
 from matplotlib.figure import Figure
 
 from selfsup.errors import DataError
+from selfsup.modalities import MODALITIES, Modality, spec_modality
 from selfsup.report import plots
 from selfsup.report.tables import MISSING, accuracy_cell, markdown_table
-from selfsup.run_dir import FINETUNE_FILE, RunDir
+from selfsup.run_dir import FINETUNE_FILE, RunDir, read_finetune_results
 
 # (mode, init) → row name, in table order
 ROWS = {
@@ -146,14 +147,15 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if key not in BY_DESIGN}
 
 
-def _settings_line(mode: str, s: dict[str, Any]) -> str:
-    """The protocol (``_protocol``) in one sentence."""
+def _settings_line(mode: str, s: dict[str, Any], modality: type[Modality]) -> str:
+    """The protocol (``_protocol``) in one sentence; ``modality`` (the encoder's) words the
+    augmentation."""
     rate = (f"backbone × {s.get('backbone_lr_scale')}"
             + (f", layer decay {s['layer_decay']}" if s.get("layer_decay") else ""))
     return (f"Protocol ({mode}, pretrained): AdamW, head LR {s.get('lr')}, {rate}; "
             f"at least {s.get('epochs')} epochs and {s.get('min_steps')} steps, batch "
             f"{s.get('batch_size')}, label smoothing {s.get('label_smoothing')}, "
-            f"{_augmentation(s)}. "
+            f"{modality.describe_finetune_augmentation(s)}. "
             "Scratch trains its backbone at the full head LR.")
 
 
@@ -175,14 +177,12 @@ def _deviations(entries: dict[str, dict[tuple[str, str], dict[float, dict]]],
     return ("Run with other settings: " + "; ".join(notes) + ".") if notes else None
 
 
-def _augmentation(settings: dict[str, Any]) -> str:
-    if "max_length" in settings:  # a sequence run: the only augmentation is where long ones are cut
-        window = "a random" if settings.get("augment") else "the first"
-        return f"sequences longer than {settings['max_length']} tokens cut to {window} window"
-    if not settings.get("augment"):
-        return "no augmentation"
-    low, high = settings.get("crop_scale") or ("?", "?")
-    return f"crops of {low}–{high} of the area, flip probability {settings.get('flip_prob')}"
+def _modality(run: RunDir) -> type[Modality]:
+    """The modality class of the run's encoder (the base class's words when its encoder.json is
+    gone)."""
+    if not run.encoder_spec.is_file():
+        return Modality
+    return MODALITIES.get(spec_modality(run.read_encoder_spec()))
 
 
 def finetune_section(run_dir: str | Path) -> list[str]:
@@ -190,14 +190,12 @@ def finetune_section(run_dir: str | Path) -> list[str]:
 
     Without ``RUN/finetune.json`` the section says how to make it.
     """
-    from selfsup.evaluate.finetune import read_results
-
     run = RunDir(run_dir)
     lines = ["## Fine-tuning", ""]
     if not run.finetune_file.is_file():
         return lines + [f"No fine-tuning results ({FINETUNE_FILE} is missing); run `selfsup finetune "
                         f"{run} --compare-scratch` and then `selfsup report {run}`."]
-    results = read_results(run.finetune_file)
+    results = read_finetune_results(run.finetune_file)
     entries = _entries(results)
     if not entries:
         return lines + [f"{FINETUNE_FILE} holds no results yet."]
@@ -206,7 +204,7 @@ def finetune_section(run_dir: str | Path) -> list[str]:
               "init and data order.", ""]
     mode, protocol = _protocol(entries)
     if protocol:
-        lines += [_settings_line(mode, protocol), ""]
+        lines += [_settings_line(mode, protocol, _modality(run)), ""]
     deviations = _deviations(entries, protocol)
     if deviations:
         lines += [deviations, ""]

@@ -298,10 +298,7 @@ def mae_reconstruction_grid(method: Reconstructs, images: torch.Tensor, path: st
     the visible patches pasted back (see ``mae_panels``); ``columns``: the method's
     reconstruction columns when already made."""
     panels = _masked_panels(columns or reconstruction_columns(method, images, generator))
-    hidden = panels.mask.mean().item()
-    title = f"MAE reconstructions, {hidden:.0%} of the patches hidden"
-    if method.options.norm_pix_loss:
-        title += "\n(patch-normalised predictions mapped back with each original patch's mean and std)"
+    title = method.reconstruction_title(panels.mask.mean().item())
     columns = {"original": panels.original, "masked input": panels.masked,
                "reconstruction\n+ visible patches": panels.reconstruction}
     return _columns_figure(columns, path, title)
@@ -313,9 +310,8 @@ def autoencoder_reconstruction_grid(method: Reconstructs, images: torch.Tensor, 
     """Rows of samples; columns as ``autoencoder_panels`` makes them (``columns``: the method's
     reconstruction columns when already made)."""
     columns = columns or reconstruction_columns(method, images, generator)
-    kind = type(method).__name__.replace("Autoencoder", " autoencoder").strip().lower()  # "sparse autoencoder"
     shown = {name: to_display(batch) for name, batch in columns.items()}
-    return _columns_figure(shown, path, f"Reconstructions ({kind})")
+    return _columns_figure(shown, path, method.reconstruction_title())
 
 
 def vae_samples(method: Generates, n: int, path: str | Path,
@@ -324,7 +320,7 @@ def vae_samples(method: Generates, n: int, path: str | Path,
     samples = vae_sample_images(method, n, generator)
     rows = [[Panel(image) for image in samples[start:start + SAMPLE_COLUMNS]]
             for start in range(0, n, SAMPLE_COLUMNS)]
-    return _grid_figure(rows, path, f"VAE samples: decoded z ~ N(0, I), {method.options.latent_dim}-d latent")
+    return _grid_figure(rows, path, method.samples_title())
 
 
 def vae_interpolations(method: Generates, images_a: torch.Tensor, images_b: torch.Tensor,

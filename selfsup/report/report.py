@@ -6,7 +6,6 @@ not finish: a section whose input is missing says so in one line and the rest st
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from selfsup.report import pictures, plots
 from selfsup.report.finetune_report import finetune_section
 from selfsup.report.tables import MISSING, accuracy_cell, markdown_table
 from selfsup.run_dir import CONFIG_FILE, EVAL_FILE, RunDir, read_tsne
-from selfsup.train.metrics_log import last_held_out_perplexity
+from selfsup.train.metrics_log import last_held_out_perplexity, parse_metrics
 
 # Keys a record of each kind cannot do without; other keys are optional and read with .get().
 REQUIRED_KEYS = {
@@ -62,21 +61,16 @@ def read_metrics(path: str | Path) -> RunMetrics:
     """
     path = Path(path)
     metrics = RunMetrics()
-    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1)
-             if line.strip()]
-    for position, (number, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
-            if position == len(lines) - 1:
-                metrics.notes.append(
-                    f"The last line of {path.name} (line {number}) is incomplete and was ignored; "
-                    "the run was probably stopped while writing it.")
-                break
-            raise DataError(f"{path}, line {number}: not a JSON object ({error}); the file is damaged "
-                            "— remove that line or re-run training") from None
+    parsed = parse_metrics(path)
+    if parsed.bad_lines:
+        number, why = parsed.bad_lines[0]
+        raise DataError(f"{path}, line {number}: not a JSON object ({why}); the file is damaged "
+                        "— remove that line or re-run training")
+    if parsed.torn_last_line is not None:
+        metrics.notes.append(
+            f"The last line of {path.name} (line {parsed.torn_last_line}) is incomplete and was "
+            "ignored; the run was probably stopped while writing it.")
+    for number, record in parsed.records:
         kind = record.get("kind")
         if kind not in _LISTS:
             continue

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Optional
 
 
 class MetricsLog:
@@ -24,10 +25,45 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+@dataclass
+class ParsedMetrics:
+    """What ``metrics.jsonl`` holds, line by line: the one parser of the file, whose callers
+    choose what a bad line means (the trainer and the evaluation skip it; the report names it)."""
+
+    records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (line, record)
+    torn_last_line: Optional[int] = None  # a last line cut short: what a kill leaves behind
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)  # (line, why) elsewhere
+
+
+def parse_metrics(path: str | Path) -> ParsedMetrics:
+    """Every line of ``path`` (none when it does not exist): JSON objects become records; a line
+    that is not one (not UTF-8, not JSON, not an object) is the torn last line when it is the last,
+    else a bad line."""
+    path = Path(path)
+    parsed = ParsedMetrics()
+    if not path.is_file():
+        return parsed
+    lines = [(number, line) for number, line in enumerate(path.read_bytes().splitlines(), start=1)
+             if line.strip()]
+    for position, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if position == len(lines) - 1:
+                parsed.torn_last_line = number
+            else:
+                parsed.bad_lines.append((number, str(error)))
+            continue
+        parsed.records.append((number, record))
+    return parsed
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All complete records; a torn last line (a killed run) and any line that is not a JSON
     object (a damaged or hand-edited log) are skipped, so every record answers ``.get``."""
-    return list(_records(Path(path)))
+    return [record for _, record in parse_metrics(path).records]
 
 
 def last_held_out_perplexity(records: Iterable[dict[str, Any]]) -> Optional[tuple[int, float]]:
@@ -39,20 +75,6 @@ def last_held_out_perplexity(records: Iterable[dict[str, Any]]) -> Optional[tupl
         if record.get("kind") == "held_out" and record.get("perplexity") is not None:
             last = record
     return None if last is None else (int(last["epoch"]), float(last["perplexity"]))
-
-
-def _records(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            yield record
 
 
 def _finite(value: Any) -> Any:

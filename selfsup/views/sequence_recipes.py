@@ -15,7 +15,8 @@ into micro-batches (``tensor_split`` along the batch) slices these too.
 * ``dna-contrastive``, ``protein-contrastive``, ``text-contrastive``: two views of each sequence
   by crop, jitter, reverse complement (DNA), substitution noise and masking, each applied to a
   sample with its own probability; one view maker, with each modality's defaults
-  (``CONTRASTIVE_VIEW_DEFAULTS``).
+  (``CONTRASTIVE_VIEW_DEFAULTS``). A new alphabet adds its own with
+  ``register_contrastive_recipe(name, defaults, help)``.
 """
 
 from __future__ import annotations
@@ -245,11 +246,11 @@ class ContrastiveViews(SequenceViewMaker):
         return ids
 
 
-def contrastive_views(modality: str, tokenizer: Tokenizer, options: dict[str, Any]
+def contrastive_views(defaults: dict[str, Any], tokenizer: Tokenizer, options: dict[str, Any]
                       ) -> SequenceViewMaker:
-    """Contrastive views of ``tokenizer``'s ids with ``modality``'s defaults under ``options``."""
-    opts = build_options(ContrastiveViewOptions,
-                         {**CONTRASTIVE_VIEW_DEFAULTS[modality], **options}, "views")
+    """Contrastive views of ``tokenizer``'s ids: ``ContrastiveViewOptions`` with an alphabet's
+    ``defaults`` changed, then the user's ``options`` over them."""
+    opts = build_options(ContrastiveViewOptions, {**defaults, **options}, "views")
     for key in ("crop_prob", "crop_min_fraction", "shift_prob", "rc_prob", "substitution_prob",
                 "substitution_rate", "mask_prob", "mask_rate"):
         check_number(getattr(opts, key), f"views.{key}", 0, 1)
@@ -263,14 +264,23 @@ def contrastive_views(modality: str, tokenizer: Tokenizer, options: dict[str, An
     return ContrastiveViews(tokenizer, opts)
 
 
-def _register_contrastive(modality: str, help: str) -> None:
-    sequence_recipe(f"{modality}-contrastive", help)(
-        lambda tokenizer, options: contrastive_views(modality, tokenizer, options))
+def contrastive_recipe_name(modality: str) -> str:
+    """The name of ``modality``'s contrastive recipe (what ``seq-contrastive`` uses by default)."""
+    return f"{modality}-contrastive"
 
 
-_register_contrastive("dna", "tokens: two views of each DNA read by crop, shift, reverse "
-                             "complement, substitutions, masking (each with a probability)")
-_register_contrastive("protein", "tokens: two views of each protein: windows of ≥ half the chain, "
-                                 "5% substitutions, 15% masking")
-_register_contrastive("text", "tokens: two views of each text: spans of ≥ a third, 5% random "
-                              "tokens, 10% masking")
+def register_contrastive_recipe(modality: str, defaults: dict[str, Any], help: str) -> None:
+    """Register ``modality``'s contrastive recipe: ``ContrastiveViews`` with ``defaults`` (a new
+    alphabet calls this from its own file)."""
+    sequence_recipe(contrastive_recipe_name(modality), help)(
+        lambda tokenizer, options: contrastive_views(defaults, tokenizer, options))
+
+
+for _modality, _help in (
+        ("dna", "tokens: two views of each DNA read by crop, shift, reverse complement, "
+                "substitutions, masking (each with a probability)"),
+        ("protein", "tokens: two views of each protein: windows of ≥ half the chain, "
+                    "5% substitutions, 15% masking"),
+        ("text", "tokens: two views of each text: spans of ≥ a third, 5% random tokens, "
+                 "10% masking")):
+    register_contrastive_recipe(_modality, CONTRASTIVE_VIEW_DEFAULTS[_modality], _help)
