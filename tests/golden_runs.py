@@ -7,11 +7,15 @@ of ``eval.json`` / ``finetune.json`` (timings left out). ``tests/test_golden_run
 cases and compares fingerprints with ``tests/golden/golden.json``.
 
 Bit-identical weights are a promise of one machine: float reductions differ between CPU
-instruction sets, thread counts and PyTorch versions. So the file records where it was made, and
-the test compares only on a match (skipping, with the reason, elsewhere). Record again, after
-checking that a difference is a fix, with
+instruction sets, thread counts and PyTorch versions. So the file holds one recording per
+machine it was made on (its environment beside its cases), and the test compares with the
+recording of the machine it runs on (skipping, with the reason, where there is none). Record
+again, after checking that a difference is a fix, on every machine with a recording:
 
     OMP_NUM_THREADS=1 python tests/golden_runs.py --record
+
+which replaces this machine's recording and keeps the others. A new machine records from the
+commit before a change, then checks the change against that.
 """
 
 from __future__ import annotations
@@ -136,14 +140,29 @@ def run_case(name: str, folder: Path) -> dict[str, Any]:
     return fingerprint(run_dir)
 
 
+def recordings() -> list[dict[str, Any]]:
+    """Every recording of the file: ``{"environment", "cases"}`` per machine."""
+    if not GOLDEN_FILE.is_file():
+        return []
+    return json.loads(GOLDEN_FILE.read_text())["recordings"]
+
+
+def recording_here() -> dict[str, Any] | None:
+    """The recording made on a machine like this one, or None."""
+    here = environment()
+    return next((r for r in recordings() if r["environment"] == here), None)
+
+
 def record() -> None:
     torch.set_num_threads(1)  # as the tests run (conftest.py)
     with tempfile.TemporaryDirectory() as folder:
         cases = {name: run_case(name, Path(folder)) for name in CASES}
+    here = environment()
+    kept = [r for r in recordings() if r["environment"] != here]
     GOLDEN_FILE.parent.mkdir(exist_ok=True)
-    GOLDEN_FILE.write_text(json.dumps({"environment": environment(), "cases": cases}, indent=1,
-                                      sort_keys=True) + "\n")
-    print(f"wrote {GOLDEN_FILE}")
+    GOLDEN_FILE.write_text(json.dumps({"recordings": kept + [{"environment": here, "cases": cases}]},
+                                      indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN_FILE} ({len(kept) + 1} machines)")
 
 
 if __name__ == "__main__":
