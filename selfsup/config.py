@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence, TypeVar, Union
 import yaml
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -236,7 +237,8 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Written atomically: a kill leaves the old file or the new one, never half."""
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:

@@ -30,13 +30,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ContextManager, Optional
 
 import yaml
 
 from selfsup.config import Config, read_saved_config
 from selfsup.errors import DataError
-from selfsup.files import atomic_write
+from selfsup.files import atomic_write, exclusive_lock, remove_stale_temporaries
 from selfsup.train.metrics_log import MetricsLog, read_metrics
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ TSNE_FILE = "tsne.npz"  # on another data set: tsne-<name>.npz
 FINETUNE_FILE = "finetune.json"
 REPORT_FILE = "report.md"
 BO_CACHE_DIR = "bo-embeddings"
+LOCK_FILE = ".lock"  # held by the process writing the run (RunDir.lock)
 
 # the report's plots; an evaluation's own are named after its eval file
 # (RunDir.label_efficiency_plot, RunDir.tsne_plot)
@@ -164,6 +165,7 @@ class RunDir:
     finetune_file = _file(FINETUNE_FILE, "the fine-tuning results")
     report_file = _file(REPORT_FILE, "the run report")
     bo_cache_dir = _file(BO_CACHE_DIR, "cached embeddings of `selfsup bo`")
+    lock_file = _file(LOCK_FILE, "the lock of the process writing the run, with its PID")
     effective_rank_plot = _file(EFFECTIVE_RANK_PLOT, "effective rank per epoch")
     spectrum_plot = _file(SPECTRUM_PLOT, "the last singular spectrum")
     loss_lr_plot = _file(LOSS_LR_PLOT, "training loss and learning rate")
@@ -223,6 +225,20 @@ class RunDir:
 
     def save_config(self, config: Config) -> None:
         config.save(self.config_file)
+
+    # ------------------------------------------------------------ one writer at a time
+    def lock(self) -> ContextManager[None]:
+        """Held by the one process that writes the run (training, fine-tuning): a second writer
+        gets a DataError at once; readers (evaluate, report) do not take it. The OS releases it
+        when the holder ends, ``kill -9`` included."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return exclusive_lock(self.lock_file, f"run directory {self.path}")
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """The half-written files that killed writers left in the run (and its checkpoint
+        folder), removed."""
+        return [path for folder in (self.path, self.checkpoint_dir) if folder.is_dir()
+                for path in remove_stale_temporaries(folder)]
 
     def read_config_text(self) -> tuple[Optional[str], dict]:
         """The config's text (as written) and its parsed mapping, ``(None, {})`` when there is
@@ -299,11 +315,14 @@ def merge_finetune_results(path: str | Path, new: dict[str, Any]) -> dict[str, A
     An entry replaces the entry of the same dataset, mode, init and fraction; every other entry is
     kept. The file is written atomically; returns the merged contents.
     """
-    merged = read_finetune_results(path)
-    for dataset, modes in new.items():
-        for mode, inits in modes.items():
-            for init, entries in inits.items():
-                target = merged["datasets"].setdefault(dataset, {}).setdefault(mode, {})
-                target.setdefault(init, {}).update(copy.deepcopy(entries))
-    write_json(path, merged)
+    path = Path(path)
+    # Two studies writing one file take turns: each reads what the other merged before writing.
+    with exclusive_lock(path.with_name(f".{path.name}.lock"), str(path), wait=True):
+        merged = read_finetune_results(path)
+        for dataset, modes in new.items():
+            for mode, inits in modes.items():
+                for init, entries in inits.items():
+                    target = merged["datasets"].setdefault(dataset, {}).setdefault(mode, {})
+                    target.setdefault(init, {}).update(copy.deepcopy(entries))
+        write_json(path, merged)
     return merged

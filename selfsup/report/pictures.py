@@ -31,7 +31,7 @@ from selfsup.data.base import ImageSource
 from selfsup.errors import DataError
 from selfsup.methods import BuildContext, Generates, Method, Reconstructs, build_method
 from selfsup.registry import BACKBONES, METHODS
-from selfsup.report.plots import DPI
+from selfsup.report.plots import write_figure
 from selfsup.run_dir import (
     ATTENTION_MAPS,
     CHECKPOINT_FILE,
@@ -278,10 +278,7 @@ def _grid_figure(rows: Sequence[Sequence[Panel]], path: str | Path, title: str,
     for ax, name in zip(axes[0], column_titles):
         ax.set_title(name, fontsize="small")
     fig.suptitle(title, fontsize="medium")
-    path = Path(path)
-    fig.savefig(path, dpi=DPI)
-    fig.clear()
-    return path
+    return write_figure(fig, path)
 
 
 def _columns_figure(columns: dict[str, torch.Tensor], path: str | Path, title: str) -> Path:

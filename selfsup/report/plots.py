@@ -20,6 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
+from selfsup.files import atomic_write
+
 WIDE = (9.0, 4.8)  # inches; readable in a markdown viewer at its default width
 TALL = (9.0, 7.0)
 DPI = 110
@@ -49,9 +51,21 @@ def ema(values: Sequence[float], span: float) -> np.ndarray:
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Lay ``fig`` out, save it at ``path`` at the report's DPI and free its artists."""
-    path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    return write_figure(fig, path)
+
+
+def write_figure(fig: Figure, path: str | Path) -> Path:
+    """Save ``fig`` as laid out at ``path`` (atomically, in the format its suffix names) at the
+    report's DPI and free its artists."""
+    path = Path(path)
+    image_format = path.suffix.lstrip(".") or "png"
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: the temporary name has no image suffix
+            fig.savefig(handle, dpi=DPI, format=image_format)
+
+    atomic_write(path, write)
     fig.clear()  # drop artists now rather than waiting for the garbage collector
     return path
 

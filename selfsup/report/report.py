@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from selfsup.errors import DataError, SelfsupError
+from selfsup.files import atomic_write_text
 from selfsup.report import pictures, plots
 from selfsup.report.finetune_report import finetune_section
 from selfsup.report.tables import MISSING, accuracy_cell, markdown_table
@@ -469,5 +470,5 @@ def write_report(run_dir: str | Path) -> Path:
         _config_section(config_text),
     ]
     report = run.report_file
-    report.write_text("\n\n".join("\n".join(section) for section in sections if section) + "\n")
+    atomic_write_text(report, "\n\n".join("\n".join(section) for section in sections if section) + "\n")
     return report

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from selfsup.files import atomic_write_text
+
 
 class MetricsLog:
     """Append-only JSON-lines log that a resumed run trims back to its checkpoint."""
@@ -22,7 +24,12 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint a run resumes from)."""
         kept = [r for r in read_metrics(self.path) if r.get("kind") == "run" or r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def start_afresh(self) -> None:
+        """Drop every record: a run started anew in a folder where an attempt died before its
+        first checkpoint must not carry that attempt's records."""
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass

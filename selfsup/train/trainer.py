@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import platform
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -61,10 +62,16 @@ class Trainer:
         self.parts: Optional[TrainingParts] = None
 
     # ---------------------------------------------------------------- set-up
-    def _prepare_run_dir(self) -> None:
+    def _prepare_run_dir(self, held: ExitStack) -> None:
+        """Check the run directory fits the start (fresh or resumed) and, on rank 0, lock it for
+        the run (``held`` keeps the lock until training ends), clear what killed attempts left
+        (half-written files; a fresh start's log of an attempt that died before its first
+        checkpoint) and save the config."""
         run = self.run
         if run.path.exists() and not run.path.is_dir():
             raise ConfigError(f"--out {run.path} is a file; the run directory must be a folder")
+        if self.process.is_main:
+            held.enter_context(run.lock())  # before anything is read: one writer at a time
         checkpoint = run.checkpoint_file
         if self.resume and not checkpoint.is_file():
             shared = (" (every process reads it: on several nodes the run directory must be on a "
@@ -76,7 +83,9 @@ class Trainer:
                               "or choose another --out")
         if self.process.is_main:
             run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            run.remove_stale_temporaries()
             if not self.resume:  # a resumed run's config is saved once its checkpoint fits it
+                run.metrics_log().start_afresh()
                 run.save_config(self.config)
 
     def _hooks_here(self) -> list[Hook]:
@@ -130,8 +139,8 @@ class Trainer:
     def fit(self) -> Path:
         """Train to the configured number of epochs (from the last checkpoint with resume)."""
         device = training_device(self.process, self.config.train.device)  # the group's backend
-        with process_group(self.process, device):
-            self._prepare_run_dir()
+        with process_group(self.process, device), ExitStack() as held:
+            self._prepare_run_dir(held)
             self.parts = parts = build_parts(self.config, self.resume, self.process)
             main = self.process.is_main
             for hook in self._hooks_here():
