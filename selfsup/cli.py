@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -410,6 +412,29 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("\nselfsup: interrupted. Checkpoints are written at the end of each epoch; continue "
               "with `selfsup pretrain --out RUN --resume`.", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no: full, read-only, not ours, not there
+        print(f"selfsup: error: {file_system_error(e)}", file=sys.stderr)
+        return 2
+    except Exception:  # not the user's doing: say so, and keep the traceback for the report
+        traceback.print_exc()
+        print("selfsup: internal error: this is a bug in selfsup, not in your input; please "
+              "report it with the traceback above and the command you ran", file=sys.stderr)
+        return 1
+
+
+def file_system_error(error: OSError) -> str:
+    """An OSError in words that name the file and what to do; files selfsup writes are written
+    whole or not at all, so what was there before (the last checkpoint) is intact."""
+    what = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    fixes = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+             errno.EROFS: "choose a writable --out", errno.EACCES: "choose a folder you may write to",
+             errno.EPERM: "choose a folder you may write to",
+             errno.ENOENT: "create its folder first, or check the path"}
+    fix = fixes.get(error.errno, "check the path")
+    return (f"{what}{where}: {fix}. Every file selfsup writes is written whole or not at all, so "
+            "what was there before is intact (a run's last checkpoint too: continue it with "
+            "--resume).")
 
 
 if __name__ == "__main__":

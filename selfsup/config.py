@@ -29,11 +29,16 @@ def check_number(value: Any, key: str, low: float = 0.0, high: float = math.inf,
     number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or not low <= value <= high or (above and value == low):
         if high == math.inf:
-            limit = f"{'>' if above else '≥'} {low:g}"
+            limit = f"{'>' if above else '≥'} {_shown(low)}"
         else:
-            limit = f"in {'(' if above else '['}{low:g}, {high:g}]"
+            limit = f"in {'(' if above else '['}{_shown(low)}, {_shown(high)}]"
         raise ConfigError(f"{key} must be a {'whole ' if whole else ''}number {limit}, got {value!r}")
     return float(value)
+
+
+def _shown(bound: float) -> str:
+    """A range's bound as people write it: 16,777,216 rather than 1.67772e+07."""
+    return f"{int(bound):,}" if float(bound).is_integer() and abs(bound) < 1e15 else f"{bound:g}"
 
 
 def check_ranges(section: object, where: str, bounds: dict[str, tuple[float, float]],
@@ -48,6 +53,18 @@ def check_ranges(section: object, where: str, bounds: dict[str, tuple[float, flo
 ANY = (0, math.inf)
 COUNT = (1, math.inf)
 FRACTION = (0, 1)
+# Upper bounds where a larger value is surely a slip (an extra zero, 1e30): the run would never
+# end or never fit. Far above any real run: ImageNet for 1,000 epochs is 1.3 M steps.
+TRAIN_LIMITS = {
+    "epochs": (1, 100_000),
+    # at least 2: a batch of one has no other sample to contrast with (SimCLR's loss is exactly
+    # 0) and BatchNorm no batch statistics
+    "batch_size": (2, 2**24),
+    "accumulate_steps": (1, 2**16),
+    "steps_per_epoch": (0, 10**9),
+    "total_steps": (0, 10**9),
+    "budget_minutes": (0, 366 * 24 * 60),  # a year
+}
 LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (selfsup.train.optim.scaled_lr)
 LR_SCHEDULES = ("cosine", "linear")  # optim.schedule (selfsup.train.optim.lr_factor)
 
@@ -131,9 +148,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", {name: COUNT for name in (
-            "epochs", "batch_size", "accumulate_steps", "log_every", "health_every", "probe_every",
-            "health_samples", "probe_train_samples", "probe_test_samples")}
-            | {"seed": ANY, "steps_per_epoch": ANY, "budget_minutes": ANY, "total_steps": ANY})
+            "log_every", "health_every", "probe_every", "health_samples", "probe_train_samples",
+            "probe_test_samples")} | {"seed": ANY} | TRAIN_LIMITS)
         if self.sync_bn not in (None, True, False):
             raise ConfigError(f"train.sync_bn must be true, false or null (automatic), got "
                               f"{self.sync_bn!r}")

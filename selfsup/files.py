@@ -12,6 +12,8 @@ from typing import Callable, Iterator
 
 from selfsup.errors import DataError
 
+_UMASK = os.umask(0o022)  # reading the umask means setting it: set it straight back
+os.umask(_UMASK)
 TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")  # what atomic_write names its file while writing
 
 
@@ -28,7 +30,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # the mode a plain open() would give (some writers, safetensors' among them, make 0600)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as error:  # name the file meant, not its temporary (same errno, same class)
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -37,17 +37,22 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as "
+                              "UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        _check_sections(loaded, f"config file {p}")
     user: dict[str, Any] = {}
     if base:
         merge_into(user, copy.deepcopy(base))
     merge_into(user, loaded)
     for item in overrides or []:
         set_key(user, item)
+        _check_sections(user, f"--set {item}")
 
     data: dict[str, Any] = Config().to_dict()
     if "name" not in (user.get("method") or {}):
@@ -61,6 +66,24 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     merge_into(data, defaults)
     merge_into(data, user)
     return from_dict(Config, data)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "out")
+
+
+def _check_sections(data: dict[str, Any], where: str) -> None:
+    """ConfigError naming ``where`` when a section (``method``, ``train``, ...) is given a value
+    instead of a mapping of keys, with how to write what was probably meant."""
+    for key in SECTIONS:
+        value = data.get(key)
+        if value is None or isinstance(value, dict):
+            continue
+        if isinstance(value, str) and key in ("method", "backbone", "data"):
+            field = "dataset" if key == "data" else "name"
+            hint = f"set its {field} with {key}.{field}={value}"
+        else:
+            hint = f"set a key inside it, e.g. {key}.KEY=VALUE"
+        raise ConfigError(f"{where}: {key} is a section of keys, not a value ({value!r}); {hint}")
 
 
 def _with_modality_recipe(user: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager, Optional
@@ -119,7 +120,7 @@ def read_tsne(path: Path) -> Optional[TSNE]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # torn, foreign, pickled
         raise DataError(f"{path} cannot be read as an .npz of plain arrays ({error}); "
                         "re-run the t-SNE step") from None
     coords = arrays.get("coords")
@@ -143,7 +144,9 @@ class RunDir:
     """The files of one run directory (``path``); it need not exist yet."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        # absolute, so that a file of the run given back to the readers and writers below
+        # (``run.write_json(run.encoder_spec, ...)``) is not joined to a relative folder twice
+        self.path = Path(path).expanduser().absolute()
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -266,7 +269,20 @@ class RunDir:
         return self.encoder_spec.is_file() and self.encoder_weights.is_file()
 
     def read_encoder_spec(self) -> dict[str, Any]:
-        return json.loads(self.encoder_spec.read_text())
+        """``encoder.json``, checked to describe an encoder (a ``backbone`` section); DataError
+        naming the file when it is empty, torn or not one."""
+        path = self.encoder_spec
+        try:
+            spec = json.loads(path.read_bytes().decode("utf-8"))
+        except ValueError as error:  # JSON and UTF-8 errors alike
+            raise DataError(f"{path} is not valid JSON ({error}): the encoder's description is "
+                            "damaged; copy it back from a backup, or train the run again") from None
+        if not isinstance(spec, dict) or not isinstance(spec.get("backbone"), dict) \
+                or "name" not in spec["backbone"]:
+            raise DataError(f"{path} does not describe an encoder (no backbone section with a "
+                            "name): it is damaged or not selfsup's; copy it back from a backup, or "
+                            "train the run again")
+        return spec
 
     def write_json(self, name: str | Path, data: Any) -> Path:
         """``data`` as indented JSON in file ``name`` of the run dir (or at the path ``name``),
@@ -280,8 +296,8 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            data = json.loads(path.read_text())
-        except ValueError as error:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except ValueError as error:  # JSON and UTF-8 errors alike
             raise DataError(f"{path} is not valid JSON ({error}); delete it and re-run the step "
                             "that writes it") from None
         if not isinstance(data, dict):

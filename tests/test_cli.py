@@ -68,7 +68,7 @@ def test_saved_config_reproduces_the_run(tmp_path):
     (["pretrain", "--dataset", "digits", "--set", "train.nonsense=1"], "unknown config key train.nonsense"),
     (["evaluate", "/no/such/run"], "not a selfsup run dir"),
     (["pretrain", "--dataset", "digits", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
-    (["pretrain", "--dataset", "digits", "--epochs", "0"], "train.epochs must be a number ≥ 1"),
+    (["pretrain", "--dataset", "digits", "--epochs", "0"], "train.epochs must be a number in [1, 100,000], got 0"),
     (["pretrain", "--dataset", ""], "data.dataset is empty"),  # not the working directory's images
     (["embed", "/no/such/run", "--out", "feats.txt"], "name the .npy file to write"),
     (["evaluate", "/no/such/run", "--set", "knn_k=5"], "evaluate takes eval.* settings"),

@@ -28,7 +28,9 @@ def test_overrides_yaml_and_round_trip(tmp_path):
     ("nope.key=1", "unknown config key nope"),
     ("novalue", "key=value"),
     # values of the right type but impossible: named when the config loads, not after an epoch
-    ("train.epochs=0", r"train\.epochs must be a number ≥ 1, got 0"),
+    ("train.epochs=0", r"train\.epochs must be a number in \[1, 100,000\], got 0"),
+    ("train.epochs=1000000000", r"train\.epochs must be a number in \[1, 100,000\]"),
+    ("train.batch_size=1", r"train\.batch_size must be a number in \[2, 16,777,216\], got 1"),
     ("train.probe_every=0", r"train\.probe_every must be a number ≥ 1"),
     ("optim.lr=-1", r"optim\.lr must be a number > 0"),
     ("optim.lr=.nan", r"optim\.lr must be a number > 0, got nan"),

@@ -538,3 +538,21 @@ def test_data_options_reach_the_data_set_and_unknown_ones_are_named():
     except DataError as error:  # microbiomeutil-data is not installed
         pytest.skip(str(error))
     assert len(ten) == 5 * len(two)
+
+
+def test_a_folder_mixing_grey_and_colour_gives_both_splits_three_channels(tmp_path):
+    """The audit's case: train held one colour image (promoted to RGB), test only grey ones (kept
+    at one channel), and the probe crashed on the mismatch."""
+    root = tmp_path / "mixed"
+    colour = np.zeros((4, 5, 3), np.uint8)
+    colour[..., 0] = 200
+    save_png(root / "train" / "a" / "0.png", colour)
+    save_png(root / "train" / "a" / "1.png", gray(10))
+    save_png(root / "test" / "a" / "0.png", gray(20))
+    train, test = load_folder(root, "train"), load_folder(root, "test")
+    assert train.shape == test.shape == (3, 4, 5)
+    assert torch.equal(test.get(torch.tensor([0]))[0], torch.full((3, 4, 5), 20, dtype=torch.uint8))
+    grey_only = tmp_path / "grey"
+    save_png(grey_only / "x" / "0.png", gray(1))
+    save_png(grey_only / "x" / "1.png", gray(2))
+    assert load_folder(grey_only, "all").shape == (1, 4, 5)

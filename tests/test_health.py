@@ -330,3 +330,67 @@ def test_health_metrics_are_the_same_on_cuda():
     on_cuda = health_metrics(z.cuda(), z_pair.cuda())
     for key, value in on_cpu.items():
         assert on_cuda[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+# ---------------------------------------------------------------------------------------------
+# a broken training signal: a loss that does not move, weights that explode
+
+
+def test_a_loss_that_does_not_move_for_five_logs_is_unhealthy_and_one_change_clears_it():
+    from selfsup.health.monitor import CONSTANT_LOSS_LOGS
+
+    monitor = HealthMonitor()
+    for step in range(20, 20 * CONSTANT_LOSS_LOGS, 20):  # one log short
+        monitor.step_loss(step, math.log(63))
+    assert monitor.signal.problems() == []
+    monitor.step_loss(20 * CONSTANT_LOSS_LOGS, math.log(63))
+    verdict = monitor.verdict()
+    assert verdict["status"] == "unhealthy"
+    assert "exactly 4.14313 at every logged step since step 20" in verdict["messages"][0]
+    monitor.step_loss(200, math.log(63) - 1e-6)  # it moved
+    assert monitor.signal.problems() == []
+
+
+def test_a_loss_stuck_at_zero_says_so():
+    monitor = HealthMonitor()
+    for step in range(5):
+        monitor.step_loss(step, 0.0)
+    assert "no other sample to compare with" in monitor.verdict()["messages"][0]
+
+
+def test_weights_beyond_a_thousand_times_their_start_have_exploded():
+    monitor = HealthMonitor()
+    monitor.weight_norm(10.0)
+    monitor.weight_norm(9_000.0)  # large but within the bound
+    assert monitor.verdict()["status"] != "unhealthy"
+    monitor.weight_norm(6.6e33)
+    assert "the weights have exploded: their norm is 6.6e+33" in monitor.verdict()["messages"][0]
+    monitor.weight_norm(float("inf"))
+    assert monitor.verdict()["status"] == "unhealthy"
+
+
+def test_the_training_signal_survives_a_resume():
+    monitor = HealthMonitor()
+    monitor.weight_norm(10.0)
+    for step in range(4):
+        monitor.step_loss(step, 1.0)
+    restored = HealthMonitor()
+    restored.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    restored.step_loss(4, 1.0)
+    restored.weight_norm(10.0)  # the resumed run's first check: the start's norm is kept
+    assert restored.signal.initial_norm == 10.0
+    assert restored.verdict()["status"] == "unhealthy"
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["method.temperature=1e30"], "the training loss has been exactly 4.14313"),  # ln(2·32 − 1)
+    (["optim.name=sgd", "optim.lr=1e6"], "the weights have exploded"),
+])
+def test_runs_the_audit_found_healthy_are_unhealthy(tiny_config, sets, message):
+    from selfsup.train import Trainer
+
+    config = tiny_config("train.batch_size=32", "train.steps_per_epoch=10", "train.log_every=2",
+                         "train.epochs=1", *sets)
+    run = Trainer(config).fit()
+    verdict = json.loads((run / "health_verdict.json").read_text())
+    assert verdict["status"] == "unhealthy" and message in verdict["messages"][0]

@@ -169,3 +169,26 @@ def test_two_fine_tuning_studies_merging_into_one_file_keep_both(tmp_path):
                                                                         "scratch": 40}
     merge_finetune_results(path, {})  # and the lock of a finished writer is free
     assert json.loads(path.read_text())["datasets"]["d"]["full"] == merged
+
+
+def test_a_resume_that_diverges_at_once_leaves_the_config_of_the_kept_checkpoint(tiny_config,
+                                                                              monkeypatch):
+    from selfsup.errors import TrainingDiverged
+
+    config = tiny_config()
+    Trainer(config).fit()
+    run = RunDir(config.out)
+    saved = run.config_file.read_text()
+    changed = run.load_config()
+    changed.optim.lr, changed.train.epochs = 1e4, 4
+
+    def diverge(self, epoch, step):
+        self._diverged(epoch, step)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", diverge)
+    with pytest.raises(TrainingDiverged, match="the last good checkpoint .* is kept"):
+        Trainer(changed, resume=True).fit()
+    assert run.config_file.read_text() == saved  # not the LR that diverged
+    monkeypatch.undo()
+    Trainer(changed, resume=True).fit()  # a resume that trains an epoch records its changes
+    assert run.load_config().optim.lr == 1e4 and run.load_config().train.epochs == 4

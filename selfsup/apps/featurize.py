@@ -180,8 +180,9 @@ class RunEmbedding:
         if len(sequences) == 0:
             raise DataError("no sequences to featurise")
         path = self.cache_path(sequences)
-        if path.is_file():
-            return np.load(path)
+        cached = _cached_features(path, len(sequences))
+        if cached is not None:
+            return cached
         if self.encode is None:  # loaded at the first miss: a cached pool needs no weights
             self.encode = run_residue_encoder(self.run_dir)
         features = np.stack([self._pool(residues, sequence)
@@ -280,6 +281,23 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
         return residues  # complete: every index is in exactly one batch
 
     return encode
+
+
+def _cached_features(path: Path, rows: int) -> Optional[np.ndarray]:
+    """The cached (rows, D) float32 features at ``path``; None when there are none, or when the
+    file is not such an array (torn, replaced, from another version): a cache is recomputed,
+    never trusted blindly."""
+    if not path.is_file():
+        return None
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if (not isinstance(features, np.ndarray) or features.dtype != np.float32
+            or features.ndim != 2 or features.shape[0] != rows
+            or not np.isfinite(features).all()):
+        return None
+    return features
 
 
 def _check_protein_run(run_dir: Path) -> None:

@@ -54,16 +54,19 @@ def load_folder(
         classes = sorted(set(scans["train"].by_class) | set(scans["test"].by_class))
         chosen = ["train", "test"] if split == "all" else [split]
         paths, labels = _flatten([scans[name] for name in chosen], classes)
+        every_path = _flatten(list(scans.values()), classes)[0]
     else:
         scan = _scan(root)
         classes = sorted(scan.by_class)
         paths, labels = _flatten([scan], classes)
+        every_path = paths
         chosen_indices = holdout_indices(
             len(paths), split, TEST_FRACTION, str(root), labels=labels
         )
         paths = [paths[i] for i in chosen_indices]
         labels = None if labels is None else labels[chosen_indices]
-    return _make_source(paths, labels, classes or None, root.name or str(root), max_in_memory)
+    return _make_source(paths, labels, classes or None, root.name or str(root), max_in_memory,
+                        every_path)
 
 
 def decode_image(path: str, channels: Optional[int] = None) -> torch.Tensor:
@@ -152,10 +155,15 @@ def _make_source(
     classes: Optional[list[str]],
     name: str,
     max_in_memory: int,
+    every_path: list[Path],
 ) -> ImageSource:
     first = decode_image(str(paths[0]))
     if len(paths) <= max_in_memory and len(paths) * first.numel() <= MAX_IN_MEMORY_BYTES:
-        return TensorImages(_decode_all(paths), labels, classes, name)
+        # The channels of the whole folder, not of this split: a folder that mixes grayscale and
+        # colour gives both splits three channels (a split with grey images only would
+        # otherwise come out with one, and the encoder would not read it).
+        return TensorImages(_decode_all(paths, _folder_channels(every_path)), labels, classes,
+                            name)
     channels = int(first.shape[0])
     return FileImages(
         [str(p) for p in paths],
@@ -167,8 +175,23 @@ def _make_source(
     )
 
 
-def _decode_all(paths: list[Path]) -> torch.Tensor:
-    """Every image as one uint8 (N, C, H, W) tensor; grayscale is promoted if any is colour."""
+def _folder_channels(paths: list[Path]) -> int:
+    """3 when any of the images is in colour, else 1: read from the files' headers alone, and
+    only until the first colour image."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+        except (OSError, ValueError, SyntaxError):
+            continue  # decoding names the file
+        if mode not in _GRAY_MODES and not mode.startswith("I"):
+            return 3
+    return 1
+
+
+def _decode_all(paths: list[Path], channels: int) -> torch.Tensor:
+    """Every image as one uint8 (N, ``channels``, H, W) tensor; grayscale is promoted to three
+    channels when ``channels`` is 3."""
     # Pillow releases the GIL while decoding, so threads speed this up.
     with ThreadPoolExecutor() as pool:
         images = list(pool.map(decode_image, map(str, paths)))
@@ -179,7 +202,7 @@ def _decode_all(paths: list[Path]) -> torch.Tensor:
                 f"{path}: image size {_size(image)} differs from {_size(images[0])} of "
                 f"{paths[0]}; resize the images to one size first"
             )
-    channels = max(image.shape[0] for image in images)
+    channels = max([channels] + [image.shape[0] for image in images])
     return torch.stack([image.expand(channels, -1, -1) for image in images])
 
 

@@ -73,11 +73,31 @@ def labelled_splits(config: Config, modality: Modality, run_dir: str | Path,
     both splits labelled; checked before the test split is loaded."""
     name, train = run_split(config, "train", dataset, data_dir, options)
     check_encoder_fits(modality, train, name, run_dir)
+    present = torch.unique(train.labels).tolist()
+    if len(present) < 2:
+        only = (train.classes[present[0]] if train.classes else present[0]) if present else "none"
+        raise DataError(f"data set {name!r} has one class ({only}) in its train split: accuracy "
+                        "on one class is 100 % whatever the encoder, so it measures nothing; "
+                        "evaluate on data with at least two classes")
     _, test = run_split(config, "test", dataset, data_dir, options)
     if test.labels is None:
         raise DataError(f"data set {name!r} has a labelled train split but an unlabelled test "
                         "split; evaluation and fine-tuning report test accuracy, so both need labels")
     return name, train, test
+
+
+def check_finite(features: torch.Tensor, what: str) -> None:
+    """DataError naming ``what`` when ``features`` hold NaN or infinite values: a probe on them
+    would report a number that means nothing."""
+    if features.layout != torch.strided:  # sparse rows (TF-IDF): their stored values
+        bad_count = int((~torch.isfinite(features.values())).sum())
+        where = f"{bad_count} stored values"
+    else:
+        bad_count = int((~torch.isfinite(features).all(dim=1)).sum())
+        where = f"{bad_count} of {len(features)} rows"
+    if bad_count:
+        raise DataError(f"{what} hold NaN or infinite values ({where}): the encoder's weights or "
+                        "its inputs are broken; evaluate a run whose training did not diverge")
 
 
 def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: Optional[str] = None,
@@ -109,6 +129,9 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, data_dir: O
     sets, extras = modality.feature_sets(
         encoder, spec, train, test, dev, cfg.batch_size, precision, use_baselines,
         config.train.seed)
+    for set_name, (train_x, test_x) in sets.items():
+        check_finite(train_x, f"the {set_name} features of {name}'s train split")
+        check_finite(test_x, f"the {set_name} features of {name}'s test split")
     checks, warnings = check_labelled_data(train, test, num_classes, cfg.label_fractions)
     for warning in warnings:
         log(f"WARNING: {name}: {warning}")
@@ -190,7 +213,7 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
     modality = modality_for_spec(spec)
     check_encoder_fits(modality, source, name, run_dir, labelled=False)
     precision = resolve_precision("auto", dev)
-    feats = modality.features(encoder, source, dev, config.eval.batch_size,
-                              precision).cpu().numpy()
-    save_npy(out, feats)
-    return feats
+    feats = modality.features(encoder, source, dev, config.eval.batch_size, precision).cpu()
+    check_finite(feats, f"the embeddings of {name}'s {split} split")  # before writing anything
+    save_npy(out, feats.numpy())
+    return feats.numpy()

@@ -1,19 +1,23 @@
 """Turn collapse diagnostics into warnings a person can act on, and keep them across a run.
 
-Two failure modes are watched:
+Three failure modes are watched:
 
 * collapse of the embeddings, read from :func:`selfsup.health.metrics.health_metrics` of a fixed
   batch (:func:`collapse_warnings`);
 * a training loss that keeps falling while the online k-NN probe stands still: the method is
   solving its pretext task without learning features that separate the classes
-  (:class:`LossProbeDivergence`).
+  (:class:`LossProbeDivergence`);
+* a training signal that is broken outright (:class:`TrainingSignal`): a loss that does not move
+  at all (a temperature so high the logits are flat gives exactly ln(2B − 1) at every step), or
+  weights that explode while the loss stays finite (SGD at a learning rate of 1e6).
 
-:class:`HealthMonitor` combines both, produces the ``metrics.jsonl`` records and the verdict the
+:class:`HealthMonitor` combines them, produces the ``metrics.jsonl`` records and the verdict the
 report shows, and saves its history in checkpoints so a resumed run keeps it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Union
 
 import torch
@@ -183,6 +187,65 @@ class LossProbeDivergence:
         self.probes = {int(e): float(v) for e, v in state["probes"]}
 
 
+# A loss exactly equal (to the last bit) over this many logged steps is not being optimised;
+# real training never repeats a float loss five logs running (log_every steps apart).
+CONSTANT_LOSS_LOGS = 5
+# Weights this many times their norm at the start of training have exploded: healthy runs stay
+# within a few times (weight decay pulls them back); SGD at lr 1e6 reached 1e33.
+WEIGHT_GROWTH_LIMIT = 1e3
+
+
+class TrainingSignal:
+    """Whether the loss moves and the weights stay bounded (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.recent_losses: list[float] = []  # the latest logged step losses, oldest first
+        self.constant_since: Optional[int] = None  # the step from which they have not moved
+        self.initial_norm: Optional[float] = None  # the weights' norm when training started
+        self.norm: Optional[float] = None  # as of the latest check
+
+    def update_loss(self, step: int, loss: float) -> None:
+        if self.recent_losses and loss != self.recent_losses[-1]:
+            self.recent_losses, self.constant_since = [], None
+        if self.constant_since is None:
+            self.constant_since = step
+        self.recent_losses = (self.recent_losses + [loss])[-CONSTANT_LOSS_LOGS:]
+
+    def update_norm(self, norm: float) -> None:
+        if self.initial_norm is None:
+            self.initial_norm = norm
+        self.norm = norm
+
+    def problems(self) -> list[str]:
+        """What is broken, in words; [] when nothing is."""
+        found = []
+        if len(self.recent_losses) == CONSTANT_LOSS_LOGS:
+            value = self.recent_losses[-1]
+            trivial = " (zero: no other sample to compare with?)" if value == 0 else ""
+            found.append(
+                f"the training loss has been exactly {value:.6g}{trivial} at every logged step "
+                f"since step {self.constant_since}: nothing is being learnt — a temperature so "
+                "high the logits are flat, a learning rate of 0, a batch too small for the loss, "
+                "or frozen parameters")
+        norm, start = self.norm, self.initial_norm
+        if norm is not None and start is not None and (
+                not math.isfinite(norm) or norm > WEIGHT_GROWTH_LIMIT * max(start, 1e-12)):
+            found.append(
+                f"the weights have exploded: their norm is {norm:.3g}, {norm / max(start, 1e-12):.3g}"
+                f" times its {start:.3g} at the start, although the loss stays finite — lower "
+                "optim.lr (or use LARS/AdamW); the encoder is not usable")
+        return found
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent_losses": list(self.recent_losses), "constant_since": self.constant_since,
+                "initial_norm": self.initial_norm, "norm": self.norm}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recent_losses = [float(v) for v in state["recent_losses"]]
+        self.constant_since = state["constant_since"]
+        self.initial_norm, self.norm = state["initial_norm"], state["norm"]
+
+
 EmbeddingBatch = Union[torch.Tensor, tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
@@ -197,6 +260,7 @@ class HealthMonitor:
         self, probe_window: int = 4, probe_min_gain: float = 0.0, loss_min_drop: float = 0.02
     ) -> None:
         self.divergence = LossProbeDivergence(probe_window, probe_min_gain, loss_min_drop)
+        self.signal = TrainingSignal()
         self.latest: dict[str, dict[str, Any]] = {}  # embedding name → its latest health record
         self.divergence_message: Optional[str] = None  # as of the latest probe
 
@@ -222,6 +286,14 @@ class HealthMonitor:
             # The spectrum is for plots; the verdict only needs the figures and warnings.
             self.latest[name] = {k: v for k, v in record.items() if k != "spectrum"}
         return records
+
+    def step_loss(self, step: int, value: float) -> None:
+        """Record a logged training-step loss (for :class:`TrainingSignal`)."""
+        self.signal.update_loss(step, value)
+
+    def weight_norm(self, norm: float) -> None:
+        """Record the trained weights' norm (the first call: at the start of training)."""
+        self.signal.update_norm(norm)
 
     def loss(self, epoch: int, value: float) -> None:
         """Record the mean training loss of ``epoch`` (before that epoch's probe)."""
@@ -249,10 +321,14 @@ class HealthMonitor:
     def verdict(self) -> dict[str, Any]:
         """``{"status", "messages"}`` from the latest checks.
 
-        status is "collapsed" when the latest check of any embedding warns, else "stalled" when
-        the latest probe shows the loss/probe divergence, else "healthy" — or "unknown" when no
-        health check or probe has been recorded at all.
+        status is "unhealthy" when the training signal is broken (a loss that does not move,
+        exploding weights), else "collapsed" when the latest check of any embedding warns, else
+        "stalled" when the latest probe shows the loss/probe divergence, else "healthy" — or
+        "unknown" when no health check or probe has been recorded at all.
         """
+        broken = self.signal.problems()
+        if broken:
+            return {"status": "unhealthy", "messages": broken}
         collapse = [
             f"{name}: {warning}" for name, rec in self.latest.items() for warning in rec["warnings"]
         ]
@@ -277,6 +353,7 @@ class HealthMonitor:
             "divergence": self.divergence.state_dict(),
             "latest": self.latest,
             "divergence_message": self.divergence_message,
+            "signal": self.signal.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -284,3 +361,5 @@ class HealthMonitor:
         self.divergence.load_state_dict(state["divergence"])
         self.latest = {name: dict(rec) for name, rec in state["latest"].items()}
         self.divergence_message = state["divergence_message"]
+        if "signal" in state:  # checkpoints from before it was watched start it afresh
+            self.signal.load_state_dict(state["signal"])

@@ -32,6 +32,7 @@ REQUIRED_KEYS = {
 
 VERDICT_LINES = {
     "healthy": "✅ healthy",
+    "unhealthy": "❌ unhealthy",
     "collapsed": "⚠️ collapsed",
     "stalled": "⚠️ stalled",
 }

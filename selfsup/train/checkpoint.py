@@ -8,6 +8,7 @@ arbitrary objects from a file.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from torch import nn
 from selfsup.errors import DataError
 from selfsup.files import atomic_write
 from selfsup.run_dir import ENCODER_SPEC_FILE, ENCODER_WEIGHTS_FILE, RunDir
+
+WEIGHTS_SHA256 = "weights_sha256"  # encoder.json's record of encoder.safetensors' SHA-256
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -42,7 +45,17 @@ def save_encoder(run_dir: str | Path, encoder: nn.Module, spec: dict[str, Any]) 
     run = RunDir(run_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     atomic_write(run.encoder_weights, lambda tmp: save_file(tensors, str(tmp)))
-    run.write_json(run.encoder_spec, spec)
+    # the weights' fingerprint beside them: a flipped byte is caught at load, not as odd numbers
+    run.write_json(run.encoder_spec, {**spec, WEIGHTS_SHA256: file_sha256(run.encoder_weights)})
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
@@ -71,10 +84,33 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     tokenizer = spec.get("tokenizer") or {}
     if tokenizer.get("file"):  # a learnt (text) tokeniser, saved in the run dir
         spec["tokenizer"] = {**tokenizer, "file": str(run.path / tokenizer["file"])}
-    encoder = encoder_from_spec(spec)
+    weights = run.encoder_weights
+    recorded = spec.get(WEIGHTS_SHA256)  # runs exported before it was recorded have none
+    if recorded is not None and file_sha256(weights) != recorded:
+        raise DataError(f"{weights} is not the file exported with {run.encoder_spec} (its SHA-256 "
+                        "differs from the one recorded there): it was changed or damaged; copy "
+                        "both back from a backup, or train the run again")
     try:
-        state = load_file(str(run.encoder_weights))
+        encoder = encoder_from_spec(spec)
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{run.encoder_spec} lacks what its encoder is rebuilt from ({error}): it "
+                        "is damaged or from an incompatible version; train the run again") from None
+    try:
+        state = load_file(str(weights))
     except Exception as e:
-        raise DataError(f"{run.encoder_weights} cannot be read: {e}") from None
-    encoder.load_state_dict(state)
+        raise DataError(f"{weights} cannot be read: {e}") from None
+    broken = [name for name, tensor in state.items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise DataError(f"{weights} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                        f"{', ...' if len(broken) > 3 else ''}): the run diverged before its "
+                        "export or the file is damaged; train it again, with a lower optim.lr")
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as error:  # missing or unexpected keys, shapes that differ
+        first = str(error).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise DataError(f"{weights} does not fit the encoder {run.encoder_spec} describes "
+                        f"({detail}): the two files are from different runs, or one was "
+                        "replaced; copy both back together, or train the run again") from None
     return encoder.to(device), spec

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 import torch
+from torch import nn
 
 from selfsup.config import Config
 from selfsup.data import load_split
@@ -153,10 +154,13 @@ class HealthCheck(Hook):
 
     def on_start(self, trainer: Loop) -> None:
         self.data = health_data(trainer)
+        trainer.monitor.weight_norm(weight_norm(trainer.parts.method))  # kept by a resumed run
 
     def on_record(self, trainer: Loop, record: dict[str, Any]) -> None:
         if record.get("kind") == "epoch":
             trainer.monitor.loss(record["epoch"], record["loss"])
+        elif record.get("kind") == "step":
+            trainer.monitor.step_loss(record["step"], record["loss"])
 
     @torch.no_grad()
     def _embed(self, trainer: Loop, inputs: torch.Tensor, fn, chunk: int = 1024
@@ -204,6 +208,10 @@ class HealthCheck(Hook):
                                     data.num_classes, k=online_knn_k(evaluation.knn_k, data.bank_labels),
                                     temperature=evaluation.knn_temperature)
             records += monitor.probe(epoch + 1, step, accuracy)
+        monitor.weight_norm(weight_norm(method))
+        records += [{"kind": "warning", "epoch": epoch + 1, "step": step,
+                     "source": "training_signal", "message": problem}
+                    for problem in monitor.signal.problems()]
         method.train()
         for record in records:
             trainer.emit(record)
@@ -234,6 +242,13 @@ class EncoderExport(Hook):
         encoder = parts.method.export_encoder
         save_encoder(trainer.run, encoder, parts.modality.encoder_spec(encoder, trainer.config))
         trainer.run.write_json(trainer.run.health_verdict_file, trainer.monitor.verdict())
+
+
+@torch.no_grad()
+def weight_norm(module: nn.Module) -> float:
+    """The L2 norm of all of ``module``'s parameters together (inf once any is not finite)."""
+    norms = [p.detach().float().norm() for p in module.parameters()]
+    return float(torch.stack(norms).norm()) if norms else 0.0
 
 
 def default_hooks(run: RunDir) -> list[Hook]:

@@ -148,8 +148,10 @@ class Trainer:
             if self.config.train.budget_minutes > 0 and self.config.train.total_steps == 0:
                 self._set_budget()  # a resumed budget run has its count already
             start_epoch, step = (self._restore() if self.resume else (0, 0))
-            if self.resume and main:
-                self.run.save_config(self.config)  # with this resume's changes
+            # A resume's changes (a new LR, more epochs) reach config.yaml with its first
+            # checkpoint, so the file always describes the checkpoint beside it: a resume that
+            # diverges at once leaves the config that still fits the kept checkpoint.
+            config_pending = self.resume and main
             schedule = parts.schedule
             self.emit({"kind": "run", "event": "resume" if self.resume else "start",
                        "time": time.time(), "epoch": start_epoch, "step": step,
@@ -165,6 +167,11 @@ class Trainer:
                 step = self._train_epoch(epoch, step)
                 for hook in self._hooks_here():
                     hook.on_epoch_end(self, epoch, step)
+                if config_pending:
+                    self.run.save_config(self.config)
+                    config_pending = False
+            if config_pending:  # nothing was left to train
+                self.run.save_config(self.config)
             for hook in self._hooks_here():
                 hook.on_end(self, step)
             # the run's last record, whichever hooks ran (after the export, as before hooks)
