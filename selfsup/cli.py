@@ -430,7 +430,9 @@ def file_system_error(error: OSError) -> str:
     fixes = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
              errno.EROFS: "choose a writable --out", errno.EACCES: "choose a folder you may write to",
              errno.EPERM: "choose a folder you may write to",
-             errno.ENOENT: "create its folder first, or check the path"}
+             errno.ENOENT: "create its folder first, or check the path",
+             errno.ENOTDIR: "a file stands where the path needs a folder; choose another path",
+             errno.EEXIST: "a file stands where the path needs a folder; choose another path"}
     fix = fixes.get(error.errno, "check the path")
     return (f"{what}{where}: {fix}. Every file selfsup writes is written whole or not at all, so "
             "what was there before is intact (a run's last checkpoint too: continue it with "

@@ -183,7 +183,7 @@ def test_a_resume_that_diverges_at_once_leaves_the_config_of_the_kept_checkpoint
     changed.optim.lr, changed.train.epochs = 1e4, 4
 
     def diverge(self, epoch, step):
-        self._diverged(epoch, step)
+        self.diverged(epoch, step)
 
     monkeypatch.setattr(Trainer, "_train_epoch", diverge)
     with pytest.raises(TrainingDiverged, match="the last good checkpoint .* is kept"):
@@ -192,3 +192,31 @@ def test_a_resume_that_diverges_at_once_leaves_the_config_of_the_kept_checkpoint
     monkeypatch.undo()
     Trainer(changed, resume=True).fit()  # a resume that trains an epoch records its changes
     assert run.load_config().optim.lr == 1e4 and run.load_config().train.epochs == 4
+
+
+def test_embeddings_that_go_nan_stop_the_run_and_say_the_checkpoint_is_kept(tiny_config,
+                                                                            monkeypatch):
+    """The loss can stay finite while the features do not: the health check stops the run
+    through the same door as a NaN loss, saying what is kept."""
+    import torch
+
+    from selfsup.errors import TrainingDiverged
+    from selfsup.methods.simclr import SimCLR
+
+    config = tiny_config("train.epochs=2")
+    original = SimCLR.health_embeddings
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(self, x):
+        calls["n"] += 1
+        out = original(self, x)
+        return out if calls["n"] <= 2 else {k: torch.full_like(v, float("nan")) for k, v in out.items()}
+
+    monkeypatch.setattr(SimCLR, "health_embeddings", nan_in_epoch_two)
+    with pytest.raises(TrainingDiverged, match=r"the encoder embeddings of the health batch became "
+                                               r"NaN or infinite by step 6 \(epoch 2\); the last "
+                                               r"good checkpoint .* is kept"):
+        Trainer(config).fit()
+    records = read_metrics(RunDir(config.out).metrics_file)
+    assert records[-1]["event"] == "diverged"
+    assert torch.load(RunDir(config.out).checkpoint_file, weights_only=True)["epoch"] == 1

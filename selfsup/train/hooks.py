@@ -17,7 +17,7 @@ where they look at it; nothing in them communicates, so the other processes need
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, NoReturn, Optional, Protocol
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ class Loop(Protocol):
 
     def state(self, epoch: int, step: int) -> dict[str, Any]:
         """The training state after ``epoch`` epochs and ``step`` steps (a checkpoint)."""
+
+    def diverged(self, epoch: int, step: int, what: str) -> NoReturn:
+        """Stop the run because ``what`` happened, keeping the last good checkpoint."""
 
 
 class Hook:
@@ -195,6 +198,10 @@ class HealthCheck(Hook):
             pair_gen = torch.Generator(device=parts.device).manual_seed(777)
             augmented = parts.views(data.inputs, pair_gen)[0]
             paired = self._embed(trainer, augmented, method.health_embeddings)
+            for name, z in (*clean.items(), *paired.items()):
+                if not bool(torch.isfinite(z).all()):
+                    trainer.diverged(epoch, step, f"the {name} embeddings of the health batch "
+                                                  "became NaN or infinite")
             records += monitor.check(epoch + 1, step, {k: (clean[k], paired[k]) for k in clean})
         if method.held_out_logs:
             records.append({"kind": "held_out", "epoch": epoch + 1, "step": step,

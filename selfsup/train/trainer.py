@@ -24,7 +24,7 @@ import platform
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -233,7 +233,7 @@ class Trainer:
                 interval_sum, _, nonfinite = all_reduce_sum_(sums.clone()).tolist()
                 if nonfinite:  # every process sees the sum, so all of them stop together
                     bar.close()
-                    self._diverged(epoch, step)
+                    self.diverged(epoch, step)
                 now = time.perf_counter()
                 rate = interval_steps * cfg.batch_size / max(now - interval_start, 1e-9)
                 mean_loss = interval_sum / (interval_steps * processes)
@@ -255,11 +255,14 @@ class Trainer:
                   f"{images_per_s:,.0f} images/s, {seconds:.1f} s")
         return step
 
-    def _diverged(self, epoch: int, step: int) -> None:
+    def diverged(self, epoch: int, step: int,
+                 what: str = "the training loss became NaN or infinite") -> NoReturn:
+        """Stop the run: ``what`` happened by ``step`` (epoch ``epoch`` + 1). The last good
+        checkpoint is kept (the epoch's own is not written), and the message says so."""
         checkpoint = self.run.checkpoint_file
         kept = (f"the last good checkpoint ({checkpoint}) is kept; fix the cause and continue with "
                 "--resume" if checkpoint.is_file() else "no checkpoint was written yet")
-        message = (f"the training loss became NaN or infinite by step {step} (epoch {epoch + 1}); "
+        message = (f"{what} by step {step} (epoch {epoch + 1}); "
                    f"{kept}. Usual fixes: a lower optim.lr, gradient clipping "
                    "(--set optim.clip_grad=1.0), or train.precision=fp32.")
         self.emit({"kind": "run", "event": "diverged", "time": time.time(), "epoch": epoch + 1,
