@@ -249,6 +249,11 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     out: str = "runs/run"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ConfigError(f"out (--out) must name the run directory, got {self.out!r}; an "
+                              "empty one would train into the current folder")
+
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
@@ -316,6 +321,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
+    if isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list)):
+        raise ConfigError(f"{key} must be a list, e.g. {list(default)}, got {value!r}")
     return value
 
 

@@ -179,6 +179,20 @@ CASES = [
          ["pretrain", "--set", "train.epoch=3", "--out", "DATA/new"], "unknown config key"),
     Case("a config file that does not exist", lambda run: None,
          ["pretrain", "--config", "DATA/none.yaml", "--out", "DATA/new"], "does not exist"),
+    Case("an empty --out", lambda run: None, ["pretrain", "--dataset", "digits", "--out", ""],
+         "out (--out) must name the run directory, got ''"),
+    Case("--set out= (null)", lambda run: None, ["pretrain", "--dataset", "digits", "--set", "out="],
+         "out (--out) must name the run directory, got None"),
+    Case("a list option given a word", lambda run: None,
+         ["pretrain", "--dataset", "digits", "--backbone", "small-cnn", "--out", "DATA/new",
+          "--set", "backbone.widths=abc"], "backbone.widths must be a list, e.g. [32, 64, 128, 256], got 'abc'"),
+    Case("a temperature of 0", lambda run: None,
+         ["pretrain", "--dataset", "digits", "--out", "DATA/new", "--set", "method.temperature=0"],
+         "method.temperature must be a number > 0, got 0"),
+    Case("finetune --set with the section's name", lambda run: None,
+         ["finetune", "RUN", "--set", "finetune.lr=-1"], "finetune.lr must be a number ≥ 0, got -1"),
+    Case("a report of a folder that is no run", lambda run: None, ["report", "DATA"],
+         "is not a selfsup run dir (no config.yaml and no metrics.jsonl)"),
     Case("a damaged eval.json", _write("eval.json", b"{oops"), ["report", "RUN"],
          "eval.json is not valid JSON"),
     Case("a resume that changes the backbone", lambda run: None,
@@ -203,6 +217,7 @@ def test_bad_input_is_one_named_error(trained, tmp_path, case, capsys):
     assert "Traceback" not in err and err.startswith("selfsup: error: "), err
     assert case.expected in err, err
     assert not (tmp_path / "x.npy").exists()  # nothing half-made written for a refused input
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_the_train_5_error_names_the_file_not_a_flag(trained, tmp_path, capsys):

@@ -40,7 +40,7 @@ def test_overrides_yaml_and_round_trip(tmp_path):
     ("data.num_workers=-1", r"data\.num_workers must be a number ≥ 0"),
     ('data.dataset=""', r"data\.dataset is empty"),
     ("eval.knn_temperature=0", r"eval\.knn_temperature must be a number > 0"),
-    ("eval.label_fractions=0.5", r"eval\.label_fractions must be a list of fractions in \(0, 1\]"),
+    ("eval.label_fractions=0.5", r"eval\.label_fractions must be a list, e.g. \[0.01, 0.1, 1.0\], got 0.5"),
     ("eval.label_fractions=[0.1, 2]", r"eval\.label_fractions must be a number in \(0, 1\], got 2"),
     ("train.sync_bn=maybe", r"train\.sync_bn must be true, false or null"),
     ("optim.betas=[0.9, 1]", r"optim\.betas must be two numbers in \[0, 1\)"),

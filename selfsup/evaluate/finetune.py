@@ -90,7 +90,9 @@ def settings_from(flags: dict[str, Any], overrides: Sequence[str] = (),
     data: dict[str, Any] = (base or FinetuneConfig()).to_dict()
     data.update({k: v for k, v in flags.items() if v is not None})
     for item in overrides:
-        set_key(data, item)
+        # keys of this section, written with or without it (lr=..., finetune.lr=..., as the
+        # section is spelt in a run's config.yaml)
+        set_key(data, item.removeprefix("finetune."))
     return from_dict(FinetuneConfig, data, "finetune")
 
 

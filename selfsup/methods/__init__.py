@@ -6,13 +6,14 @@ Every module in this package is imported here, so a new method is one new file w
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from typing import Any
 
 from torch import nn
 
-from selfsup.config import build_options
+from selfsup.config import build_options, check_number
 from selfsup.methods.base import (
     NO_CONTEXT, BuildContext, Collectives, Generates, Method, Reconstructs, StepOutput,
 )
@@ -32,4 +33,9 @@ def build_method(section: dict[str, Any], encoder: nn.Module,
     ``encoder``, telling it what ``context`` knows: the data's image shape or tokeniser, the
     training set's size and the processes it trains in (each method reads what it needs)."""
     cls = METHODS.get(section.get("name", "simclr"))
-    return cls(encoder, build_options(cls.Options, section, "method"), context)
+    options = build_options(cls.Options, section, "method")
+    for field in dataclasses.fields(options):
+        # a softmax temperature of 0 divides by zero: the first step's loss is NaN
+        if field.name.endswith(("temperature", "_temp")):
+            check_number(getattr(options, field.name), f"method.{field.name}", 0, above=True)
+    return cls(encoder, options, context)

@@ -454,6 +454,10 @@ def write_report(run_dir: str | Path) -> Path:
     if not run_dir.is_dir():
         raise DataError(f"run dir {run_dir} does not exist; pass the folder a training run wrote")
     run = RunDir(run_dir)
+    if not run.config_file.is_file() and not run.metrics_file.is_file():
+        # not a run, not even one that crashed at once: write nothing into someone's folder
+        raise DataError(f"{run_dir} is not a selfsup run dir (no {run.config_file.name} and no "
+                        f"{run.metrics_file.name}); pass the --out directory of `selfsup pretrain`")
     metrics = read_metrics(run.metrics_file) if run.metrics_file.is_file() else RunMetrics(
         notes=[f"There is no {run.metrics_file.name} in this run dir."])
     config_text, config = run.read_config_text()
