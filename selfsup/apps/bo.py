@@ -51,6 +51,7 @@ from selfsup.data.fasta import first_byte, read_sequences
 from selfsup.data.sequence_files import is_sequence_file
 from selfsup.data.table_files import read_table
 from selfsup.errors import ConfigError, DataError
+from selfsup.files import atomic_write
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
 ACQUISITIONS = ("qei", "qucb", "thompson")
@@ -320,14 +321,15 @@ def read_measurements(path: Union[str, Path], pool: Sequence[str]) -> tuple[np.n
 
 def write_proposals(path: Union[str, Path], pool: Sequence[str], proposal: Proposal) -> None:
     """The batch as CSV: sequence, predicted_mean, predicted_std, acquisition (in pick order)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(OUTPUT_COLUMNS)
-        for i, mean, std, acq in zip(proposal.indices, proposal.mean, proposal.std,
-                                     proposal.acquisition):
-            writer.writerow([pool[i], f"{mean:.6g}", f"{std:.6g}", f"{acq:.6g}"])
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(OUTPUT_COLUMNS)
+            for i, mean, std, acq in zip(proposal.indices, proposal.mean, proposal.std,
+                                         proposal.acquisition):
+                writer.writerow([pool[i], f"{mean:.6g}", f"{std:.6g}", f"{acq:.6g}"])
+
+    atomic_write(path, write)  # a proposal file is whole or absent, never a half batch
 
 
 def propose_from_files(pool_path: Union[str, Path], measured_path: Union[str, Path],
