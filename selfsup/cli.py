@@ -146,13 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override eval settings, e.g. --set eval.seeds=5")
 
-    p = sub.add_parser("embed", help="write encoder features of a dataset split to a .npy file",
-                       description="Embed every image of a split with the run's encoder.")
+    p = sub.add_parser("embed", help="write encoder features of a dataset split, with each item's id",
+                       description="Embed every image or sequence of a split with the run's "
+                                   "encoder; each row carries its item's id (file path, record "
+                                   "id, NAME:ROW) and label.")
     _add_run_dir(p)
     p.add_argument("--dataset")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test", help="train, test (default) or all")
-    p.add_argument("--out", required=True, help="output .npy file, shape (N, D) float32")
+    p.add_argument("--out", required=True,
+                   help="output file: .parquet (id, label, embedding), .csv (id, label, f0...) or "
+                        ".npy ((N, D) float32, with NAME.ids.tsv beside it)")
     p.add_argument("--device", default="auto")
 
     _finetune_parser(sub)
@@ -257,10 +261,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from selfsup.evaluate.run import embed_run
+    from selfsup.apps.embeddings import embed_run, ids_file
 
     feats = embed_run(args.run_dir, args.dataset, args.split, args.out, args.data_dir, args.device)
-    print(f"wrote {args.out}: {feats.shape[0]} × {feats.shape[1]} float32")
+    beside = f" (ids in {ids_file(Path(args.out))})" if args.out.lower().endswith(".npy") else ""
+    print(f"wrote {args.out}: {feats.shape[0]} × {feats.shape[1]} float32{beside}")
     return 0
 
 

@@ -198,8 +198,9 @@ CASES = [
     Case("a resume that changes the backbone", lambda run: None,
          ["pretrain", "--out", "RUN", "--resume", "--set", "backbone.widths=[4, 8]"],
          "does not fit the model this config builds"),
-    Case("embed --out that is not .npy", lambda run: None,
-         ["embed", "RUN", "--out", "DATA/x.txt"], "name the .npy file to write"),
+    Case("embed --out of an unknown format", lambda run: None,
+         ["embed", "RUN", "--out", "DATA/x.txt"], "name a .npy (with an ids file beside it), .csv or "
+                                                  ".parquet file"),
 ]
 
 

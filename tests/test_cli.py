@@ -70,7 +70,7 @@ def test_saved_config_reproduces_the_run(tmp_path):
     (["pretrain", "--dataset", "digits", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
     (["pretrain", "--dataset", "digits", "--epochs", "0"], "train.epochs must be a number in [1, 100,000], got 0"),
     (["pretrain", "--dataset", ""], "data.dataset is empty"),  # not the working directory's images
-    (["embed", "/no/such/run", "--out", "feats.txt"], "name the .npy file to write"),
+    (["embed", "/no/such/run", "--out", "feats.txt"], "name a .npy (with an ids file beside it), .csv or .parquet file"),
     (["evaluate", "/no/such/run", "--set", "knn_k=5"], "evaluate takes eval.* settings"),
 ])
 def test_bad_input_gets_a_named_error(args, message, capsys, tmp_path):

@@ -27,7 +27,8 @@ from selfsup.evaluate import (
 from selfsup.evaluate.knn import KNN_K_CLASS_FACTOR, knn_k_limit, online_knn_k
 from selfsup.evaluate.linear import DEFAULT_WEIGHT_DECAYS, feature_scalings, stratified_folds
 from selfsup.config import EvalConfig
-from selfsup.evaluate.run import embed_run, evaluate_run, load_run_config
+from selfsup.apps.embeddings import embed_run
+from selfsup.evaluate.run import evaluate_run, load_run_config
 from selfsup.report import write_report
 from selfsup.evaluate.tsne import stratified_sample
 from method_helpers import save_image_run, save_token_run

@@ -83,7 +83,7 @@ def test_new_backbones_pretrain_then_embed_and_finetune(tmp_path, backbone):
     import numpy as np
 
     from selfsup.evaluate.finetune import FinetuneConfig, finetune_run
-    from selfsup.evaluate.run import embed_run
+    from selfsup.apps.embeddings import embed_run
 
     tiny = [item for item in TINY_SEQUENCES if not item.startswith("backbone.")]
     config = load_config(None, tiny + [f"backbone.name={backbone}", "method.name=seq-contrastive",

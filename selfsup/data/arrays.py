@@ -188,6 +188,7 @@ def _holdout(
     images: torch.Tensor, labels: Optional[torch.Tensor], split: str, path: Path
 ) -> TensorImages:
     chosen = holdout_indices(len(images), split, TEST_FRACTION, str(path), labels=labels)
-    return TensorImages(
-        images[chosen], None if labels is None else labels[chosen], None, path.stem
+    return TensorImages(  # ids: STEM:ROW of the file, as the user numbers its rows
+        images[chosen], None if labels is None else labels[chosen], None, path.stem,
+        rows=torch.as_tensor(chosen),
     )

@@ -48,6 +48,11 @@ class ImageSource:
         """The images at ``indices`` (a 1-D int64 tensor), with their labels."""
         raise NotImplementedError
 
+    def item_ids(self) -> list[str]:
+        """One id per image, what the user knows it by: its file's path for images read from
+        files, else ``NAME:ROW``, the row in the data set it was loaded from."""
+        raise NotImplementedError
+
     def item_keys(self) -> list[str]:
         """One key per image, equal exactly when two images are identical: a hash of its bytes.
         Read ``KEY_CHUNK`` images at a time, so files are decoded a chunk at a time."""
@@ -75,8 +80,12 @@ class TensorImages(ImageSource):
     labels: Optional[torch.Tensor] = None
     classes: Optional[list[str]] = None
     name: str = "images"
+    ids: Optional[list[str]] = None  # one per image (file paths); None: NAME:ROW
+    rows: Optional[torch.Tensor] = None  # the rows of the loaded data set, kept by subsets
 
     def __post_init__(self) -> None:
+        if self.ids is not None and len(self.ids) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.ids)} ids for {len(self.images)} images")
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise DataError(
                 f"{self.name}: images must be a uint8 tensor of shape (N, C, H, W), "
@@ -108,7 +117,17 @@ class TensorImages(ImageSource):
 
     def subset(self, indices: torch.Tensor) -> "TensorImages":
         labels = None if self.labels is None else self.labels[indices]
-        return TensorImages(self.images[indices], labels, self.classes, self.name)
+        ids = None if self.ids is None else [self.ids[int(i)] for i in indices]
+        return TensorImages(self.images[indices], labels, self.classes, self.name, ids,
+                            self._rows()[indices])
+
+    def item_ids(self) -> list[str]:
+        if self.ids is not None:
+            return list(self.ids)
+        return [f"{self.name}:{row}" for row in self._rows().tolist()]
+
+    def _rows(self) -> torch.Tensor:
+        return torch.arange(len(self.images)) if self.rows is None else self.rows
 
 
 @dataclass
@@ -152,7 +171,10 @@ class FileImages(ImageSource):
     def materialize(self) -> TensorImages:
         """Decode every file into memory (for evaluation of modest folders)."""
         images = torch.stack([self.load(i) for i in range(len(self))])
-        return TensorImages(images, self.labels, self.classes, self.name)
+        return TensorImages(images, self.labels, self.classes, self.name, self.item_ids())
+
+    def item_ids(self) -> list[str]:
+        return [str(path) for path in self.paths]
 
     def subset(self, indices: torch.Tensor) -> "FileImages":
         """The files at ``indices``, still decoded lazily."""

@@ -30,7 +30,8 @@ def digits(split: str, data_dir: Optional[str] = None) -> TensorImages:
     """
     images, labels = _all_digits()
     indices = holdout_indices(len(images), split, TEST_FRACTION, NAME, labels=labels)
-    return TensorImages(images[indices], labels[indices], [str(d) for d in range(10)], NAME)
+    return TensorImages(images[indices], labels[indices], [str(d) for d in range(10)], NAME,
+                        rows=torch.as_tensor(indices))  # ids: digits:ROW of the whole set
 
 
 @functools.lru_cache(maxsize=1)

@@ -163,7 +163,7 @@ def _make_source(
         # colour gives both splits three channels (a split with grey images only would
         # otherwise come out with one, and the encoder would not read it).
         return TensorImages(_decode_all(paths, _folder_channels(every_path)), labels, classes,
-                            name)
+                            name, [str(path) for path in paths])
     channels = int(first.shape[0])
     return FileImages(
         [str(p) for p in paths],

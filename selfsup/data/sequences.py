@@ -94,6 +94,10 @@ class SequenceSource:
         """The Modality that reads these sequences (selfsup.modalities): their alphabet."""
         return self.alphabet
 
+    def item_ids(self) -> list[str]:
+        """One id per record: its record id (FASTA/FASTQ header, table row id)."""
+        return list(self.ids)
+
     def item_keys(self) -> list[str]:
         """One key per record, equal exactly when two records are identical: the sequence."""
         return list(self.sequences)

@@ -22,12 +22,11 @@ import torch
 
 from selfsup.config import Config, EvalConfig
 from selfsup.data import load_split
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import DataError
 from selfsup.evaluate.data_checks import check_labelled_data
 from selfsup.evaluate.protocol import evaluate_feature_sets
 from selfsup.evaluate.tsne import tsne_embedding
 from selfsup.health.metrics import health_metrics
-from selfsup.files import save_npy
 from selfsup.modalities import Modality, modality_for_spec
 from selfsup.run_dir import RunDir, write_tsne
 from selfsup.train.checkpoint import load_encoder
@@ -194,26 +193,3 @@ def _held_out_perplexity(run: RunDir) -> dict[str, float]:
 def _accuracies(result: dict[str, Any]) -> dict[str, Any]:
     keys = ("knn_top1", "knn_k", "linear_top1", "linear_top1_std")
     return {k: result[k] for k in keys if k in result}
-
-
-@torch.no_grad()
-def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str | Path,
-              data_dir: Optional[str] = None, device: str = "auto") -> np.ndarray:
-    """Encoder features of every image or sequence of a split (of the data set the run's encoder
-    reads; :func:`run_split`'s defaults), saved as a float32 .npy of shape (N, D)."""
-    out = Path(out)
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; name a .npy file in it")
-    if out.suffix != ".npy":  # numpy would append .npy and write another file than the one named
-        raise ConfigError(f"--out {out}: name the .npy file to write, e.g. {out.with_suffix('.npy')}")
-    config = load_run_config(run_dir)
-    dev = resolve_device(device)
-    encoder, spec = load_encoder(run_dir, dev)
-    name, source = run_split(config, split, dataset, data_dir)
-    modality = modality_for_spec(spec)
-    check_encoder_fits(modality, source, name, run_dir, labelled=False)
-    precision = resolve_precision("auto", dev)
-    feats = modality.features(encoder, source, dev, config.eval.batch_size, precision).cpu()
-    check_finite(feats, f"the embeddings of {name}'s {split} split")  # before writing anything
-    save_npy(out, feats.numpy())
-    return feats.numpy()
