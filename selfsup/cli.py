@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output file: .parquet (id, label, embedding), .csv (id, label, f0...) or "
                         ".npy ((N, D) float32, with NAME.ids.tsv beside it)")
+    p.add_argument("--per-token", action="store_true",
+                   help="sequence runs: one vector per token of each sequence (per residue, "
+                        "base or word piece; no specials, no padding), to .parquet or .npz")
     p.add_argument("--device", default="auto")
 
     _finetune_parser(sub)
@@ -263,9 +266,11 @@ def cmd_evaluate(args) -> int:
 def cmd_embed(args) -> int:
     from selfsup.apps.embeddings import embed_run, ids_file
 
-    feats = embed_run(args.run_dir, args.dataset, args.split, args.out, args.data_dir, args.device)
+    feats = embed_run(args.run_dir, args.dataset, args.split, args.out, args.data_dir, args.device,
+                      per_token=args.per_token)
     beside = f" (ids in {ids_file(Path(args.out))})" if args.out.lower().endswith(".npy") else ""
-    print(f"wrote {args.out}: {feats.shape[0]} × {feats.shape[1]} float32{beside}")
+    rows = "token vectors" if args.per_token else "rows"
+    print(f"wrote {args.out}: {feats.shape[0]} {rows} × {feats.shape[1]} float32{beside}")
     return 0
 
 

@@ -95,3 +95,40 @@ def test_subsets_keep_the_ids_of_the_rows_they_came_from():
     digits = load_split("digits", "all")
     part = digits.subset(torch.tensor([5, 2])).subset(torch.tensor([1]))
     assert part.item_ids() == ["digits:2"]
+
+
+def test_per_token_embeddings_are_the_encoder_s_states_at_each_residue(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    sequences = ["MKVLA", "ACDEFGHIKL", "W"]
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(sequences)))
+    run = tmp_path / "run"
+    encoder, tokenizer = save_token_run(run, dataset=str(fasta))
+    stacked = embed_run(run, None, "all", tmp_path / "t.npz", device="cpu", per_token=True)
+    embed_run(run, None, "all", tmp_path / "t.parquet", device="cpu", per_token=True)
+
+    with np.load(tmp_path / "t.npz", allow_pickle=False) as archive:
+        ids, offsets, tokens = list(archive["ids"]), archive["offsets"], archive["tokens"]
+    assert "labels" not in archive.files
+    np.testing.assert_array_equal(tokens, stacked)
+    table = pq.read_table(tmp_path / "t.parquet")
+    for i, name in enumerate(ids):
+        sequence = sequences[int(name[1:])]
+        mine = tokens[offsets[i]:offsets[i + 1]]
+        assert mine.shape[0] == len(sequence)  # one vector per residue: no <cls>, <eos>, padding
+        with torch.no_grad():  # the encoder on this sequence alone: its states at the residues
+            batch = tokenizer.encode_batch([sequence])
+            alone = encoder.forward_tokens(batch.ids, batch.attention_mask)[0, 1:1 + len(sequence)]
+        np.testing.assert_allclose(mine, alone.numpy(), atol=1e-5, rtol=1e-5)
+        row = table.column("id").to_pylist().index(name)
+        np.testing.assert_array_equal(np.array(table.column("tokens")[row].as_py(), np.float32),
+                                      mine)
+
+
+def test_per_token_is_refused_for_image_runs_and_for_row_formats(tmp_path):
+    run = tmp_path / "run"
+    save_image_run(run)
+    with pytest.raises(ConfigError, match="per-token embeddings are for sequence runs"):
+        embed_run(run, None, "test", tmp_path / "t.npz", device="cpu", per_token=True)
+    with pytest.raises(ConfigError, match=r"a \.parquet or \.npz file"):
+        embed_run(run, None, "test", tmp_path / "t.csv", device="cpu", per_token=True)

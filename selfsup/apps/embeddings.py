@@ -8,6 +8,16 @@ The format follows the file name's extension:
 * ``.parquet``: columns ``id``, ``label`` (when labelled) and ``embedding`` (a fixed-size list of
   float32), for pandas, polars, DuckDB and the vector databases that read parquet.
 
+With ``per_token`` (``--per-token``, sequence runs) each sequence gets one vector per token of
+its own (per residue for proteins, per base or k-mer for DNA, per word piece for text; no
+``<cls>``, ``<eos>`` or padding; a sequence longer than the run's ``data.max_length`` keeps its
+first window, as the pooled features do), written as
+
+* ``.parquet``: ``id``, ``label``, ``tokens`` (a list of fixed-size float32 lists, one per token);
+* ``.npz``: ``ids`` (strings), ``labels`` (when labelled), ``tokens`` (all sequences' token
+  vectors one after another, (T, D) float32) and ``offsets`` ((N + 1,) int64: sequence i's are
+  ``tokens[offsets[i]:offsets[i + 1]]``) — plain arrays, no pickle.
+
 Ids are what the user knows an item by (``source.item_ids()``): the image file's path for a
 folder of images, the record id for FASTA/FASTQ files and tables, ``NAME:ROW`` for arrays and the
 built-in image sets. Every file is written whole or not at all (``selfsup.files.atomic_write``),
@@ -18,7 +28,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -35,12 +45,14 @@ IDS_SUFFIX = ".ids.tsv"  # the sidecar of a .npy: NAME.npy → NAME.ids.tsv
 
 @torch.no_grad()
 def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str | Path,
-              data_dir: Optional[str] = None, device: str = "auto") -> np.ndarray:
+              data_dir: Optional[str] = None, device: str = "auto",
+              per_token: bool = False) -> np.ndarray:
     """Encoder features of every image or sequence of a split (of the data set the run's encoder
     reads; ``run_split``'s defaults), written to ``out`` in the format its extension names
-    (module docstring); returns them, (N, D) float32."""
+    (module docstring); returns them, (N, D) float32 — with ``per_token``, the (T, D) token
+    vectors of all sequences one after another."""
     out = Path(out)
-    writer = _writer(out)  # a wrong name fails before any encoding
+    writer = _writer(out, per_token)  # a wrong name fails before any encoding
     config = load_run_config(run_dir)
     dev = resolve_device(device)
     encoder, spec = load_encoder(run_dir, dev)
@@ -48,24 +60,35 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
     modality = modality_for_spec(spec)
     check_encoder_fits(modality, source, name, run_dir, labelled=False)
     precision = resolve_precision("auto", dev)
+    what = f"the {'token ' if per_token else ''}embeddings of {name}'s {split} split"
+    if per_token:
+        per_item = modality.token_features(encoder, source, dev, config.eval.batch_size, precision)
+        features = np.concatenate(per_item) if per_item else np.zeros((0, 0), np.float32)
+        check_finite(torch.from_numpy(features), what)  # before writing anything
+        writer(out, source.item_ids(), source.labels, per_item)
+        return features
     feats = modality.features(encoder, source, dev, config.eval.batch_size, precision).cpu()
-    check_finite(feats, f"the embeddings of {name}'s {split} split")  # before writing anything
+    check_finite(feats, what)  # before writing anything
     features = feats.numpy()
     writer(out, source.item_ids(), source.labels, features)
     return features
 
 
-Writer = Callable[[Path, list[str], Optional[torch.Tensor], np.ndarray], None]
+Writer = Callable[[Path, list[str], Optional[torch.Tensor], Any], None]  # features, or per item
 
 
-def _writer(out: Path) -> Writer:
+def _writer(out: Path, per_token: bool = False) -> Writer:
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the file to write in it, e.g. "
                           f"{out / 'embeddings.parquet'}")
-    writers = {".npy": write_npy, ".csv": write_csv, ".parquet": write_parquet}
+    if per_token:
+        writers = {".npz": write_token_npz, ".parquet": write_token_parquet}
+        formats = "a .parquet or .npz file (a sequence's token vectors are a list, not a row)"
+    else:
+        writers = {".npy": write_npy, ".csv": write_csv, ".parquet": write_parquet}
+        formats = "a .npy (with an ids file beside it), .csv or .parquet file"
     if out.suffix.lower() not in writers:
-        raise ConfigError(f"--out {out}: name a .npy (with an ids file beside it), .csv or "
-                          f".parquet file, e.g. {out.with_suffix('.parquet')}")
+        raise ConfigError(f"--out {out}: name {formats}, e.g. {out.with_suffix('.parquet')}")
     return writers[out.suffix.lower()]
 
 
@@ -95,20 +118,63 @@ def write_csv(out: Path, ids: list[str], labels: Optional[torch.Tensor],
 
 def write_parquet(out: Path, ids: list[str], labels: Optional[torch.Tensor],
                   features: np.ndarray) -> None:
+    pa, pq = _pyarrow(out)
+    columns = _id_columns(pa, ids, labels)
+    columns["embedding"] = _vectors(pa, features)
+    table = pa.table(columns)
+    atomic_write(out, lambda tmp: pq.write_table(table, str(tmp)))
+
+
+def write_token_parquet(out: Path, ids: list[str], labels: Optional[torch.Tensor],
+                        per_item: list[np.ndarray]) -> None:
+    pa, pq = _pyarrow(out)
+    columns = _id_columns(pa, ids, labels)
+    offsets = pa.array(_offsets(per_item), pa.int32())
+    columns["tokens"] = pa.ListArray.from_arrays(offsets, _vectors(pa, np.concatenate(per_item)))
+    table = pa.table(columns)
+    atomic_write(out, lambda tmp: pq.write_table(table, str(tmp)))
+
+
+def write_token_npz(out: Path, ids: list[str], labels: Optional[torch.Tensor],
+                    per_item: list[np.ndarray]) -> None:
+    arrays = {"ids": np.array(ids, dtype=str), "offsets": _offsets(per_item),
+              "tokens": np.concatenate(per_item).astype(np.float32)}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a name
+            np.savez(handle, **arrays)
+
+    atomic_write(out, write)
+
+
+def _offsets(per_item: list[np.ndarray]) -> np.ndarray:
+    """(N + 1,) int64: where each item's rows start in the concatenation, then the total."""
+    return np.concatenate([[0], np.cumsum([len(item) for item in per_item])]).astype(np.int64)
+
+
+def _pyarrow(out: Path):
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError(f"--out {out}: writing parquet needs pyarrow; pip install pyarrow, or "
                           "name a .npy or .csv file") from None
-    dim = features.shape[1]
+    return pa, pq
+
+
+def _id_columns(pa, ids: list[str], labels: Optional[torch.Tensor]) -> dict:
     columns = {"id": pa.array(ids, pa.string())}
     if labels is not None:
         columns["label"] = pa.array(labels.numpy(), pa.int64())
-    values = pa.array(np.ascontiguousarray(features, np.float32).reshape(-1))
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, dim)
-    table = pa.table(columns)
-    atomic_write(out, lambda tmp: pq.write_table(table, str(tmp)))
+    return columns
+
+
+def _vectors(pa, rows: np.ndarray):
+    """(R, D) float32 rows as one fixed-size-list array of R vectors."""
+    values = pa.array(np.ascontiguousarray(rows, np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(values, rows.shape[1])
 
 
 def _write_rows(path: Path, header: list[str], rows: list[list], delimiter: str) -> None:

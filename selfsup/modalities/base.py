@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from selfsup.config import Config
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.methods.base import BuildContext, Collectives, Method
 from selfsup.registry import MODALITIES
 
@@ -93,6 +93,7 @@ class Modality(ABC):
         raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Modality":
         """The modality a trained encoder reads, from its ``encoder.json``."""
         raise NotImplementedError
@@ -140,6 +141,7 @@ class Modality(ABC):
         """What an encoder takes from a tensor of :meth:`sample_inputs` without views."""
         return x
 
+    @abstractmethod
     def encoder_spec(self, encoder: nn.Module, config: Config) -> dict[str, Any]:
         """``encoder.json``: how to rebuild ``encoder`` and read data for it."""
         raise NotImplementedError
@@ -162,6 +164,14 @@ class Modality(ABC):
         """float32 (N, D) features of ``encoder`` in eval mode on every example, in order."""
         raise NotImplementedError
 
+    def token_features(self, encoder: nn.Module, source: Any, device: torch.device,
+                       batch_size: int, precision: str) -> list:
+        """Per-token features of every example: one float32 (L_i, D) array each. Only data made
+        of tokens have them; the default refuses by name."""
+        raise ConfigError(f"per-token embeddings are for sequence runs; this run's encoder reads "
+                          f"{self.noun}: leave out --per-token")
+
+    @abstractmethod
     def feature_sets(self, encoder: nn.Module, spec: dict[str, Any], train: Any, test: Any,
                      device: torch.device, batch_size: int, precision: str, baselines: bool,
                      seed: int) -> tuple[FeatureSets, dict[str, Any]]:

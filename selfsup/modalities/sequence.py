@@ -22,7 +22,8 @@ from selfsup.data.sequences import SequenceSource
 from selfsup.errors import DataError
 from selfsup.modalities.sequence_baselines import (
     DNA_K, RC_CONSISTENCY_READS, canonical_kmer_profile, encoder_features, kmer_profile,
-    protein_composition, reverse_complement_consistency, sequence_feature_sets, token_encoder_inputs,
+    protein_composition, reverse_complement_consistency, sequence_feature_sets,
+    token_encoder_inputs, token_features,
 )
 from selfsup.modalities.sequence_finetune import SequenceInputs, check_sequence_settings
 from selfsup.modalities.text_baselines import FittedBaseline, TfidfFeatures
@@ -120,6 +121,11 @@ class SequenceModality(Modality):
                  batch_size: int, precision: str) -> torch.Tensor:
         return encoder_features(encoder, source, self.tokenizer, device, batch_size,
                                 self.max_length, precision)
+
+    def token_features(self, encoder: nn.Module, source: SequenceSource, device: torch.device,
+                       batch_size: int, precision: str) -> list:
+        return token_features(encoder, source, self.tokenizer, device, batch_size,
+                              self.max_length, precision)
 
     def feature_sets(self, encoder: nn.Module, spec: dict[str, Any], train: SequenceSource,
                      test: SequenceSource, device: torch.device, batch_size: int, precision: str,

@@ -179,6 +179,28 @@ def encoder_features(encoder: nn.Module, source: SequenceSource, tokenizer: Toke
     return stream_features(encoder, stream, precision)
 
 
+@torch.no_grad()
+def token_features(encoder: nn.Module, source: SequenceSource, tokenizer: Tokenizer,
+                   device: torch.device | str, batch_size: int = 256,
+                   max_length: int = DataConfig.max_length,
+                   precision: str = "fp32") -> list[np.ndarray]:
+    """Per-token features of every sequence of ``source``, in its order: one float32 (L_i, D)
+    array each, the encoder's states at the sequence's own tokens (``<cls>``, ``<eos>`` and
+    padding removed); a sequence longer than ``max_length`` tokens keeps its first window, as
+    the pooled features do."""
+    encoder.eval()
+    stream = evaluation_stream(source, tokenizer, device, batch_size, max_length)
+    features: list = [None] * len(source)
+    for indices, tokens in in_order_batches(stream):
+        with autocast(stream.device, precision):
+            states = encoder.forward_tokens(tokens.ids, tokens.attention_mask).float().cpu()
+        own = ((tokens.ids != tokenizer.cls_id) & (tokens.ids != tokenizer.eos_id)
+               & (tokens.ids != tokenizer.pad_id)).cpu()
+        for row, index in enumerate(indices):
+            features[index] = states[row][own[row]].numpy()
+    return features
+
+
 def reverse_complement_source(source: SequenceSource) -> SequenceSource:
     """``source`` with every DNA sequence replaced by its reverse complement (same ids, labels)."""
     if source.alphabet != "dna":
