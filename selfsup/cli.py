@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.errors import ConfigError, SelfsupError
-from selfsup.run_dir import BO_CACHE_DIR, EVAL_FILE, FINETUNE_FILE, REPORT_FILE, RunDir
+from selfsup.run_dir import (
+    BO_CACHE_DIR, ENCODER_SPEC_FILE, EVAL_FILE, FINETUNE_FILE, REPORT_FILE, RunDir,
+)
 
 
 def _pretrain_parser(sub) -> None:
@@ -27,6 +29,10 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--data-dir", help="where the dataset's files are (else $SELFSUP_DATA, else the "
                                       "dataset's standard location)")
     p.add_argument("--backbone", help="backbone name, or torchvision:NAME / timm:NAME")
+    p.add_argument("--init", metavar="PATH",
+                   help="start the backbone from these weights: a .safetensors or PyTorch "
+                        "state-dict file of its keys, or a selfsup run directory (its encoder); "
+                        "never downloaded")
     p.add_argument("--epochs", type=int)
     p.add_argument("--budget", type=budget_minutes, metavar="TIME",
                    help="train for this wall time instead of --epochs, e.g. 20m, 90s, 1.5h (a bare "
@@ -162,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "base or word piece; no specials, no padding), to .parquet or .npz")
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("export", help="write a run's encoder for other tools, with a model card",
+                       description="Export the run's encoder: torchscript (loads with "
+                                   "torch.jit.load alone; checked against selfsup's encoder) or "
+                                   f"safetensors (selfsup's keys and {ENCODER_SPEC_FILE}), with "
+                                   "a model card (README.md).")
+    _add_run_dir(p)
+    p.add_argument("--format", required=True, choices=["torchscript", "safetensors"])
+    p.add_argument("--out", required=True, help="the folder to write")
+
     _finetune_parser(sub)
     _bo_parser(sub)
 
@@ -192,6 +207,7 @@ def _pretrain_config(args):
     flags = []
     for key, value in (("method.name", args.method), ("data.dataset", args.dataset),
                        ("data.data_dir", args.data_dir), ("backbone.name", args.backbone),
+                       ("backbone.init", getattr(args, "init", None)),
                        ("train.epochs", args.epochs), ("train.budget_minutes", args.budget),
                        ("train.batch_size", args.batch_size),
                        ("train.device", args.device), ("out", args.out)):
@@ -260,6 +276,14 @@ def cmd_evaluate(args) -> int:
     _evaluate_and_report(args.run_dir, device=args.device, dataset=args.dataset,
                          data_dir=args.data_dir, eval_config=eval_config,
                          baselines=False if args.no_baselines else None)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from selfsup.apps.export import export_run
+
+    for path in export_run(args.run_dir, args.format, args.out):
+        print(f"wrote {path}")
     return 0
 
 
@@ -390,7 +414,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-            "bo": cmd_bo, "embed": cmd_embed, "report": cmd_report, "list": cmd_list,
+            "bo": cmd_bo, "embed": cmd_embed, "export": cmd_export, "report": cmd_report, "list": cmd_list,
             "demo": cmd_demo}
 
 

@@ -37,6 +37,10 @@ def build_backbone(section: dict[str, Any], in_channels: int, image_size: int,
     from ``tokenizer`` (in_channels and image_size are then unused).
     Every backbone has an ``out_dim`` attribute.
     """
+    # ``init`` (the weights a run starts from) is the trainer's business, not an option of the
+    # architecture: rebuilding the backbone from encoder.json or for the random-init baseline
+    # must not load it
+    section = {key: value for key, value in section.items() if key != "init"}
     name = section.get("name", "resnet18")
     if ":" in name:
         return external_backbone(name, in_channels, image_size)

@@ -164,6 +164,11 @@ class Modality(ABC):
         """float32 (N, D) features of ``encoder`` in eval mode on every example, in order."""
         raise NotImplementedError
 
+    @abstractmethod
+    def example_inputs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """``n`` made-up examples as the encoder takes them (its positional arguments), drawn
+        with ``generator``: to trace an exported encoder and check it against this one."""
+
     def token_features(self, encoder: nn.Module, source: Any, device: torch.device,
                        batch_size: int, precision: str) -> list:
         """Per-token features of every example: one float32 (L_i, D) array each. Only data made

@@ -111,6 +111,11 @@ class ImageModality(Modality):
             sets["random_init"] = of(encoder_fn(random_init_encoder(spec, seed, device)))
         return sets, {}
 
+    def example_inputs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Normalised images of uniform random pixels."""
+        pixels = torch.randint(0, 256, (n, *self.in_shape), generator=generator, dtype=torch.uint8)
+        return (to_input(pixels),)
+
     # ------------------------------------------------------------------ fine-tuning
     @classmethod
     def describe_finetune_augmentation(cls, recorded: dict[str, Any]) -> str:

@@ -141,6 +141,22 @@ class SequenceModality(Modality):
         every set evaluated; none by default."""
         return {}
 
+    def example_inputs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Token ids of random ordinary tokens, rows of different lengths (right-padded), and
+        their attention mask."""
+        tok = self.tokenizer
+        ordinary = tok.table("replacement", "cpu")  # the ids random replacements draw from
+        width = min(self.max_length, 48)
+        ids = torch.full((n, width), tok.pad_id, dtype=torch.int64)
+        for row in range(n):
+            length = int(torch.randint(width // 2, width - tok.num_special_tokens + 1, (1,),
+                                       generator=generator))
+            picks = ordinary[torch.randint(len(ordinary), (length,), generator=generator)]
+            tokens = ([tok.cls_id] if tok.add_cls else []) + picks.tolist() + (
+                [tok.eos_id] if tok.add_eos else [])
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+        return ids, ids != tok.pad_id
+
     # ------------------------------------------------------------------ fine-tuning
     @classmethod
     def describe_finetune_augmentation(cls, recorded: dict[str, Any]) -> str:

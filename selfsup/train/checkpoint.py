@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.files import atomic_write
 from selfsup.run_dir import ENCODER_SPEC_FILE, ENCODER_WEIGHTS_FILE, RunDir
 
@@ -114,3 +114,76 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
                         f"({detail}): the two files are from different runs, or one was "
                         "replaced; copy both back together, or train the run again") from None
     return encoder.to(device), spec
+
+
+STATE_DICT_KEYS = ("state_dict", "model", "encoder")  # where saved training states nest weights
+
+
+def load_initial_weights(encoder: nn.Module, source: str | Path) -> Path:
+    """Load the weights a run starts from into ``encoder``, strictly; return the file read.
+
+    ``source`` is a ``.safetensors`` file, a PyTorch state-dict file (``.pt``/``.pth``/``.bin``,
+    read with ``weights_only=True``; a dict nesting it under ``state_dict``, ``model`` or
+    ``encoder`` is opened), or a selfsup run directory (its ``encoder.safetensors``: continue
+    from another run's encoder). Nothing is downloaded: a missing file is a DataError naming it.
+    The keys and shapes must be exactly the backbone's: the error lists the missing and the
+    unexpected keys and the shapes that differ.
+    """
+    text = str(source)
+    if text.split(":", 1)[0] in ("hf", "timm", "torchvision") and not Path(text).exists():
+        raise ConfigError(f"backbone.init={text}: starting from {text.split(':')[0]} weights is "
+                          "not supported yet; convert them to a state-dict file of this backbone's "
+                          "keys, or start from a selfsup run directory")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        path = RunDir(path).encoder_weights
+    if not path.is_file():
+        raise DataError(f"backbone.init: no weights file at {path}. selfsup never downloads at run "
+                        "time: copy the file there (fetch it on a machine with network access), "
+                        "or point backbone.init at a .safetensors/.pt file or a run directory")
+    state = _read_weights(path)
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{key} {tuple(state[key].shape)} (the backbone's: {tuple(expected[key].shape)})"
+              for key in sorted(set(state) & set(expected))
+              if tuple(state[key].shape) != tuple(expected[key].shape)]
+    if missing or unexpected or shapes:
+        hint = (" (every key starts with 'module.': a DDP-wrapped model's; strip the prefix)"
+                if unexpected and all(key.startswith("module.") for key in state) else "")
+        raise DataError(f"{path} does not fit backbone {getattr(encoder, 'name', type(encoder).__name__)}"
+                        f"{hint}: " + "; ".join(part for part in (
+                            _listed("missing keys", missing), _listed("unexpected keys", unexpected),
+                            _listed("other shapes", shapes)) if part))
+    broken = [key for key, tensor in state.items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise DataError(f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}); "
+                        "start from another file")
+    encoder.load_state_dict(state)
+    return path
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise DataError(f"{path} cannot be read as weights ({type(error).__name__}: {error}); "
+                        "give a .safetensors file or a PyTorch state dict") from None
+    for key in STATE_DICT_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise DataError(f"{path} holds no state dict (a mapping of names to tensors)")
+    return state
+
+
+def _listed(what: str, items: list[str], shown: int = 5) -> str:
+    if not items:
+        return ""
+    more = f", … ({len(items)} in all)" if len(items) > shown else ""
+    return f"{what}: {', '.join(items[:shown])}{more}"
+

@@ -24,6 +24,7 @@ from selfsup.errors import ConfigError
 from selfsup.methods import Method, build_method
 from selfsup.methods.base import StepOutput
 from selfsup.modalities import Modality, modality_of
+from selfsup.train.checkpoint import load_initial_weights
 from selfsup.train.device import resolve_precision, seed_everything
 from selfsup.train.distributed import (
     broadcast_from_main, prepare_method, process_collectives, training_device,
@@ -139,6 +140,9 @@ def build_parts(config: Config, resume: bool = False,
     modality = modality_of(train_data).for_training(train_data, config, Path(config.out), resume,
                                                     process.rank, broadcast_from_main)
     encoder = modality.build_encoder(config.backbone)
+    if config.backbone.get("init") and not resume:  # a resumed run's weights are its checkpoint's
+        # before the method is built: its EMA teachers start as copies of these weights
+        load_initial_weights(encoder, config.backbone["init"])
     context = modality.build_context(len(train_data), process_collectives(process))
     method: Method = build_method(config.method, encoder, context).to(device)
     memory_format = modality.memory_format(config.train.channels_last)
