@@ -193,22 +193,26 @@ def test_budget_flag_reads_times_and_rejects_others():
 def test_demo_preset_runs_end_to_end_and_prints_the_verdict(tmp_path, capsys, monkeypatch):
     """`selfsup demo` (the README's main job) with its CPU preset, shrunk to digits and a few
     steps by --set (later settings win): it trains, evaluates against both baselines and prints
-    the table and the verdict."""
+    the table and the verdict. Into its default, relative run dir, as `make demo` runs it (a
+    relative --out once put encoder.json one folder too deep, and the demo's evaluation failed)."""
     import selfsup.train.device as device
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)  # the same run everywhere
-    shrink = TINY + ["backbone.grid=2", "train.epochs=1", "eval.label_fractions=[0.1, 1.0]"]
+    monkeypatch.chdir(tmp_path)
+    shrink = [item for item in TINY if not item.startswith("out=")] + [
+        "backbone.grid=2", "train.epochs=1", "eval.label_fractions=[0.1, 1.0]"]
     sets = [a for item in shrink for a in ("--set", item)]
-    assert main(["demo", "--device", "cpu", "--out", str(tmp_path / "demo"), *sets]) == 0
+    assert main(["demo", "--device", "cpu", *sets]) == 0
     out = capsys.readouterr().out
-    config = load_run_config(tmp_path / "demo")
+    (run,) = (tmp_path / "runs").glob("demo-*")
+    config = load_run_config(run)
     # the preset's choices that --set did not replace
     assert (config.method["name"], config.method["temperature"], config.optim.schedule) == \
         ("simclr", 0.1, "linear")
     assert config.train.precision == "fp32" and config.backbone["grid"] == 2
     assert "vs raw pixels: k-NN" in out and "vs random init: k-NN" in out
     assert "demo finished in" in out
-    result = json.loads((tmp_path / "demo" / "eval.json").read_text())
+    result = json.loads((run / "eval.json").read_text())
     assert result["feature_dim"] == 16 * 2 * 2  # the grid read-out: 16 channels × 2 × 2 cells
 
 
