@@ -170,11 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a run's encoder for other tools, with a model card",
                        description="Export the run's encoder: torchscript (loads with "
-                                   "torch.jit.load alone; checked against selfsup's encoder) or "
+                                   "torch.jit.load alone) or onnx (onnxruntime), each checked "
+                                   "against selfsup's encoder, or "
                                    f"safetensors (selfsup's keys and {ENCODER_SPEC_FILE}), with "
                                    "a model card (README.md).")
     _add_run_dir(p)
-    p.add_argument("--format", required=True, choices=["torchscript", "safetensors"])
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx", "safetensors"])
     p.add_argument("--out", required=True, help="the folder to write")
 
     _finetune_parser(sub)

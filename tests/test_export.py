@@ -90,5 +90,36 @@ def test_the_model_card_says_what_it_is_and_how_to_load_it(tmp_path, tiny_config
 def test_an_unknown_format_is_named(tmp_path):
     run = tmp_path / "run"
     save_image_run(run)
-    with pytest.raises(ConfigError, match="export format 'onnx' is not one selfsup writes"):
+    with pytest.raises(ConfigError, match="export format 'timm' is not one selfsup writes"):
+        export_run(run, "timm", tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["image", "token"])
+def test_an_onnx_export_runs_in_onnxruntime_on_real_data_like_selfsup(tmp_path, kind):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    if kind == "image":
+        encoder = save_image_run(run)
+        feeds = {"images": to_input(load_split("digits", "test").images[:33])}
+        with torch.no_grad():
+            expected = encoder.eval()(feeds["images"])
+    else:
+        encoder, tokenizer = save_token_run(run)
+        proteins = [s[:60] for s in load_split("swissprot-loc", "test").sequences[:9]]
+        batch = tokenizer.encode_batch(proteins)  # other batch size and lengths than exported
+        feeds = {"ids": batch.ids, "attention_mask": batch.attention_mask}
+        with torch.no_grad():
+            expected = encoder(batch.ids, batch.attention_mask)
+    (model, card) = export_run(run, "onnx", tmp_path / "out")
+    assert model.name == "encoder.onnx" and "onnxruntime.InferenceSession" in card.read_text()
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (found,) = session.run(None, {name: x.numpy() for name, x in feeds.items()})
+    torch.testing.assert_close(torch.from_numpy(found), expected, atol=1e-4, rtol=0)
+
+
+def test_without_onnxruntime_the_onnx_export_says_what_to_install(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    save_image_run(run)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[onnx\]'"):
         export_run(run, "onnx", tmp_path / "out")

@@ -6,18 +6,21 @@ Formats:
   loads with ``torch.jit.load`` alone, without selfsup. Checked before it is kept: loaded back and
   run on made-up inputs other than the ones it was traced on, its outputs must match selfsup's
   encoder within ``MAX_DIFFERENCE``.
+* ``onnx``: ``DIR/encoder.onnx`` (any batch size; token inputs any length), checked the same
+  way with onnxruntime (the ``onnx`` extra);
 * ``safetensors``: ``DIR/encoder.safetensors`` and ``DIR/encoder.json``, selfsup's own keys and
   description (``selfsup.api.load_encoder(DIR)`` rebuilds it; ``backbone.init=DIR`` starts a run
   from it).
 
 Every export folder holds a ``README.md`` model card: the method, backbone and data, the health
 verdict, the evaluation table when the run was evaluated, the config, and how to load the encoder
-in three lines. Formats other tools define (timm, torchvision, HuggingFace, ONNX) are not written
+in three lines. Formats other tools define (timm, torchvision, HuggingFace) are not written
 yet.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 import warnings
 from pathlib import Path
@@ -35,6 +38,7 @@ from selfsup.train.checkpoint import load_encoder
 
 MAX_DIFFERENCE = 1e-4  # largest |exported − selfsup| allowed on the check's outputs
 TORCHSCRIPT_FILE = "encoder.torchscript.pt"
+ONNX_FILE = "encoder.onnx"
 MODEL_CARD = "README.md"
 
 
@@ -42,7 +46,7 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> list[Path]:
     """Export the encoder of the run in ``run_dir`` as ``format`` into the folder ``out``;
     returns the files written (the model card last)."""
     exporters: dict[str, Callable[[nn.Module, dict, Modality, Path, RunDir], list[Path]]] = {
-        "torchscript": _torchscript, "safetensors": _safetensors}
+        "torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
     if format not in exporters:
         raise ConfigError(f"export format {format!r} is not one selfsup writes; choose "
                           f"{' or '.join(exporters)}")
@@ -86,6 +90,46 @@ def _torchscript(encoder: nn.Module, spec: dict, modality: Modality, out: Path,
     return [path]
 
 
+@torch.no_grad()
+def _onnx(encoder: nn.Module, spec: dict, modality: Modality, out: Path, run: RunDir) -> list[Path]:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("the onnx export needs onnx and onnxruntime: pip install -e "
+                          "'.[onnx]' (or pip install onnx onnxruntime)") from None
+    traced_on = modality.example_inputs(4, torch.Generator().manual_seed(0))
+    names = ["images"] if len(traced_on) == 1 else ["ids", "attention_mask"]
+    # any batch size; token inputs any length too
+    axes = {name: ({0: "batch"} if name == "images" else {0: "batch", 1: "tokens"})
+            for name in names}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript-based exporter: torch 2.13 calls it legacy, but unlike the
+        # torch.export-based one it needs no onnxscript, and the check below vouches for it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            torch.onnx.export(encoder, traced_on, buffer, dynamo=False, input_names=names,
+                              output_names=["features"],
+                              dynamic_axes={**axes, "features": {0: "batch"}}, opset_version=17)
+        except Exception as error:
+            raise DataError(f"the encoder of {run} ({spec['backbone'].get('name')}) cannot be "
+                            f"exported to ONNX ({type(error).__name__}: {error}); export it as "
+                            "torchscript or safetensors instead") from None
+    path = out / ONNX_FILE
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    checked_on = modality.example_inputs(5, torch.Generator().manual_seed(1))
+    outputs = session.run(None, {name: x.numpy() for name, x in zip(names, checked_on)})[0]
+    difference = float((torch.from_numpy(outputs) - encoder(*checked_on)).abs().max())
+    if not difference <= MAX_DIFFERENCE:
+        path.unlink()
+        raise DataError(f"the ONNX encoder differs from selfsup's by {difference:.3g} on inputs "
+                        f"it was not exported with (allowed {MAX_DIFFERENCE}); export it as "
+                        "torchscript or safetensors instead")
+    return [path]
+
+
 def _safetensors(encoder: nn.Module, spec: dict, modality: Modality, out: Path,
                  run: RunDir) -> list[Path]:
     written = []
@@ -100,6 +144,9 @@ LOAD_LINES = {
     "torchscript": ('import torch',
                     f'encoder = torch.jit.load("{TORCHSCRIPT_FILE}").eval()',
                     'features = encoder({inputs})  # (N, D)'),
+    "onnx": ('import onnxruntime',
+             f'session = onnxruntime.InferenceSession("{ONNX_FILE}")',
+             'features, = session.run(None, {{{onnx_inputs}}})  # numpy arrays in, (N, D) out'),
     "safetensors": ('from selfsup.api import load_encoder',
                     'encoder, spec = load_encoder(".")  # this folder',
                     'features = encoder.eval()({inputs})  # (N, D)'),
@@ -115,11 +162,13 @@ def model_card(run: RunDir, spec: dict[str, Any], format: str, files: list[str])
     backbone = spec["backbone"].get("name", "?")
     if spec.get("tokenizer"):
         inputs = "ids, attention_mask"
+        onnx_inputs = '"ids": ids, "attention_mask": attention_mask'
         what = (f"token ids of the {spec['tokenizer'].get('name')} tokeniser "
                 f"(`{spec['tokenizer']}`), right-padded, and their attention mask; rows of at most "
                 f"{spec.get('max_length')} tokens")
     else:
         inputs = "images"
+        onnx_inputs = '"images": images'
         what = (f"float images (N, {spec.get('in_channels')}, {spec.get('image_size')}, "
                 f"{spec.get('image_size')}), scaled to [0, 1] and normalised with selfsup's "
                 "mean and std (`selfsup.views.to_input` of uint8 images)")
@@ -130,8 +179,8 @@ def model_card(run: RunDir, spec: dict[str, Any], format: str, files: list[str])
         f"- files: {', '.join(f'`{name}`' for name in files)} ({format})",
         f"- health at the end of training: **{verdict.get('status', 'unknown')}**"
         + "".join(f"\n  - {message}" for message in verdict.get("messages", [])),
-        "", "## Load it", "", "```python", *(line.format(inputs=inputs) for line in
-                                             LOAD_LINES[format]), "```", "",
+        "", "## Load it", "", "```python", *(line.format(inputs=inputs, onnx_inputs=onnx_inputs)
+                                             for line in LOAD_LINES[format]), "```", "",
         f"Inputs: {what}.", "",
         "## Evaluation", "",
         (format_eval_table(evaluation) if evaluation else
