@@ -25,7 +25,7 @@ install: torch
 	$(PY) -m pip install -q -e '.[bo]'
 
 install-test: torch
-	$(PY) -m pip install -q -e '.[test,bo,onnx]'
+	$(PY) -m pip install -q -e '.[test,bo,onnx,hf]'
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt exists; elsewhere point
 # --data-dir or SELFSUP_DATA at a folder holding the four IDX files.

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from selfsup import catalog
+from selfsup.backbones.hf_esm import esm_backbone_section, hf_folder
 from selfsup.config import Config, from_dict, merge_into, set_key
 from selfsup.data import data_modality
 from selfsup.errors import ConfigError
@@ -65,6 +66,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         defaults["backbone"] = _backbone_defaults_for(chosen_backbone, defaults["backbone"])
     merge_into(data, defaults)
     merge_into(data, user)
+    folder = hf_folder(data["backbone"].get("init"))
+    if folder is not None:  # the checkpoint's shape, written into config.yaml: resumes need no folder
+        data["backbone"] = esm_backbone_section(data["backbone"], folder)
     return from_dict(Config, data)
 
 

@@ -79,8 +79,11 @@ def test_a_missing_file_is_named_and_nothing_is_downloaded(tiny_config, tmp_path
     with pytest.raises(DataError, match=r"no weights file at .*nowhere.safetensors\. selfsup "
                                         r"never downloads"):
         build_parts(tiny_config(f"backbone.init={tmp_path / 'nowhere.safetensors'}"))
-    with pytest.raises(ConfigError, match="starting from hf weights is not supported yet"):
-        build_parts(tiny_config("backbone.init=hf:facebook/esm2_t6_8M_UR50D"))
+    with pytest.raises(DataError, match=r"hf:facebook/esm2_t6_8M_UR50D: no config.json there\. "
+                                        r"selfsup never downloads"):
+        tiny_config("backbone.init=hf:facebook/esm2_t6_8M_UR50D")  # a hub name is no folder
+    with pytest.raises(ConfigError, match="starting from timm weights is not supported yet"):
+        build_parts(tiny_config("backbone.init=timm:resnet18"))
 
 
 def test_the_pretrain_flag_reaches_the_config(tmp_path):

@@ -43,6 +43,7 @@ from selfsup.backbones.token_encoder import (  # noqa: F401  (as_token_encoder: 
 from selfsup.errors import ConfigError, DataError
 
 POOLS = ("mean", "cls")
+ESM_MASK_RATIO = 0.15 * 0.8  # the share of tokens ESM-2 replaced by <mask> in training
 POSITIONS = ("rotary", "learned")
 
 
@@ -89,14 +90,15 @@ class RotaryEmbedding(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + Dropout(Attention(LN x)), then x + Dropout(FFN(LN x))."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.0,
+                 norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.dropout = dropout
-        self.attn_norm = nn.LayerNorm(dim)
+        self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.attn_out = nn.Linear(dim, dim)
-        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
 
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor], causal: bool,
@@ -137,6 +139,12 @@ class TransformerOptions(TokenEncoderOptions):
     pool: str = "mean"  # mean (over real tokens) | cls (the first token)
     causal: bool = False  # forward() attends only to earlier tokens (next-token encoders)
     grad_checkpointing: bool = False  # recompute block activations in the backward pass
+    norm_eps: float = 1e-5  # every LayerNorm's epsilon (ESM-2's checkpoints: 1e-12)
+    # ESM-2's "token dropout": <mask> tokens' embeddings are zeroed and the others scaled by
+    # (1 − 0.15·0.8) / (1 − the sequence's share of <mask>), at training and inference alike;
+    # on for weights converted from ESM-2 (selfsup.backbones.hf_esm), which were trained so
+    mask_id: int = -1  # the <mask> id token_dropout looks for
+    token_dropout: bool = False
 
 
 class TransformerEncoder(TokenEncoder):
@@ -154,9 +162,10 @@ class TransformerEncoder(TokenEncoder):
                                    if o.positions == "learned" else None)
         self.rotary = (RotaryEmbedding(o.dim // o.num_heads, o.rotary_base)
                        if o.positions == "rotary" else None)
-        self.blocks = nn.ModuleList(TransformerBlock(o.dim, o.num_heads, o.ffn_dim, o.dropout)
-                                    for _ in range(o.depth))
-        self.final_norm = nn.LayerNorm(o.dim)
+        self.blocks = nn.ModuleList(TransformerBlock(o.dim, o.num_heads, o.ffn_dim, o.dropout,
+                                                     o.norm_eps) for _ in range(o.depth))
+        self.final_norm = nn.LayerNorm(o.dim, eps=o.norm_eps)
+        self.norm_eps = o.norm_eps
         self.preset = "transformer-tiny"
         self._init_weights()
         self._finish_init()
@@ -183,6 +192,8 @@ class TransformerEncoder(TokenEncoder):
         ids, attention_mask = self._inputs(ids, attention_mask)
         causal = self.causal if causal is None else causal
         x = self.token_embedding(ids)
+        if self.options.token_dropout:
+            x = self._token_dropout(x, ids, attention_mask)
         length = ids.shape[1]
         if self.position_embedding is not None:
             if length > self.options.max_positions:
@@ -203,6 +214,16 @@ class TransformerEncoder(TokenEncoder):
                 x = block(x, key_mask, causal, rotary)
         return self.final_norm(x)
 
+    def _token_dropout(self, x: torch.Tensor, ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+        """ESM-2's rescaling of the token embeddings (see ``TransformerOptions.token_dropout``),
+        and its zeroing of padding."""
+        masked = ids == self.options.mask_id
+        x = x.masked_fill(masked.unsqueeze(-1), 0.0)
+        observed = masked.sum(-1).float() / attention_mask.sum(-1).clamp(min=1)
+        x = (x * ((1 - ESM_MASK_RATIO) / (1 - observed))[:, None, None]).to(x.dtype)
+        return (x * attention_mask.unsqueeze(-1)).to(x.dtype)
+
     def pool_tokens(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L, D) token features → (B, D): the mean over real tokens, or the first token."""
         if self.pool == "cls":
@@ -222,7 +243,7 @@ class LanguageModelHead(nn.Module):
         super().__init__()
         dim = encoder.out_dim
         self.dense = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=getattr(encoder, "norm_eps", 1e-5))
         self.decoder = nn.Linear(dim, encoder.vocab_size)
         if tied:
             self.decoder.weight = encoder.token_embedding.weight
@@ -259,6 +280,11 @@ def _check_options(o: TransformerOptions) -> None:
         raise ConfigError(f"backbone.dropout must be in [0, 1), got {o.dropout}")
     if o.max_positions < 1:
         raise ConfigError(f"backbone.max_positions must be positive, got {o.max_positions}")
+    if not 0 < o.norm_eps < 1:
+        raise ConfigError(f"backbone.norm_eps must be in (0, 1), got {o.norm_eps}")
+    if o.token_dropout and not 0 <= o.mask_id < o.vocab_size:
+        raise ConfigError(f"backbone.token_dropout needs backbone.mask_id, the <mask> token's id "
+                          f"(0 … {o.vocab_size - 1}), got {o.mask_id}")
 
 
 @dataclass

@@ -130,10 +130,10 @@ def load_initial_weights(encoder: nn.Module, source: str | Path) -> Path:
     unexpected keys and the shapes that differ.
     """
     text = str(source)
-    if text.split(":", 1)[0] in ("hf", "timm", "torchvision") and not Path(text).exists():
+    if text.split(":", 1)[0] in ("timm", "torchvision") and not Path(text).exists():
         raise ConfigError(f"backbone.init={text}: starting from {text.split(':')[0]} weights is "
                           "not supported yet; convert them to a state-dict file of this backbone's "
-                          "keys, or start from a selfsup run directory")
+                          "keys, or start from a selfsup run directory (hf:FOLDER reads ESM-2)")
     path = Path(text).expanduser()
     if path.is_dir():
         path = RunDir(path).encoder_weights

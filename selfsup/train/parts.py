@@ -24,6 +24,7 @@ from selfsup.errors import ConfigError
 from selfsup.methods import Method, build_method
 from selfsup.methods.base import StepOutput
 from selfsup.modalities import Modality, modality_of
+from selfsup.backbones.hf_esm import hf_folder, load_esm_weights
 from selfsup.train.checkpoint import load_initial_weights
 from selfsup.train.device import resolve_precision, seed_everything
 from selfsup.train.distributed import (
@@ -140,11 +141,16 @@ def build_parts(config: Config, resume: bool = False,
     modality = modality_of(train_data).for_training(train_data, config, Path(config.out), resume,
                                                     process.rank, broadcast_from_main)
     encoder = modality.build_encoder(config.backbone)
-    if config.backbone.get("init") and not resume:  # a resumed run's weights are its checkpoint's
+    init = config.backbone.get("init") if not resume else None  # resumes: the checkpoint's
+    esm = hf_folder(init)
+    if init and esm is None:
         # before the method is built: its EMA teachers start as copies of these weights
-        load_initial_weights(encoder, config.backbone["init"])
+        load_initial_weights(encoder, init)
     context = modality.build_context(len(train_data), process_collectives(process))
-    method: Method = build_method(config.method, encoder, context).to(device)
+    method: Method = build_method(config.method, encoder, context)
+    if esm is not None:  # ESM-2's encoder, and its LM head where the method has one (mlm)
+        load_esm_weights(encoder, method, esm)
+    method = method.to(device)
     memory_format = modality.memory_format(config.train.channels_last)
     method = method.to(memory_format=memory_format)
     micro_batch = micro_batch_size(config, process.world_size)
