@@ -13,7 +13,7 @@ from method_helpers import save_image_run, save_token_run
 from selfsup.apps.export import export_run
 from selfsup.cli import main
 from selfsup.data import load_split
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 from selfsup.train.checkpoint import load_encoder
 from selfsup.views import to_input
 
@@ -123,3 +123,15 @@ def test_without_onnxruntime_the_onnx_export_says_what_to_install(tmp_path, monk
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[onnx\]'"):
         export_run(run, "onnx", tmp_path / "out")
+
+
+def test_an_export_that_does_not_match_is_removed_with_a_named_error(tmp_path, monkeypatch):
+    import selfsup.apps.export as export
+
+    run = tmp_path / "run"
+    save_image_run(run)
+    monkeypatch.setattr(export, "MAX_DIFFERENCE", -1.0)  # no export can pass: the refusal path
+    with pytest.raises(DataError, match=r"the TorchScript encoder differs from "
+                                        r"selfsup's by .* export it as safetensors"):
+        export_run(run, "torchscript", tmp_path / "out")
+    assert not (tmp_path / "out" / "encoder.torchscript.pt").exists()

@@ -80,13 +80,7 @@ def _torchscript(encoder: nn.Module, spec: dict, modality: Modality, out: Path,
                             "as safetensors instead") from None
         atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
         loaded = torch.jit.load(str(path))
-    checked_on = modality.example_inputs(4, torch.Generator().manual_seed(1))
-    difference = float((loaded(*checked_on) - encoder(*checked_on)).abs().max())
-    if not difference <= MAX_DIFFERENCE:
-        path.unlink()
-        raise DataError(f"the TorchScript encoder differs from selfsup's by {difference:.3g} on "
-                        f"inputs it was not traced on (allowed {MAX_DIFFERENCE}): tracing froze "
-                        "something shape-dependent; export it as safetensors instead")
+    _check_export(path, "TorchScript", encoder, loaded, modality, "safetensors")
     return [path]
 
 
@@ -119,15 +113,27 @@ def _onnx(encoder: nn.Module, spec: dict, modality: Modality, out: Path, run: Ru
     path = out / ONNX_FILE
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def exported(*inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {name: x.numpy() for name, x in zip(names, inputs)}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    _check_export(path, "ONNX", encoder, exported, modality, "torchscript or safetensors")
+    return [path]
+
+
+def _check_export(path: Path, what: str, encoder: nn.Module, exported: Callable, modality: Modality,
+                  instead: str) -> None:
+    """Keep ``path`` only if the exported encoder (``exported``, called like ``encoder``) gives
+    ``encoder``'s outputs within ``MAX_DIFFERENCE`` on made-up inputs (another batch size, other
+    lengths) than those it was made with; else remove it and say what to use ``instead``."""
     checked_on = modality.example_inputs(5, torch.Generator().manual_seed(1))
-    outputs = session.run(None, {name: x.numpy() for name, x in zip(names, checked_on)})[0]
-    difference = float((torch.from_numpy(outputs) - encoder(*checked_on)).abs().max())
+    difference = float((exported(*checked_on) - encoder(*checked_on)).abs().max())
     if not difference <= MAX_DIFFERENCE:
         path.unlink()
-        raise DataError(f"the ONNX encoder differs from selfsup's by {difference:.3g} on inputs "
-                        f"it was not exported with (allowed {MAX_DIFFERENCE}); export it as "
-                        "torchscript or safetensors instead")
-    return [path]
+        raise DataError(f"the {what} encoder differs from selfsup's by {difference:.3g} on inputs "
+                        f"it was not made with (allowed {MAX_DIFFERENCE}); export it as {instead} "
+                        "instead")
 
 
 def _safetensors(encoder: nn.Module, spec: dict, modality: Modality, out: Path,
