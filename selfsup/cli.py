@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"safetensors (selfsup's keys and {ENCODER_SPEC_FILE}), with "
                                    "a model card (README.md).")
     _add_run_dir(p)
-    p.add_argument("--format", required=True, choices=["torchscript", "onnx", "safetensors"])
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx", "hf", "safetensors"])
     p.add_argument("--out", required=True, help="the folder to write")
 
     _finetune_parser(sub)

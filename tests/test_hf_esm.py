@@ -113,3 +113,52 @@ def test_domain_adaptive_pretraining_continues_esm2_on_our_proteins_and_is_evalu
     assert "composition" in result["baselines"] and 0 < result["knn_top1"] <= 1
     saved = RunDir(run).load_config().backbone
     assert saved["dim"] == 32 and saved["init"] == f"hf:{folder}"
+
+
+def test_the_hf_export_is_the_inverse_of_the_reading(esm_folder):
+    from selfsup.backbones.hf_esm import esm_export
+
+    folder, reference = esm_folder
+    _, encoder, head = _selfsup_model(folder)
+    config, weights = esm_export(encoder, head)
+    original = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
+                                                                          "LayerNorm.bias"): v
+                for k, v in read_esm_folder(folder)[1].items()}
+    rows = list(range(29)) + [32]
+    for key, value in weights.items():
+        if key in ("esm.embeddings.word_embeddings.weight", "lm_head.decoder.weight",
+                   "lm_head.bias"):
+            torch.testing.assert_close(value[rows], original.get(
+                key, original["esm.embeddings.word_embeddings.weight"])[rows], atol=0, rtol=0)
+        else:
+            torch.testing.assert_close(value, original[key], atol=0, rtol=0)
+    assert config["layer_norm_eps"] == 1e-12 and config["token_dropout"] is True
+
+
+def test_a_trained_run_exported_as_hf_gives_selfsup_s_logits_in_transformers(esm_folder, tmp_path):
+    from conftest import TINY_MLM
+    from selfsup.apps.export import export_run
+    from selfsup.run_config import load_config
+    from selfsup.train import Trainer
+    from selfsup.train.checkpoint import load_checkpoint, load_encoder
+
+    folder, _ = esm_folder
+    sets = [item for item in TINY_MLM if not item.startswith("backbone.")] + [
+        "data.dataset=swissprot-loc", f"backbone.init=hf:{folder}", f"out={tmp_path / 'run'}"]
+    run = Trainer(load_config(None, sets)).fit()  # two steps: the weights moved off ESM's
+    files = export_run(run, "hf", tmp_path / "hf")
+    assert [p.name for p in files] == ["config.json", "model.safetensors", "README.md"]
+    model = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+
+    encoder, _ = load_encoder(run)
+    head = LanguageModelHead(encoder, tied=True)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["method"]
+    head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+    tokenizer = make_tokenizer("protein")
+    batch = tokenizer.encode_batch([s[:50] for s in load_split("swissprot-loc", "test").sequences[:5]])
+    with torch.no_grad():
+        ours = head(encoder.eval().forward_tokens(batch.ids, batch.attention_mask))
+        theirs = model(input_ids=batch.ids, attention_mask=batch.attention_mask.long()).logits
+    real = batch.attention_mask
+    torch.testing.assert_close(theirs[real][:, list(range(29)) + [32]], ours[real], atol=1e-5,
+                               rtol=0)

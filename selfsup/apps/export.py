@@ -8,19 +8,22 @@ Formats:
   encoder within ``MAX_DIFFERENCE``.
 * ``onnx``: ``DIR/encoder.onnx`` (any batch size; token inputs any length), checked the same
   way with onnxruntime (the ``onnx`` extra);
+* ``hf``: for protein Transformers, ``DIR/config.json`` and ``DIR/model.safetensors`` that
+  HuggingFace's ``EsmForMaskedLM.from_pretrained`` loads (ESM-2's layout, the inverse of
+  ``backbone.init=hf:``), with the run's MLM head when it has one;
 * ``safetensors``: ``DIR/encoder.safetensors`` and ``DIR/encoder.json``, selfsup's own keys and
   description (``selfsup.api.load_encoder(DIR)`` rebuilds it; ``backbone.init=DIR`` starts a run
   from it).
 
 Every export folder holds a ``README.md`` model card: the method, backbone and data, the health
 verdict, the evaluation table when the run was evaluated, the config, and how to load the encoder
-in three lines. Formats other tools define (timm, torchvision, HuggingFace) are not written
-yet.
+in three lines. timm and torchvision layouts are not written yet.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -46,7 +49,7 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> list[Path]:
     """Export the encoder of the run in ``run_dir`` as ``format`` into the folder ``out``;
     returns the files written (the model card last)."""
     exporters: dict[str, Callable[[nn.Module, dict, Modality, Path, RunDir], list[Path]]] = {
-        "torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
+        "torchscript": _torchscript, "onnx": _onnx, "hf": _hf, "safetensors": _safetensors}
     if format not in exporters:
         raise ConfigError(f"export format {format!r} is not one selfsup writes; choose "
                           f"{' or '.join(exporters)}")
@@ -136,6 +139,35 @@ def _check_export(path: Path, what: str, encoder: nn.Module, exported: Callable,
                         "instead")
 
 
+def _hf(encoder: nn.Module, spec: dict, modality: Modality, out: Path, run: RunDir) -> list[Path]:
+    """ESM-2's HuggingFace folder (``config.json`` + ``model.safetensors``), with the run's MLM
+    head when its checkpoint has one (``EsmForMaskedLM``), else the encoder alone (``EsmModel``)."""
+    from safetensors.torch import save_file
+
+    from selfsup.backbones.hf_esm import esm_export
+    from selfsup.backbones.transformer import LanguageModelHead, TransformerEncoder
+    from selfsup.train.checkpoint import load_checkpoint
+
+    if not isinstance(encoder, TransformerEncoder):
+        raise ConfigError(f"the hf export writes ESM-2 (a protein Transformer); {run} holds a "
+                          f"{spec['backbone'].get('name')} encoder: export it as torchscript, onnx "
+                          "or safetensors")
+    head = None
+    if run.checkpoint_file.is_file():
+        state = load_checkpoint(run.checkpoint_file)["method"]
+        head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        if head_state:
+            tied = "decoder.weight" not in head_state or torch.equal(
+                head_state["decoder.weight"], encoder.token_embedding.weight)
+            head = LanguageModelHead(encoder, tied=tied)
+            head.load_state_dict(head_state, strict=False)  # a tied decoder is the embedding
+    config, weights = esm_export(encoder, head)
+    written = [out / "config.json", out / "model.safetensors"]
+    atomic_write_text(written[0], json.dumps(config, indent=2))
+    atomic_write(written[1], lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
+    return written
+
+
 def _safetensors(encoder: nn.Module, spec: dict, modality: Modality, out: Path,
                  run: RunDir) -> list[Path]:
     written = []
@@ -153,6 +185,9 @@ LOAD_LINES = {
     "onnx": ('import onnxruntime',
              f'session = onnxruntime.InferenceSession("{ONNX_FILE}")',
              'features, = session.run(None, {{{onnx_inputs}}})  # numpy arrays in, (N, D) out'),
+    "hf": ('from transformers import EsmForMaskedLM  # EsmModel for the encoder alone',
+           'model = EsmForMaskedLM.from_pretrained(".").eval()  # this folder',
+           'logits = model(input_ids=ids, attention_mask=attention_mask).logits  # ESM-2 token ids'),
     "safetensors": ('from selfsup.api import load_encoder',
                     'encoder, spec = load_encoder(".")  # this folder',
                     'features = encoder.eval()({inputs})  # (N, D)'),

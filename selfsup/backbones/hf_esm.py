@@ -69,6 +69,7 @@ def esm_backbone_options(config: dict[str, Any]) -> dict[str, Any]:
             "positions": "rotary", "max_positions": config.get("max_position_embeddings", 1026),
             "norm_eps": config.get("layer_norm_eps", 1e-12), "pool": "mean",
             "token_dropout": bool(config.get("token_dropout", False)),
+            "rotary_base": float(config.get("rope_theta", 10000.0)),
             "mask_id": OUR_ROWS.index(ESM_TOKENS.index("<mask>"))}
 
 
@@ -161,4 +162,72 @@ def load_esm_weights(encoder: torch.nn.Module, method: torch.nn.Module, folder: 
     head_state = esm_head_state(weights)
     if isinstance(head, LanguageModelHead) and head_state:
         head.load_state_dict(head_state)
+
+
+UNUSED_LOGIT = -1e4  # the bias of ESM's tokens selfsup has no use for (. - <null_1>): never chosen
+
+
+def esm_export(encoder: torch.nn.Module, head: torch.nn.Module | None
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config.json, model.safetensors' tensors) of an ``EsmForMaskedLM`` holding selfsup's
+    Transformer (and its MLM ``head`` when given, else a head that is the identity around the
+    tied embedding): the inverse of the reading above. ESM's three tokens selfsup lacks get zero
+    embeddings and a bias that is never chosen."""
+    o = encoder.options
+    if o.positions != "rotary" or o.causal or o.pool != "mean" or (o.tokenizer or {}).get(
+            "name") != "protein":
+        raise ConfigError("the hf export writes ESM-2: a protein Transformer with rotary "
+                          "positions, not causal; this encoder is not one")
+    mine = encoder.state_dict()
+    rows = torch.tensor(OUR_ROWS)
+
+    def spread(ours: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        full = torch.full((len(ESM_TOKENS), *ours.shape[1:]), fill, dtype=ours.dtype)
+        full[rows] = ours
+        return full
+
+    embedding = spread(mine["token_embedding.weight"])
+    weights = {"esm.embeddings.word_embeddings.weight": embedding}
+    for i in range(o.depth):
+        hf, ours = f"esm.encoder.layer.{i}.", f"blocks.{i}."
+        attention = hf + "attention."
+        for part, chunk in zip(("query", "key", "value"), mine[ours + "qkv.weight"].chunk(3)):
+            weights[f"{attention}self.{part}.weight"] = chunk.contiguous()
+        for part, chunk in zip(("query", "key", "value"), mine[ours + "qkv.bias"].chunk(3)):
+            weights[f"{attention}self.{part}.bias"] = chunk.contiguous()
+        weights.update({
+            attention + "LayerNorm.weight": mine[ours + "attn_norm.weight"],
+            attention + "LayerNorm.bias": mine[ours + "attn_norm.bias"],
+            attention + "output.dense.weight": mine[ours + "attn_out.weight"],
+            attention + "output.dense.bias": mine[ours + "attn_out.bias"],
+            hf + "LayerNorm.weight": mine[ours + "ffn_norm.weight"],
+            hf + "LayerNorm.bias": mine[ours + "ffn_norm.bias"],
+            hf + "intermediate.dense.weight": mine[ours + "ffn.0.weight"],
+            hf + "intermediate.dense.bias": mine[ours + "ffn.0.bias"],
+            hf + "output.dense.weight": mine[ours + "ffn.2.weight"],
+            hf + "output.dense.bias": mine[ours + "ffn.2.bias"],
+        })
+    weights["esm.encoder.emb_layer_norm_after.weight"] = mine["final_norm.weight"]
+    weights["esm.encoder.emb_layer_norm_after.bias"] = mine["final_norm.bias"]
+    if head is not None:
+        h = head.state_dict()
+        weights.update({"lm_head.dense.weight": h["dense.weight"], "lm_head.dense.bias": h["dense.bias"],
+                        "lm_head.layer_norm.weight": h["norm.weight"],
+                        "lm_head.layer_norm.bias": h["norm.bias"],
+                        "lm_head.decoder.weight": spread(h["decoder.weight"]),
+                        "lm_head.bias": spread(h["decoder.bias"], UNUSED_LOGIT)})
+    config = {
+        "architectures": ["EsmForMaskedLM" if head is not None else "EsmModel"], "model_type": "esm", "vocab_size": len(ESM_TOKENS),
+        "hidden_size": o.dim, "num_hidden_layers": o.depth, "num_attention_heads": o.num_heads,
+        "intermediate_size": o.ffn_dim, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0, "max_position_embeddings": o.max_positions,
+        "position_embedding_type": "rotary", "rope_theta": o.rotary_base,
+        "layer_norm_eps": o.norm_eps, "emb_layer_norm_before": False,
+        "token_dropout": bool(o.token_dropout), "pad_token_id": ESM_TOKENS.index("<pad>"),
+        "mask_token_id": ESM_TOKENS.index("<mask>"), "eos_token_id": ESM_TOKENS.index("<eos>"),
+        "cls_token_id": ESM_TOKENS.index("<cls>"), "tie_word_embeddings": head is None or bool(
+            head.decoder.weight is encoder.token_embedding.weight),
+        "is_folding_model": False,
+    }
+    return config, {key: value.contiguous() for key, value in weights.items()}
 
