@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 from selfsup.errors import ConfigError, SelfsupError
-from selfsup.run_dir import (
-    BO_CACHE_DIR, ENCODER_SPEC_FILE, EVAL_FILE, FINETUNE_FILE, REPORT_FILE, RunDir,
+# the names alone: the readers and writers (selfsup.run_dir) load with the commands that use them
+from selfsup.run_files import (
+    BO_CACHE_DIR, ENCODER_SPEC_FILE, EVAL_FILE, FINETUNE_FILE, REPORT_FILE,
 )
 
 
@@ -223,6 +224,8 @@ def _pretrain_config(args):
         # The run continues where it is now, not where config.yaml says it was written (a copied
         # or moved run would otherwise train into the original); the flags override as --set does
         # (e.g. --epochs 20 extends a run).
+        from selfsup.run_dir import RunDir
+
         data = RunDir(args.out).load_config().to_dict()
         for item in flags + args.set:
             set_key(data, item)
@@ -270,6 +273,8 @@ def cmd_evaluate(args) -> int:
             raise ConfigError(f"--set {item}: evaluate takes eval.* settings (e.g. "
                               "eval.knn_k=20); the rest of the run's config is fixed by training")
     if args.set:
+        from selfsup.run_dir import RunDir
+
         data = {"eval": RunDir(args.run_dir).load_config().to_dict()["eval"]}
         for item in args.set:
             set_key(data, item)

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, TypeVar, Union
 
 import yaml
 
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import ConfigError, DataError, SelfsupError
 from selfsup.files import atomic_write_text
 
 T = TypeVar("T")
@@ -332,23 +332,29 @@ def build_options(cls: type[T], section: dict[str, Any], where: str) -> T:
     return from_dict(cls, options, where)
 
 
+def read_yaml_file(path: Path, fix: str,
+                   error: type[SelfsupError] = DataError) -> tuple[str, Any]:
+    """(text, parsed YAML) of the file at ``path``: the one reader of config files (a run's
+    config.yaml, a user's --config). ``error`` naming the file and ``fix`` when it cannot be
+    read, is not UTF-8 or is not YAML."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as problem:
+        raise error(f"{path} is not UTF-8 text (byte {problem.start}); {fix}") from None
+    except OSError as problem:
+        raise error(f"cannot read {path}: {problem.strerror or problem}") from None
+    try:
+        return text, yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        raise error(f"{path} is not valid YAML ({problem}); {fix}") from None
+
+
 def read_saved_config(path: str | Path) -> Config:
     """The config a run saved (``Config.save``), read as written: no method defaults or data
     recipe under it, since it holds them already. DataError naming the file when it is not a
     saved config: unreadable, not UTF-8, not YAML, empty, or without a method."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text (byte {error.start}): it is not the config "
-                        "selfsup saved; restore it from a copy, or train the run again") from None
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise DataError(f"{path} is not valid YAML ({error}); restore it from a copy, or train "
-                        "the run again") from None
+    _, data = read_yaml_file(path, "restore it from a copy, or train the run again")
     if not isinstance(data, dict) or not isinstance(data.get("method"), dict) \
             or "name" not in data["method"]:
         what = "empty" if not data else "not a saved run config (no method.name)"

@@ -14,11 +14,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from selfsup import catalog
 from selfsup.backbones.hf_esm import esm_backbone_section, hf_folder
-from selfsup.config import Config, from_dict, merge_into, set_key
+from selfsup.config import Config, from_dict, merge_into, read_yaml_file, set_key
 from selfsup.data import data_modality
 from selfsup.errors import ConfigError
 from selfsup.recipes import default_recipe
@@ -37,13 +36,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as "
-                              "UTF-8") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        loaded = read_yaml_file(p, "fix the file (UTF-8 YAML)", ConfigError)[1] or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
         _check_sections(loaded, f"config file {p}")

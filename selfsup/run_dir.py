@@ -33,45 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager, Optional
 
-import yaml
-
-from selfsup.config import Config, read_saved_config
+from selfsup.config import Config, read_saved_config, read_yaml_file
 from selfsup.errors import DataError
 from selfsup.files import atomic_write, exclusive_lock, remove_stale_temporaries
+from selfsup.run_files import (  # noqa: F401  (the layout's names, re-exported)
+    CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, CHECKPOINT_FILE, TOKENIZER_FILE,
+    ENCODER_WEIGHTS_FILE, ENCODER_SPEC_FILE, HEALTH_VERDICT_FILE, EVAL_FILE, TSNE_FILE,
+    FINETUNE_FILE, REPORT_FILE, BO_CACHE_DIR, LOCK_FILE, EFFECTIVE_RANK_PLOT, SPECTRUM_PLOT,
+    LOSS_LR_PLOT, PROBE_PLOT, HELD_OUT_PERPLEXITY_PLOT, FINETUNE_PLOT, MAE_RECONSTRUCTIONS,
+    RECONSTRUCTIONS, VAE_SAMPLES, VAE_INTERPOLATIONS, ATTENTION_MAPS,
+)
 from selfsup.train.metrics_log import MetricsLog, read_metrics
 
 if TYPE_CHECKING:
     import numpy as np  # loaded where t-SNEs are read and written: the command line needs none
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_FILE = f"{CHECKPOINT_DIR}/last.pt"
-TOKENIZER_FILE = "tokenizer.json"
-ENCODER_WEIGHTS_FILE = "encoder.safetensors"
-ENCODER_SPEC_FILE = "encoder.json"
-HEALTH_VERDICT_FILE = "health_verdict.json"
-EVAL_FILE = "eval.json"  # on another data set: eval-<name>.json (RunDir.eval_file)
-TSNE_FILE = "tsne.npz"  # on another data set: tsne-<name>.npz
-FINETUNE_FILE = "finetune.json"
-REPORT_FILE = "report.md"
-BO_CACHE_DIR = "bo-embeddings"
-LOCK_FILE = ".lock"  # held by the process writing the run (RunDir.lock)
-
-# the report's plots; an evaluation's own are named after its eval file
-# (RunDir.label_efficiency_plot, RunDir.tsne_plot)
-EFFECTIVE_RANK_PLOT = "effective_rank.png"
-SPECTRUM_PLOT = "spectrum.png"
-LOSS_LR_PLOT = "loss_lr.png"
-PROBE_PLOT = "probe.png"
-HELD_OUT_PERPLEXITY_PLOT = "held_out_perplexity.png"
-FINETUNE_PLOT = "finetune_label_efficiency.png"
-# the report's pictures (selfsup.report.pictures)
-MAE_RECONSTRUCTIONS = "mae_reconstructions.png"
-RECONSTRUCTIONS = "reconstructions.png"
-VAE_SAMPLES = "vae_samples.png"
-VAE_INTERPOLATIONS = "vae_interpolations.png"
-ATTENTION_MAPS = "attention_maps.png"
 
 _EVAL_STEM, _TSNE_STEM = Path(EVAL_FILE).stem, Path(TSNE_FILE).stem
 _LABEL_EFFICIENCY_STEM = "label_efficiency"
@@ -249,11 +224,7 @@ class RunDir:
         path = self.config_file
         if not path.is_file():
             return None, {}
-        text = path.read_text()
-        try:
-            parsed = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise DataError(f"{path} is not valid YAML ({error})") from None
+        text, parsed = read_yaml_file(path, "restore it from a copy, or train the run again")
         return text, parsed if isinstance(parsed, dict) else {}
 
     def metrics_log(self) -> MetricsLog:
@@ -272,13 +243,10 @@ class RunDir:
         """``encoder.json``, checked to describe an encoder (a ``backbone`` section); DataError
         naming the file when it is empty, torn or not one."""
         path = self.encoder_spec
-        try:
-            spec = json.loads(path.read_bytes().decode("utf-8"))
-        except ValueError as error:  # JSON and UTF-8 errors alike
-            raise DataError(f"{path} is not valid JSON ({error}): the encoder's description is "
-                            "damaged; copy it back from a backup, or train the run again") from None
-        if not isinstance(spec, dict) or not isinstance(spec.get("backbone"), dict) \
-                or "name" not in spec["backbone"]:
+        spec = self.read_json(path)  # DataError when it is not a JSON object
+        if spec is None:
+            raise DataError(f"{path} is missing; train the run again")
+        if not isinstance(spec.get("backbone"), dict) or "name" not in spec["backbone"]:
             raise DataError(f"{path} does not describe an encoder (no backbone section with a "
                             "name): it is damaged or not selfsup's; copy it back from a backup, or "
                             "train the run again")

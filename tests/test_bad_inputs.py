@@ -191,6 +191,8 @@ CASES = [
          "method.temperature must be a number > 0, got 0"),
     Case("finetune --set with the section's name", lambda run: None,
          ["finetune", "RUN", "--set", "finetune.lr=-1"], "finetune.lr must be a number ≥ 0, got -1"),
+    Case("config.yaml not UTF-8, report", _write("config.yaml", b"method:\n  name: simclr\xff\n"),
+         ["report", "RUN"], "config.yaml is not UTF-8 text"),
     Case("a report of a folder that is no run", lambda run: None, ["report", "DATA"],
          "is not a selfsup run dir (no config.yaml and no metrics.jsonl)"),
     Case("a damaged eval.json", _write("eval.json", b"{oops"), ["report", "RUN"],

@@ -29,7 +29,7 @@ from torch import nn
 
 from selfsup.config import Config
 from selfsup.errors import ConfigError, DataError
-from selfsup.methods.base import BuildContext, Collectives, Method
+from selfsup.methods.base import BuildContext, Collectives
 from selfsup.registry import MODALITIES
 
 # (the model's inputs, labels) of one fine-tuning batch
@@ -108,11 +108,6 @@ class Modality(ABC):
     def build_context(self, num_train: Optional[int] = None,
                       collectives: Optional[Collectives] = None) -> BuildContext:
         """What a method built for this data is told (:class:`BuildContext`)."""
-        raise NotImplementedError
-
-    @abstractmethod
-    def default_view_recipe(self, method: type[Method]) -> str:
-        """The view recipe of ``method`` on this data when the config names none."""
         raise NotImplementedError
 
     @abstractmethod

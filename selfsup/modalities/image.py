@@ -15,7 +15,7 @@ from selfsup.config import Config
 from selfsup.data.base import ImageSource
 from selfsup.data.loader import BatchStream, iterate_in_order
 from selfsup.errors import DataError
-from selfsup.methods.base import BuildContext, Collectives, Method, SINGLE_PROCESS
+from selfsup.methods.base import BuildContext, Collectives, SINGLE_PROCESS
 from selfsup.modalities.base import Batch, FeatureSets, Modality, register_modality
 from selfsup.train.checkpoint import random_init_encoder
 from selfsup.train.device import autocast
@@ -53,9 +53,6 @@ class ImageModality(Modality):
                       collectives: Optional[Collectives] = None) -> BuildContext:
         return BuildContext(in_shape=self.in_shape, num_train=num_train,
                             collectives=collectives or SINGLE_PROCESS)
-
-    def default_view_recipe(self, method: type[Method]) -> str:
-        return method.view_recipe_for(self.name)
 
     def make_views(self, recipe: str, options: dict[str, Any]) -> Callable:
         return make_views(recipe, self.in_shape, options)

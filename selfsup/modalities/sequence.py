@@ -27,7 +27,7 @@ from selfsup.modalities.sequence_baselines import (
 )
 from selfsup.modalities.sequence_finetune import SequenceInputs, check_sequence_settings
 from selfsup.modalities.text_baselines import FittedBaseline, TfidfFeatures
-from selfsup.methods.base import BuildContext, Collectives, Method, SINGLE_PROCESS
+from selfsup.methods.base import BuildContext, Collectives, SINGLE_PROCESS
 from selfsup.run_dir import RunDir
 from selfsup.modalities.base import FeatureSets, Modality, register_modality
 from selfsup.tokenize import make_tokenizer
@@ -79,9 +79,6 @@ class SequenceModality(Modality):
                       collectives: Optional[Collectives] = None) -> BuildContext:
         return BuildContext(tokenizer=self.tokenizer, num_train=num_train,
                             collectives=collectives or SINGLE_PROCESS)
-
-    def default_view_recipe(self, method: type[Method]) -> str:
-        return method.view_recipe_for(self.name)
 
     def make_views(self, recipe: str, options: dict[str, Any]) -> Callable:
         return make_sequence_views(recipe, self.tokenizer, options)
