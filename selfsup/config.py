@@ -64,6 +64,9 @@ TRAIN_LIMITS = {
     "steps_per_epoch": (0, 10**9),
     "total_steps": (0, 10**9),
     "budget_minutes": (0, 366 * 24 * 60),  # a year
+    # fewer give an unstable effective rank; checked here, where every process of a distributed
+    # run sees it, not in the health hook, which runs on rank 0 alone
+    "health_samples": (512, math.inf),
 }
 LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (selfsup.train.optim.scaled_lr)
 LR_SCHEDULES = ("cosine", "linear")  # optim.schedule (selfsup.train.optim.lr_factor)
@@ -148,7 +151,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", {name: COUNT for name in (
-            "log_every", "health_every", "probe_every", "health_samples", "probe_train_samples",
+            "log_every", "health_every", "probe_every", "probe_train_samples",
             "probe_test_samples")} | {"seed": ANY} | TRAIN_LIMITS)
         if self.sync_bn not in (None, True, False):
             raise ConfigError(f"train.sync_bn must be true, false or null (automatic), got "

@@ -280,14 +280,10 @@ def read_finetune_results(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise DataError(f"{path} is a folder; name the results file "
                         f"(e.g. {RunDir(path).finetune_file})")
-    if not path.is_file():
+    data = RunDir(path.parent).read_json(path)  # the one JSON reader: DataError if damaged
+    if data is None:
         return {"datasets": {}}
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as error:
-        raise DataError(f"{path} is not valid JSON ({error}); move it away or pass --out another "
-                        "file") from None
-    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
+    if not isinstance(data.get("datasets"), dict):
         raise DataError(f"{path} is not a fine-tuning results file (no \"datasets\" mapping); move it "
                         "away or pass --out another file")
     return data

@@ -29,4 +29,7 @@ def test_the_api_exports_every_name_it_lists_and_knows_every_method():
     missing = [name for name in api.__all__ if not hasattr(api, name)]
     assert not missing
     assert {"simclr", "byol", "dino", "mae", "mlm"} <= set(api.METHODS.names())
+    from selfsup import catalog
+
+    assert catalog._plugins is not None  # importing the API loaded the plugins too
     assert callable(api.nt_xent) and callable(api.build_method)

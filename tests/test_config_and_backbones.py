@@ -32,6 +32,8 @@ def test_overrides_yaml_and_round_trip(tmp_path):
     ("train.epochs=1000000000", r"train\.epochs must be a number in \[1, 100,000\]"),
     ("train.batch_size=1", r"train\.batch_size must be a number in \[2, 16,777,216\], got 1"),
     ("train.probe_every=0", r"train\.probe_every must be a number ≥ 1"),
+    # at load, on every process (the health hook runs on rank 0 alone)
+    ("train.health_samples=100", r"train\.health_samples must be a number ≥ 512, got 100"),
     ("optim.lr=-1", r"optim\.lr must be a number > 0"),
     ("optim.lr=.nan", r"optim\.lr must be a number > 0, got nan"),
     ("optim.min_lr_ratio=2", r"optim\.min_lr_ratio must be a number in \[0, 1\], got 2"),

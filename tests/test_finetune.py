@@ -243,7 +243,10 @@ def test_damaged_results_file_is_a_named_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DataError, match="finetune.json is not valid JSON"):
         read_finetune_results(path)
-    path.write_text("[1, 2]")
+    path.write_text("[1, 2]")  # JSON, but no object: the run dir's one JSON reader says so
+    with pytest.raises(DataError, match="finetune.json must hold a JSON object"):
+        merge_finetune_results(path, {})
+    path.write_text('{"results": []}')
     with pytest.raises(DataError, match="not a fine-tuning results file"):
         merge_finetune_results(path, {})
 

@@ -141,7 +141,11 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     fig = Figure()
     fig.add_subplot().plot([0, 1], [1, 0])
 
-    def full_disk(*args, **kwargs):
+    def full_disk(self, target, *args, **kwargs):  # half a PNG written, then the disk is full
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG half")
+        else:
+            Path(target).write_bytes(b"\x89PNG half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Figure, "savefig", full_disk)

@@ -63,10 +63,10 @@ def embed_run(run_dir: str | Path, dataset: Optional[str], split: str, out: str 
     what = f"the {'token ' if per_token else ''}embeddings of {name}'s {split} split"
     if per_token:
         per_item = modality.token_features(encoder, source, dev, config.eval.batch_size, precision)
-        features = np.concatenate(per_item) if per_item else np.zeros((0, 0), np.float32)
-        check_finite(torch.from_numpy(features), what)  # before writing anything
-        writer(out, source.item_ids(), source.labels, per_item)
-        return features
+        tokens = np.concatenate(per_item).astype(np.float32, copy=False)  # once: it can be large
+        check_finite(torch.from_numpy(tokens), what)  # before writing anything
+        writer(out, source.item_ids(), source.labels, (tokens, _offsets(per_item)))
+        return tokens
     feats = modality.features(encoder, source, dev, config.eval.batch_size, precision).cpu()
     check_finite(feats, what)  # before writing anything
     features = feats.numpy()
@@ -103,8 +103,8 @@ def write_npy(out: Path, ids: list[str], labels: Optional[torch.Tensor],
     header = ["id"] + (["label"] if labels is not None else [])
     rows = [[item] + ([str(int(labels[i]))] if labels is not None else [])
             for i, item in enumerate(ids)]
+    save_npy(out, features)  # first: a failed save leaves no ids file without its array
     _write_rows(ids_file(out), header, rows, delimiter="\t")
-    save_npy(out, features)
 
 
 def write_csv(out: Path, ids: list[str], labels: Optional[torch.Tensor],
@@ -126,19 +126,22 @@ def write_parquet(out: Path, ids: list[str], labels: Optional[torch.Tensor],
 
 
 def write_token_parquet(out: Path, ids: list[str], labels: Optional[torch.Tensor],
-                        per_item: list[np.ndarray]) -> None:
+                        token_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """``token_rows``: (all items' token vectors one after another, the (N + 1,) offsets)."""
     pa, pq = _pyarrow(out)
+    tokens, offsets = token_rows
     columns = _id_columns(pa, ids, labels)
-    offsets = pa.array(_offsets(per_item), pa.int32())
-    columns["tokens"] = pa.ListArray.from_arrays(offsets, _vectors(pa, np.concatenate(per_item)))
+    columns["tokens"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                                 _vectors(pa, tokens))
     table = pa.table(columns)
     atomic_write(out, lambda tmp: pq.write_table(table, str(tmp)))
 
 
 def write_token_npz(out: Path, ids: list[str], labels: Optional[torch.Tensor],
-                    per_item: list[np.ndarray]) -> None:
-    arrays = {"ids": np.array(ids, dtype=str), "offsets": _offsets(per_item),
-              "tokens": np.concatenate(per_item).astype(np.float32)}
+                    token_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """``token_rows`` as :func:`write_token_parquet` takes them."""
+    tokens, offsets = token_rows
+    arrays = {"ids": np.array(ids, dtype=str), "offsets": offsets, "tokens": tokens}
     if labels is not None:
         arrays["labels"] = labels.numpy()
 

@@ -156,11 +156,10 @@ def _hf(encoder: nn.Module, spec: dict, modality: Modality, out: Path, run: RunD
     if run.checkpoint_file.is_file():
         state = load_checkpoint(run.checkpoint_file)["method"]
         head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
-        if head_state:
-            tied = "decoder.weight" not in head_state or torch.equal(
-                head_state["decoder.weight"], encoder.token_embedding.weight)
-            head = LanguageModelHead(encoder, tied=tied)
-            head.load_state_dict(head_state, strict=False)  # a tied decoder is the embedding
+        if head_state:  # an MLM run: its LM head, tied as the run's config says
+            method = run.read_config_text()[1].get("method") or {}
+            head = LanguageModelHead(encoder, tied=bool(method.get("tie_embeddings", True)))
+            head.load_state_dict(head_state)
     config, weights = esm_export(encoder, head)
     written = [out / "config.json", out / "model.safetensors"]
     atomic_write_text(written[0], json.dumps(config, indent=2))

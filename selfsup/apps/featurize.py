@@ -27,7 +27,6 @@ import torch
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.files import save_npy
-from selfsup.modalities.base import spec_modality
 from selfsup.run_dir import ENCODER_SPEC_FILE, ENCODER_WEIGHTS_FILE, RunDir
 from selfsup.tokenize.alphabets import STANDARD_AMINO_ACIDS
 
@@ -307,6 +306,8 @@ def _check_protein_run(run_dir: Path) -> None:
     if not run.has_encoder():
         raise ConfigError(f"{run_dir} holds no trained encoder ({ENCODER_SPEC_FILE} and "
                           f"{ENCODER_WEIGHTS_FILE}); {PROTEIN_RUN_HINT}")
+    from selfsup.modalities.base import spec_modality  # the training stack: only for run dirs
+
     spec = run.read_encoder_spec()
     modality = spec_modality(spec)
     if modality != "protein":

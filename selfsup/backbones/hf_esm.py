@@ -37,6 +37,13 @@ OUR_ROWS = list(range(4 + len(PROTEIN_LETTERS))) + [ESM_TOKENS.index("<mask>")] 
 def read_esm_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config.json, the weights) of a HuggingFace ESM folder, checked to be ESM-2 as selfsup
     reads it; DataError/ConfigError naming what is missing or different."""
+    config = read_esm_config(folder)
+    return config, load_file(str(Path(folder).expanduser() / "model.safetensors"))
+
+
+def read_esm_config(folder: str | Path) -> dict[str, Any]:
+    """The checked ``config.json`` of a HuggingFace ESM folder (the weights are not read: a
+    config's shape needs none of them)."""
     folder = Path(folder).expanduser()
     config_file, weights_file = folder / "config.json", folder / "model.safetensors"
     for needed in (config_file, weights_file):
@@ -59,7 +66,7 @@ def read_esm_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch
     vocabulary = folder / "vocab.txt"
     if vocabulary.is_file() and vocabulary.read_text().split() != ESM_TOKENS:
         raise ConfigError(f"{vocabulary} is not ESM's alphabet; selfsup maps ESM's token order")
-    return config, load_file(str(weights_file))
+    return config
 
 
 def esm_backbone_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +149,7 @@ def esm_backbone_section(section: dict[str, Any], folder: Path) -> dict[str, Any
     from selfsup.backbones.transformer import TransformerEncoder
     from selfsup.registry import BACKBONES
 
-    config, _ = read_esm_folder(folder)
+    config = read_esm_config(folder)
     name = section.get("name")
     factory = BACKBONES.get(name) if name in BACKBONES else None
     if getattr(factory, "encoder_class", None) is not TransformerEncoder:

@@ -73,6 +73,16 @@ def random_init_encoder(spec: dict[str, Any], seed: int, device: str | torch.dev
     return encoder_from_spec(spec).to(device)
 
 
+def check_finite_weights(state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    """DataError naming ``path``, its first non-finite tensors and ``fix`` when any floating
+    tensor of ``state`` holds NaN or infinity."""
+    broken = [name for name, tensor in state.items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise DataError(f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                        f"{', ...' if len(broken) > 3 else ''}): {fix}")
+
+
 def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the encoder from ``encoder.json`` and load ``encoder.safetensors`` into it."""
     run = RunDir(run_dir)
@@ -99,12 +109,8 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
         state = load_file(str(weights))
     except Exception as e:
         raise DataError(f"{weights} cannot be read: {e}") from None
-    broken = [name for name, tensor in state.items()
-              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if broken:
-        raise DataError(f"{weights} holds NaN or infinite weights ({', '.join(broken[:3])}"
-                        f"{', ...' if len(broken) > 3 else ''}): the run diverged before its "
-                        "export or the file is damaged; train it again, with a lower optim.lr")
+    check_finite_weights(state, weights, "the run diverged before its export or the file is "
+                                         "damaged; train it again, with a lower optim.lr")
     try:
         encoder.load_state_dict(state)
     except RuntimeError as error:  # missing or unexpected keys, shapes that differ
@@ -155,11 +161,7 @@ def load_initial_weights(encoder: nn.Module, source: str | Path) -> Path:
                         f"{hint}: " + "; ".join(part for part in (
                             _listed("missing keys", missing), _listed("unexpected keys", unexpected),
                             _listed("other shapes", shapes)) if part))
-    broken = [key for key, tensor in state.items()
-              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if broken:
-        raise DataError(f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}); "
-                        "start from another file")
+    check_finite_weights(state, path, "start from another file")
     encoder.load_state_dict(state)
     return path
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from selfsup.config import Config
 from selfsup.data import load_split
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import DataError
 from selfsup.evaluate.knn import knn_accuracy, online_knn_k
 from selfsup.run_dir import RunDir
 from selfsup.train.checkpoint import save_checkpoint, save_encoder
@@ -33,7 +33,6 @@ from selfsup.train.device import autocast
 from selfsup.train.parts import TrainingParts
 
 HELD_OUT_SAMPLES = 256  # health-batch samples the held-out loss (perplexity) is measured on
-MIN_HEALTH_SAMPLES = 512  # fewer give an unstable effective rank
 
 
 class Loop(Protocol):
@@ -110,9 +109,6 @@ def health_data(trainer: Loop) -> HealthData:
     """A fixed batch from the test split (else from train) and a labelled probe bank."""
     cfg, parts = trainer.config, trainer.parts
     samples = cfg.train.health_samples
-    if samples < MIN_HEALTH_SAMPLES:
-        raise ConfigError(f"train.health_samples must be ≥ {MIN_HEALTH_SAMPLES} for a stable "
-                          f"effective rank, got {samples}")
     try:
         test = load_split(cfg.data.dataset, "test", cfg.data.data_dir, cfg.data.options)
     except DataError:

@@ -164,8 +164,10 @@ def param_groups(model: nn.Module, weight_decay: float,
                 key = (lr_scales.get(name, 1.0), "decayed" if decays(name, p) else "plain",
                        id(p) in fixed_ids)
                 scaled.setdefault(key, []).append(p)
+        # fixed-rate groups last (a stable sort), so group 0 is a scheduled one here too
         return [{"params": params, **settings[kind], "fixed_lr": fixed, "lr_scale": scale}
-                for (scale, kind, fixed), params in scaled.items()]
+                for (scale, kind, fixed), params in sorted(scaled.items(),
+                                                           key=lambda item: item[0][2])]
     groups = {(kind, fixed): [] for fixed in (False, True) for kind in ("decayed", "plain")}
     for name, p in model.named_parameters():
         if p.requires_grad:
