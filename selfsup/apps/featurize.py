@@ -241,9 +241,7 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     # Imported here: the training stack costs import time that only run directories need.
     from selfsup.backbones.token_encoder import as_token_encoder
     from selfsup.data.sequences import SequenceSource
-    from selfsup.modalities.sequence_baselines import (
-        evaluation_stream, in_order_batches, token_encoder_inputs,
-    )
+    from selfsup.modalities.sequence_baselines import token_encoder_inputs, token_features
     from selfsup.train.checkpoint import load_encoder
     from selfsup.train.device import resolve_device
 
@@ -256,7 +254,6 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
     if encoder.max_tokens is not None:
         max_tokens = min(max_tokens, encoder.max_tokens)
     max_residues = max_tokens - tokenizer.num_special_tokens
-    lead = int(tokenizer.add_cls)
 
     @torch.inference_mode()
     def encode(sequences: list[str]) -> list[np.ndarray]:
@@ -270,14 +267,8 @@ def run_residue_encoder(run_dir: Union[str, Path], batch_size: int = EMBED_BATCH
                 )
         source = SequenceSource([f"sequence {n}" for n in range(1, len(sequences) + 1)],
                                 list(sequences), "protein", name="candidates")
-        stream = evaluation_stream(source, tokenizer, device, batch_size, max_tokens)
-        residues: list = [None] * len(sequences)
-        for indices, tokens in in_order_batches(stream):
-            states = encoder.forward_tokens(tokens.ids, tokens.attention_mask).float().cpu().numpy()
-            for row, index in enumerate(indices):
-                length = len(sequences[index])
-                residues[index] = states[row, lead:lead + length].copy()
-        return residues  # complete: every index is in exactly one batch
+        # the states at each residue, as `selfsup embed --per-token` writes them
+        return token_features(encoder, source, tokenizer, device, batch_size, max_tokens, "fp32")
 
     return encode
 
